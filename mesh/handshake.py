@@ -1,0 +1,367 @@
+"""The handshake: HELLO, WELCOME (or REJECT), as pure state machines with no sockets.
+
+Why this shape. Boxing every envelope between the two long-term keys would let one stolen
+key decrypt all past traffic, and would not notice replays. Instead each side makes a fresh
+(ephemeral) Curve25519 key per handshake and signs it with its long-term Ed25519 key, which
+its certificate binds to its name; the session keys come from the two ephemeral keys only.
+Steal a long-term key later and past sessions stay closed (forward secrecy).
+
+* HELLO (initiator to responder) carries the initiator's ephemeral key in clear, and,
+  boxed to the responder's long-term key (known from its certificate), the initiator's
+  certificate, a timestamp and its receive session id, signed over the clear part. Only
+  the intended responder can read who is calling.
+* WELCOME (responder to initiator) carries the responder's ephemeral key, and, boxed
+  between the two ephemeral keys, its certificate, timestamp and receive id, signed over
+  a hash of the HELLO: a WELCOME cannot be replayed into another handshake.
+* A responder accepts a HELLO from a node only if its timestamp is within the clock-skew
+  bound and later than the last HELLO it accepted from that node (as WireGuard does), so
+  a captured HELLO cannot be replayed. Nothing is stored for a HELLO that fails.
+
+Both sides then derive one key per direction from the ephemeral shared secret and a hash
+of both handshake frames. Separate keys mean a frame cannot be reflected back to its sender.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+from nacl.signing import VerifyKey
+
+from .envelope import Frame
+from .errors import (
+    AuthenticationFailed,
+    CertificateExpired,
+    ClockSkew,
+    HandshakeFailed,
+    HandshakeRejected,
+    MalformedEnvelope,
+    ProtocolError,
+    ReplayDetected,
+    Unauthorized,
+    UnsupportedVersion,
+)
+from .identity import Certificate, Identity, Trust
+from .session import Session, SessionLimits, SessionTable
+from .wire import (
+    KEY_SIZE,
+    MAC_SIZE,
+    MAX_CERT_SIZE,
+    MAX_HANDSHAKE_FRAME,
+    MAX_U64,
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    SESSION_ID_SIZE,
+    SIGNATURE_SIZE,
+    FrameType,
+    RejectCode,
+    Suite,
+)
+
+HELLO_CONTEXT = b"agent-mesh hello v1\x00"
+WELCOME_CONTEXT = b"agent-mesh welcome v1\x00"
+HELLO_CLEAR = struct.Struct(">BBB32s16s")  # version, type, suite, ephemeral key, responder id
+WELCOME_CLEAR = struct.Struct(">BB32s8s")  # version, type, ephemeral key, initiator's recv id
+REJECT = struct.Struct(">BBB32s")  # version, type, code, initiator's ephemeral key
+DEFAULT_CREDIT = (1024, 64 * 1024 * 1024)
+MAX_REMEMBERED_PEERS = 65536
+
+Random = Callable[[int], bytes]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _frame(frames: Sequence[Frame], expected: FrameType, minimum: int) -> bytes:
+    if len(frames) != 1:
+        raise MalformedEnvelope("a handshake message is exactly one frame")
+    data = bytes(frames[0])
+    if len(data) > MAX_HANDSHAKE_FRAME:
+        raise MalformedEnvelope("handshake frame too large", reason="limit")
+    if len(data) < 2:
+        raise MalformedEnvelope("frame too short for a header")
+    if data[0] != PROTOCOL_VERSION:
+        raise UnsupportedVersion(data[0])
+    if data[1] != expected:
+        raise MalformedEnvelope(f"expected a {expected.name} frame", reason="frame_type")
+    if len(data) < minimum:
+        raise MalformedEnvelope(f"{expected.name} frame too short")
+    return data
+
+
+def _signed_fields(fields: list[Any], context: bytes, signed_prefix: bytes,
+                   identity: Identity) -> bytes:  # fmt: skip
+    encoded = msgpack.packb(fields, use_bin_type=True)
+    signature = identity.signing_key.sign(context + signed_prefix + encoded).signature
+    return msgpack.packb([encoded, signature], use_bin_type=True)
+
+
+def _open_fields(plaintext: bytes, context: bytes, signed_prefix: bytes) -> tuple[list[Any], Any]:
+    """Parse ``[fields, signature]`` and the fields; the caller verifies the signature."""
+    outer = _unpack(plaintext)
+    if not (isinstance(outer, list) and len(outer) == 2 and isinstance(outer[0], bytes)
+            and isinstance(outer[1], bytes) and len(outer[1]) == SIGNATURE_SIZE):  # fmt: skip
+        raise MalformedEnvelope("handshake payload is not [fields, signature]")
+    encoded, signature = outer
+    fields = _unpack(encoded)
+    if not (isinstance(fields, list) and len(fields) == 5):
+        raise MalformedEnvelope("handshake fields must be an array of 5")
+    cert_bytes, timestamp, recv_id, credit_messages, credit_bytes = fields
+    if not (isinstance(cert_bytes, bytes) and type(timestamp) is int and 0 <= timestamp <= MAX_U64
+            and isinstance(recv_id, bytes) and len(recv_id) == SESSION_ID_SIZE
+            and type(credit_messages) is int and 0 <= credit_messages < 2**32
+            and type(credit_bytes) is int and 0 <= credit_bytes <= MAX_U64):  # fmt: skip
+        raise MalformedEnvelope("handshake field has the wrong type or range")
+    certificate = Certificate.from_bytes(cert_bytes)
+    message = context + signed_prefix + encoded
+    return [certificate, timestamp, recv_id, (credit_messages, credit_bytes)], (message, signature)
+
+
+def _verify_signature(certificate: Certificate, signed: tuple[bytes, bytes]) -> None:
+    try:
+        VerifyKey(certificate.sign_public).verify(*signed)
+    except BadSignatureError as exc:
+        raise AuthenticationFailed(f"handshake signature of {certificate.name!r} is bad") from exc
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, max_bin_len=MAX_CERT_SIZE, max_str_len=0,
+                               max_array_len=8, max_map_len=0, max_ext_len=0)  # fmt: skip
+    except Exception as exc:  # every msgpack failure means the same: not a handshake payload
+        raise MalformedEnvelope(f"handshake payload is not valid msgpack: {exc}") from exc
+
+
+def _check_skew(timestamp: int, now_ms: int, trust: Trust) -> None:
+    skew = timestamp - now_ms
+    if abs(skew) > trust.max_skew_ms:
+        raise ClockSkew(skew, trust.max_skew_ms)
+
+
+def _session_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+    """(initiator-to-responder key, responder-to-initiator key)."""
+    digest = hashlib.blake2b(transcript, digest_size=32).digest()
+    return tuple(  # type: ignore[return-value]
+        hashlib.blake2b(digest, key=shared, digest_size=KEY_SIZE, person=person).digest()
+        for person in (b"agent-mesh i2r 1", b"agent-mesh r2i 1")
+    )
+
+
+# --------------------------------------------------------------------------- initiator
+
+
+class Initiator:
+    """The calling side of one handshake. Build it, send ``hello``, feed it the answer."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        trust: Trust,
+        peer: Certificate,
+        table: SessionTable,
+        now_ms: int,
+        *,
+        credit: tuple[int, int] = DEFAULT_CREDIT,
+        limits: SessionLimits | None = None,
+        random: Random = os.urandom,
+    ) -> None:
+        self._identity = identity
+        self._trust = trust
+        self._peer = peer
+        self._table = table
+        self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
+        self._ephemeral = PrivateKey(random(KEY_SIZE))
+        self.recv_id = table.new_id()
+        clear = HELLO_CLEAR.pack(PROTOCOL_VERSION, FrameType.HELLO, Suite.XSALSA20_POLY1305,
+                                 bytes(self._ephemeral.public_key), peer.node_id)  # fmt: skip
+        fields = [identity.require_certificate().to_bytes(), now_ms, self.recv_id, *credit]
+        plaintext = _signed_fields(fields, HELLO_CONTEXT, clear, identity)
+        nonce = random(NONCE_SIZE)
+        boxed = Box(self._ephemeral, PublicKey(peer.box_public)).encrypt(plaintext, nonce)
+        self.hello = clear + nonce + boxed.ciphertext
+
+    @property
+    def ephemeral_public(self) -> bytes:
+        return bytes(self._ephemeral.public_key)
+
+    def hello_frames(self) -> list[Frame]:
+        return [self.hello]
+
+    def matches(self, frames: Sequence[Frame]) -> bool:
+        """Whether a WELCOME or REJECT frame answers this handshake (cheap, unauthenticated)."""
+        if len(frames) != 1 or len(frames[0]) < 2:
+            return False
+        data = bytes(frames[0])
+        if data[1] == FrameType.WELCOME and len(data) >= WELCOME_CLEAR.size:
+            return data[34:42] == self.recv_id
+        if data[1] == FrameType.REJECT and len(data) == REJECT.size:
+            return data[3:35] == self.ephemeral_public
+        return False
+
+    def receive(self, frames: Sequence[Frame], now_ms: int) -> Session:
+        """Complete the handshake from a WELCOME; raise a typed error for anything else.
+
+        A REJECT raises :class:`HandshakeRejected`. The session is added to the table.
+        """
+        if len(frames) == 1 and len(frames[0]) >= 2 and frames[0][1] == FrameType.REJECT:
+            raise _rejection(bytes(frames[0]), self.ephemeral_public)
+        data = _frame(frames, FrameType.WELCOME, WELCOME_CLEAR.size + NONCE_SIZE + MAC_SIZE)
+        _, _, their_ephemeral, echoed_id = WELCOME_CLEAR.unpack_from(data)
+        if echoed_id != self.recv_id:
+            raise HandshakeFailed("WELCOME answers another handshake")
+        nonce_end = WELCOME_CLEAR.size + NONCE_SIZE
+        try:
+            plaintext = Box(self._ephemeral, PublicKey(their_ephemeral)).decrypt(
+                data[nonce_end:], data[WELCOME_CLEAR.size : nonce_end]
+            )
+        except CryptoError as exc:
+            raise AuthenticationFailed("WELCOME does not open") from exc
+        transcript_hash = hashlib.blake2b(self.hello, digest_size=32).digest()
+        prefix = transcript_hash + data[: WELCOME_CLEAR.size]
+        (certificate, timestamp, send_id, credit), signed = _open_fields(
+            plaintext, WELCOME_CONTEXT, prefix
+        )
+        self._trust.verify(certificate, now_ms)
+        if certificate.node_id != self._peer.node_id:
+            raise HandshakeFailed(f"expected {self._peer.name!r}, {certificate.name!r} answered")
+        _verify_signature(certificate, signed)
+        _check_skew(timestamp, now_ms, self._trust)
+        shared = Box(self._ephemeral, PublicKey(their_ephemeral)).shared_key()
+        i2r, r2i = _session_keys(shared, self.hello + data)
+        session = Session(peer=certificate, initiator=True, send_key=i2r, recv_key=r2i,
+                          send_id=send_id, recv_id=self.recv_id, created_ms=now_ms,
+                          initial_credit=credit, limits=self._limits)  # fmt: skip
+        self._table.add(session, now_ms)
+        return session
+
+
+def _rejection(data: bytes, ephemeral_public: bytes) -> HandshakeFailed:
+    if len(data) != REJECT.size or data[0] != PROTOCOL_VERSION:
+        return MalformedEnvelope("malformed REJECT frame")
+    _, _, code, echoed = REJECT.unpack(data)
+    if echoed != ephemeral_public:
+        return HandshakeFailed("REJECT answers another handshake")
+    try:
+        meaning = RejectCode(code).name.lower().replace("_", " ")
+    except ValueError:
+        meaning = "unknown reason"
+    return HandshakeRejected(code, meaning)
+
+
+# --------------------------------------------------------------------------- responder
+
+
+class Responder:
+    """The answering side: turns each valid HELLO into a session and a WELCOME.
+
+    One per node. Its only state is, per authenticated peer, the timestamp of the last
+    HELLO accepted (bounded to ``MAX_REMEMBERED_PEERS``).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        trust: Trust,
+        table: SessionTable,
+        *,
+        credit: tuple[int, int] = DEFAULT_CREDIT,
+        limits: SessionLimits | None = None,
+        random: Random = os.urandom,
+    ) -> None:
+        self._identity = identity
+        self._trust = trust
+        self._table = table
+        self._credit = credit
+        self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
+        self._random = random
+        self._last_hello: OrderedDict[bytes, int] = OrderedDict()
+
+    def receive(self, frames: Sequence[Frame], now_ms: int) -> tuple[Session, list[Frame]]:
+        """Accept a HELLO: return the new session (already in the table) and the WELCOME.
+
+        Raises only :class:`ProtocolError` subclasses; :meth:`reject_frames` says whether
+        the error deserves a REJECT answer.
+        """
+        data = _frame(frames, FrameType.HELLO, HELLO_CLEAR.size + NONCE_SIZE + MAC_SIZE)
+        _, _, suite, their_ephemeral, responder_id = HELLO_CLEAR.unpack_from(data)
+        if suite != Suite.XSALSA20_POLY1305:
+            raise MalformedEnvelope(f"cipher suite {suite} is not supported", reason="suite")
+        if responder_id != self._identity.node_id:
+            raise HandshakeFailed("HELLO is for another node", reason="wrong_responder")
+        nonce_end = HELLO_CLEAR.size + NONCE_SIZE
+        try:
+            plaintext = Box(self._identity.box_key, PublicKey(their_ephemeral)).decrypt(
+                data[nonce_end:], data[HELLO_CLEAR.size : nonce_end]
+            )
+        except CryptoError as exc:
+            raise AuthenticationFailed("HELLO does not open") from exc
+        (certificate, timestamp, send_id, credit), signed = _open_fields(
+            plaintext, HELLO_CONTEXT, data[: HELLO_CLEAR.size]
+        )
+        self._trust.verify(certificate, now_ms)
+        _verify_signature(certificate, signed)
+        _check_skew(timestamp, now_ms, self._trust)
+        peer_id = certificate.node_id
+        if timestamp <= self._last_hello.get(peer_id, -1):
+            raise ReplayDetected("HELLO is not newer than the last one from this node",
+                                 reason="replay_hello")  # fmt: skip
+        self._remember(peer_id, timestamp)
+        return self._welcome(data, their_ephemeral, certificate, send_id, credit, now_ms)
+
+    def _remember(self, peer_id: bytes, timestamp: int) -> None:
+        self._last_hello[peer_id] = timestamp
+        self._last_hello.move_to_end(peer_id)
+        while len(self._last_hello) > MAX_REMEMBERED_PEERS:
+            self._last_hello.popitem(last=False)
+
+    def _welcome(self, hello: bytes, their_ephemeral: bytes, certificate: Certificate,
+                 send_id: bytes, credit: tuple[int, int],
+                 now_ms: int) -> tuple[Session, list[Frame]]:  # fmt: skip
+        ephemeral = PrivateKey(self._random(KEY_SIZE))
+        recv_id = self._table.new_id()
+        clear = WELCOME_CLEAR.pack(PROTOCOL_VERSION, FrameType.WELCOME,
+                                   bytes(ephemeral.public_key), send_id)  # fmt: skip
+        fields = [self._identity.require_certificate().to_bytes(), now_ms, recv_id,
+                  *self._credit]  # fmt: skip
+        transcript_hash = hashlib.blake2b(hello, digest_size=32).digest()
+        plaintext = _signed_fields(fields, WELCOME_CONTEXT, transcript_hash + clear,
+                                   self._identity)  # fmt: skip
+        nonce = self._random(NONCE_SIZE)
+        box = Box(ephemeral, PublicKey(their_ephemeral))
+        welcome = clear + nonce + box.encrypt(plaintext, nonce).ciphertext
+        i2r, r2i = _session_keys(box.shared_key(), hello + welcome)
+        session = Session(peer=certificate, initiator=False, send_key=r2i, recv_key=i2r,
+                          send_id=send_id, recv_id=recv_id, created_ms=now_ms,
+                          initial_credit=credit, limits=self._limits)  # fmt: skip
+        self._table.add(session, now_ms)
+        return session, [welcome]
+
+    @staticmethod
+    def reject_frames(frames: Sequence[Frame], error: ProtocolError) -> list[Frame] | None:
+        """The REJECT to send for ``error`` raised on this HELLO, or None to stay silent.
+
+        Only refusals a legitimate but misconfigured peer can act on get an answer; frames
+        that do not authenticate get none, so a scanner learns nothing.
+        """
+        code = _REJECT_CODES.get(type(error))
+        if code is None and getattr(error, "reason", "") == "wrong_responder":
+            code = RejectCode.WRONG_RESPONDER
+        if code is None or len(frames) != 1 or len(frames[0]) < HELLO_CLEAR.size:
+            return None
+        ephemeral = bytes(frames[0][3 : 3 + KEY_SIZE])
+        return [REJECT.pack(PROTOCOL_VERSION, FrameType.REJECT, code, ephemeral)]
+
+
+_REJECT_CODES: dict[type, RejectCode] = {
+    UnsupportedVersion: RejectCode.UNSUPPORTED_VERSION,
+    Unauthorized: RejectCode.UNTRUSTED_CERTIFICATE,
+    CertificateExpired: RejectCode.CERTIFICATE_EXPIRED,
+    ClockSkew: RejectCode.CLOCK_SKEW,
+}

@@ -1,0 +1,210 @@
+"""Keys on disk: the mesh directory, written safely and created atomically.
+
+Zero configuration on one machine is the secure path: with no keys given, a node calls
+``MeshDirectory.default().identity(name)``, which creates the mesh authority and issues the
+node's certificate locally. Layout::
+
+    <mesh dir>/authority.key          secret authority key (0600)
+    <mesh dir>/authority.pub          the authority's public key, safe to copy to other hosts
+    <mesh dir>/identities/NAME.key    a node's secret keys and certificate (0600)
+
+Every file is published with "write a private temporary file, then ``link`` it to its final
+name": ``link`` fails if the name exists, so when two processes start at the same instant
+exactly one file wins, complete, and both go on to read that one. They end up in one mesh
+with one identity per name, and nobody ever reads a half-written key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from .errors import InsecureKeyFile, KeyFileError, MalformedEnvelope
+from .identity import Authority, Certificate, Identity, Trust, validate_name
+
+ENV_MESH_HOME = "MESH_HOME"
+AUTHORITY_KIND = "agent-mesh authority"
+AUTHORITY_PUBLIC_KIND = "agent-mesh authority public key"
+IDENTITY_KIND = "agent-mesh identity"
+NOT_BEFORE_SLACK_S = 300  # certificates start a little in the past, for skewed peers
+
+
+def default_mesh_dir() -> Path:
+    """``$MESH_HOME`` if set, else ``~/.agent-mesh``."""
+    return Path(os.environ.get(ENV_MESH_HOME) or Path.home() / ".agent-mesh")
+
+
+def publish_file(path: Path, content: bytes, *, secret: bool) -> bool:
+    """Create ``path`` with ``content`` unless it exists. True if this call created it.
+
+    The file appears complete or not at all; secret files are 0600 from the first byte.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(temporary)
+
+
+def read_secret_file(path: Path) -> bytes:
+    """Read a secret key file, refusing one that group or others could read."""
+    try:
+        with open(path, "rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            if mode & 0o077:
+                raise InsecureKeyFile(str(path), mode)
+            return handle.read()
+    except FileNotFoundError as exc:
+        raise KeyFileError(str(path), "no such file") from exc
+    except IsADirectoryError as exc:
+        raise KeyFileError(str(path), "is a directory") from exc
+
+
+def _load_json(path: Path, raw: bytes, kind: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise KeyFileError(str(path), "not a valid key file (bad JSON)") from exc
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise KeyFileError(str(path), f"not an {kind} file")
+    return data
+
+
+def _hex_field(path: Path, data: dict[str, Any], key: str) -> bytes:
+    try:
+        return bytes.fromhex(data[key])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise KeyFileError(str(path), f"field {key!r} is missing or not hex") from exc
+
+
+class MeshDirectory:
+    """One mesh's keys on this machine. Cheap to construct; touches disk on use."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def default(cls) -> MeshDirectory:
+        return cls(default_mesh_dir())
+
+    @property
+    def authority_file(self) -> Path:
+        return self.path / "authority.key"
+
+    @property
+    def authority_public_file(self) -> Path:
+        return self.path / "authority.pub"
+
+    def identity_file(self, name: str) -> Path:
+        return self.path / "identities" / f"{validate_name(name)}.key"
+
+    def create(self) -> Authority:
+        """Create the mesh authority if there is none; return the authority either way."""
+        if not self.authority_file.exists():
+            fresh = Authority.generate()
+            record = {
+                "kind": AUTHORITY_KIND,
+                "version": 1,
+                "signing_seed": bytes(fresh.signing_key).hex(),
+                "verify_key": fresh.verify_key.hex(),
+            }
+            publish_file(self.authority_file, _dump(record), secret=True)
+        authority = self.authority()
+        public = {"kind": AUTHORITY_PUBLIC_KIND, "version": 1,
+                  "verify_key": authority.verify_key.hex()}  # fmt: skip
+        publish_file(self.authority_public_file, _dump(public), secret=False)
+        return authority
+
+    def authority(self) -> Authority:
+        """Load the secret authority key (only the machine that issues certificates has it)."""
+        raw = read_secret_file(self.authority_file)
+        data = _load_json(self.authority_file, raw, AUTHORITY_KIND)
+        seed = _hex_field(self.authority_file, data, "signing_seed")
+        if len(seed) != 32:
+            raise KeyFileError(str(self.authority_file), "signing seed must be 32 bytes")
+        return Authority(SigningKey(seed))
+
+    def trust(self) -> Trust:
+        """The authority's public key, from ``authority.pub`` (all a verifying host needs)."""
+        try:
+            raw = self.authority_public_file.read_bytes()
+        except FileNotFoundError as exc:
+            raise KeyFileError(str(self.authority_public_file),
+                               "no such file (create the mesh with: mesh init)") from exc  # fmt: skip
+        data = _load_json(self.authority_public_file, raw, AUTHORITY_PUBLIC_KIND)
+        key = _hex_field(self.authority_public_file, data, "verify_key")
+        if len(key) != 32:
+            raise KeyFileError(str(self.authority_public_file), "verify key must be 32 bytes")
+        return Trust(key)
+
+    def identity(self, name: str, *, capabilities: tuple[str, ...] = ()) -> Identity:
+        """Load ``name``'s identity, creating the mesh and issuing it first if needed."""
+        path = self.identity_file(name)
+        if not path.exists():
+            authority = self.create()
+            fresh = authority.issue_for(
+                Identity.generate(name),
+                not_before=int(time.time()) - NOT_BEFORE_SLACK_S,
+                capabilities=capabilities,
+            )
+            self.save_identity(fresh)
+        return self.load_identity(name)
+
+    def save_identity(self, identity: Identity, *, replace: bool = False) -> bool:
+        """Write ``identity`` (with its certificate); True if this call wrote it."""
+        cert = identity.require_certificate()
+        record = {
+            "kind": IDENTITY_KIND,
+            "version": 1,
+            "name": identity.name,
+            "box_secret": bytes(identity.box_key).hex(),
+            "sign_seed": bytes(identity.signing_key).hex(),
+            "certificate": cert.to_bytes().hex(),
+        }
+        path = self.identity_file(identity.name)
+        if replace:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return publish_file(path, _dump(record), secret=True)
+
+    def load_identity(self, name: str) -> Identity:
+        path = self.identity_file(name)
+        data = _load_json(path, read_secret_file(path), IDENTITY_KIND)
+        try:
+            cert = Certificate.from_bytes(_hex_field(path, data, "certificate"))
+            return Identity.from_secrets(
+                name, _hex_field(path, data, "box_secret"), _hex_field(path, data, "sign_seed"),
+                cert,
+            )  # fmt: skip
+        except (MalformedEnvelope, ValueError) as exc:
+            raise KeyFileError(str(path), f"unusable identity: {exc}") from exc
+
+    def names(self) -> list[str]:
+        """Names of the identities stored here."""
+        folder = self.path / "identities"
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.key"))
+
+
+def _dump(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, indent=2) + "\n").encode()
+

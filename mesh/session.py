@@ -1,0 +1,188 @@
+"""Sessions: the keys a handshake produced, and everything that must be fresh.
+
+A :class:`Session` is one side of one handshake: a key per direction, the next sequence
+number to send, the replay window for what it receives, and the key's age. A
+:class:`SessionTable` is a node's set of sessions, found by the session id in each frame's
+clear header.
+
+Theory of operation, the freshness rules in one place:
+
+* Each side picks the id under which it *receives* (``recv_id``) and tells the peer in
+  the handshake; the sender writes the peer's id in every frame.
+* A session id is ``epoch u32 | counter u32``. The epoch is random per table, that is, per
+  boot of the process; the counter only grows. So a frame sealed before a restart names an
+  epoch nobody issues any more and is refused as a replay, and a frame naming a session
+  this boot issued but has since dropped is refused as a replay of a retired session.
+* A frame's sequence number must pass the session's :class:`ReplayWindow`, and its
+  timestamp must be within ``max_skew_ms`` of ours.
+* A sealing side rekeys (a fresh handshake) after ``REKEY_AFTER_*``; it refuses to seal past
+  ``REJECT_AFTER_*``. When a new session with the same peer and role is added, the old one
+  is retired: it still opens frames for ``RETIRED_GRACE_MS`` (those in flight), then goes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .codec import Message
+from .envelope import Frame, Opened, open_sealed, seal, sealed_session_id
+from .errors import ClockSkew, ReplayDetected, SessionExpired, UnknownSession
+from .identity import Certificate
+from .replay import ReplayWindow
+from .wire import (
+    DEFAULT_MAX_SKEW_MS,
+    DEFAULT_REPLAY_WINDOW,
+    REJECT_AFTER_FRAMES,
+    REJECT_AFTER_MS,
+    REKEY_AFTER_FRAMES,
+    REKEY_AFTER_MS,
+    RETIRED_GRACE_MS,
+)
+
+_SESSION_ID = struct.Struct(">II")
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """When to rekey and when to refuse; defaults from protocol.md."""
+
+    rekey_after_frames: int = REKEY_AFTER_FRAMES
+    rekey_after_ms: int = REKEY_AFTER_MS
+    reject_after_frames: int = REJECT_AFTER_FRAMES
+    reject_after_ms: int = REJECT_AFTER_MS
+    retired_grace_ms: int = RETIRED_GRACE_MS
+    replay_window: int = DEFAULT_REPLAY_WINDOW
+    max_skew_ms: int = DEFAULT_MAX_SKEW_MS
+
+
+class Session:
+    """One established session with an authenticated peer."""
+
+    __slots__ = ("_next_seq", "created_ms", "initial_credit", "initiator", "limits", "peer",
+                 "recv_id", "retired_ms", "send_id", "window", "_recv_key", "_send_key")  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        peer: Certificate,
+        initiator: bool,
+        send_key: bytes,
+        recv_key: bytes,
+        send_id: bytes,
+        recv_id: bytes,
+        created_ms: int,
+        initial_credit: tuple[int, int],
+        limits: SessionLimits,
+    ) -> None:
+        self.peer = peer
+        self.initiator = initiator
+        self._send_key = send_key
+        self._recv_key = recv_key
+        self.send_id = send_id
+        self.recv_id = recv_id
+        self.created_ms = created_ms
+        self.initial_credit = initial_credit
+        self.limits = limits
+        self.window = ReplayWindow(limits.replay_window)
+        self._next_seq = 0
+        self.retired_ms: int | None = None
+
+    @property
+    def frames_sent(self) -> int:
+        return self._next_seq
+
+    def needs_rekey(self, now_ms: int) -> bool:
+        """True once the key has carried enough frames or lived long enough to replace it."""
+        return (self._next_seq >= self.limits.rekey_after_frames
+                or now_ms - self.created_ms >= self.limits.rekey_after_ms)  # fmt: skip
+
+    def seal(self, messages: Sequence[Message], now_ms: int,
+             grant: tuple[int, int] = (0, 0)) -> list[Frame]:  # fmt: skip
+        """Seal ``messages`` as the next frame of this session.
+
+        Raises :class:`SessionExpired` past the hard limits (rekey first), and
+        :class:`InvalidBody` or :class:`EnvelopeTooLarge` for what cannot be sent.
+        """
+        seq = self._next_seq
+        if seq >= self.limits.reject_after_frames or (
+            now_ms - self.created_ms >= self.limits.reject_after_ms
+        ):
+            raise SessionExpired(f"session with {self.peer.name!r} must be rekeyed")
+        frames = seal(self.send_id, self._send_key, seq, now_ms, messages, grant)
+        self._next_seq = seq + 1
+        return frames
+
+    def open(self, frames: Sequence[Frame], now_ms: int) -> Opened:
+        """Authenticate, check freshness, and decode a frame addressed to this session."""
+        opened = open_sealed(frames, self._recv_key)
+        skew = opened.timestamp_ms - now_ms
+        if abs(skew) > self.limits.max_skew_ms:
+            raise ClockSkew(skew, self.limits.max_skew_ms)
+        self.window.accept(opened.seq)
+        return opened
+
+
+class SessionTable:
+    """A node's sessions by receive id; issues ids and applies the retirement rules."""
+
+    def __init__(self, epoch: int | None = None) -> None:
+        self.epoch = epoch if epoch is not None else _random_epoch()
+        self._issued = 0
+        self._sessions: dict[bytes, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def new_id(self) -> bytes:
+        """A fresh receive id: this boot's epoch and the next counter value."""
+        self._issued += 1
+        return _SESSION_ID.pack(self.epoch, self._issued)
+
+    def add(self, session: Session, now_ms: int) -> None:
+        """Register ``session``; retire older ones with the same peer and role."""
+        for other in self._sessions.values():
+            if (other.retired_ms is None and other.initiator == session.initiator
+                    and other.peer.node_id == session.peer.node_id):  # fmt: skip
+                other.retired_ms = now_ms
+        self._sessions[session.recv_id] = session
+
+    def remove(self, session: Session) -> None:
+        self._sessions.pop(session.recv_id, None)
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def find(self, session_id: bytes, now_ms: int) -> Session:
+        """The live session named ``session_id``, or a typed error saying why there is none."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            retired = session.retired_ms
+            if retired is None or now_ms - retired <= session.limits.retired_grace_ms:
+                return session
+            del self._sessions[session_id]
+        epoch, counter = _SESSION_ID.unpack(session_id)
+        if epoch != self.epoch:
+            raise ReplayDetected("frame names a session of another boot", reason="replay_epoch")
+        if counter <= self._issued:
+            raise ReplayDetected("frame names a retired session", reason="replay_retired")
+        raise UnknownSession("frame names a session that was never issued")
+
+    def open(self, frames: Sequence[Frame], now_ms: int) -> tuple[Session, Opened]:
+        """Route a SEALED message to its session and open it. Raises only ProtocolError."""
+        session = self.find(sealed_session_id(frames), now_ms)
+        return session, session.open(frames, now_ms)
+
+    def expire(self, now_ms: int) -> list[Session]:
+        """Drop retired sessions whose grace has passed; return them."""
+        gone = [s for s in self._sessions.values()
+                if s.retired_ms is not None and now_ms - s.retired_ms > s.limits.retired_grace_ms]
+        for session in gone:
+            del self._sessions[session.recv_id]
+        return gone
+
+
+def _random_epoch() -> int:
+    return int.from_bytes(os.urandom(4), "big") or 1
