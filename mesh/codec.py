@@ -17,6 +17,7 @@ strings valid UTF-8, and the only ext type is the project's own.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,12 +149,12 @@ def _check_tree(value: Any, depth: int, leaves: tuple[type, ...], error: type[Ex
         items: Any = value
     elif kind is dict:
         if not set(map(type, value)) <= {str}:
-            raise error("map keys must be strings")
+            raise _tree_error(error, "map keys must be strings", "map_key")
         items = value.values()
     elif kind in _SCALARS or isinstance(value, leaves):
         return
     else:
-        raise error(f"values of type {kind.__name__} cannot be sent")
+        raise _tree_error(error, f"values of type {kind.__name__} cannot be sent", "type")
     if depth >= MAX_DEPTH:
         raise (LimitExceeded("nesting depth", depth + 1, MAX_DEPTH) if error is MalformedEnvelope
                else InvalidBody(f"nesting deeper than {MAX_DEPTH} levels"))  # fmt: skip
@@ -161,6 +162,10 @@ def _check_tree(value: Any, depth: int, leaves: tuple[type, ...], error: type[Ex
         return
     for item in items:
         _check_tree(item, depth + 1, leaves, error)
+
+
+def _tree_error(error: type[Exception], message: str, reason: str) -> Exception:
+    return MalformedEnvelope(message, reason=reason) if error is MalformedEnvelope else error(message)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -217,6 +222,8 @@ def _describe_attachment(obj: Any) -> tuple[list[Any], memoryview]:
             raise InvalidBody(f"torch dtype {dtype} cannot be sent as an attachment")
         flat = tensor.reshape(-1).view(torch.uint8).numpy()
         return [AttachmentKind.TENSOR, dtype, list(tensor.shape)], memoryview(flat)
+    if isinstance(obj, int):
+        raise InvalidBody(f"integer {obj} is outside the range -2**63 to 2**64-1")
     raise InvalidBody(f"values of type {type(obj).__name__} cannot be sent")
 
 
@@ -246,16 +253,33 @@ def decode_payload(payload: bytes | bytearray | memoryview,
         )  # fmt: skip
     except ProtocolError:
         raise
-    except msgpack.ExtraData as exc:
-        raise MalformedEnvelope("trailing bytes after the payload", reason="trailing") from exc
-    except UnicodeDecodeError as exc:
-        raise MalformedEnvelope("string is not valid UTF-8", reason="utf8") from exc
     except Exception as exc:  # msgpack signals bad input with several exception types
-        raise MalformedEnvelope(f"payload is not valid msgpack: {exc}") from exc
+        raise _unpack_error(exc) from exc
     messages = _messages_from_rows(rows)
     if not all(used):
         raise MalformedEnvelope("attachment frame not referenced", reason="attachment_ref")
     return messages
+
+
+_DECLARED_LENGTH = re.compile(r"(\d+) exceeds (max_\w+)\((\d+)\)")
+
+
+def _unpack_error(exc: Exception) -> MalformedEnvelope:
+    """Name what msgpack refused, so every kind of bomb has one typed, counted error."""
+    if isinstance(exc, msgpack.exceptions.StackError):
+        return LimitExceeded("nesting depth", MAX_DEPTH + 1, MAX_DEPTH)
+    if isinstance(exc, msgpack.ExtraData):
+        return MalformedEnvelope("trailing bytes after the payload", reason="trailing")
+    if isinstance(exc, UnicodeDecodeError):
+        return MalformedEnvelope("string is not valid UTF-8", reason="utf8")
+    text = str(exc)
+    if match := _DECLARED_LENGTH.search(text):
+        return LimitExceeded(f"declared {match[2][4:]}", int(match[1]), int(match[3]))
+    if "incomplete input" in text:
+        return MalformedEnvelope("payload is truncated", reason="truncated")
+    if "map key" in text:
+        return MalformedEnvelope("map keys must be strings", reason="map_key")
+    return MalformedEnvelope(f"payload is not valid msgpack: {text}")
 
 
 def _messages_from_rows(rows: Any) -> list[Message]:

@@ -1,0 +1,69 @@
+"""Shared fixtures: an authority, certified identities, and established session pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from mesh import Authority, Identity, Initiator, Responder, Session, SessionTable, Trust
+
+NOW_MS = 1_790_000_000_000
+NOT_BEFORE = NOW_MS // 1000 - 3600
+
+
+def certified(authority: Authority, name: str, **options: object) -> Identity:
+    return authority.issue_for(Identity.generate(name), not_before=NOT_BEFORE, **options)
+
+
+@dataclass
+class Pair:
+    """Both ends of one handshake: alice initiated, bob responded."""
+
+    alice: Session
+    bob: Session
+    alice_table: SessionTable
+    bob_table: SessionTable
+
+
+def handshake(caller: Identity, callee: Identity, trust: Trust, *,
+              caller_table: SessionTable | None = None,
+              callee_table: SessionTable | None = None,
+              responder: Responder | None = None, now_ms: int = NOW_MS) -> Pair:
+    caller_table = caller_table or SessionTable()
+    callee_table = callee_table or SessionTable()
+    responder = responder or Responder(callee, trust, callee_table)
+    initiator = Initiator(caller, trust, callee.require_certificate(), caller_table, now_ms)
+    bob, welcome = responder.receive(initiator.hello_frames(), now_ms)
+    alice = initiator.receive(welcome, now_ms)
+    return Pair(alice, bob, caller_table, callee_table)
+
+
+@pytest.fixture(scope="session")
+def authority() -> Authority:
+    return Authority.generate()
+
+
+@pytest.fixture(scope="session")
+def trust(authority: Authority) -> Trust:
+    return authority.trust()
+
+
+@pytest.fixture(scope="session")
+def alice(authority: Authority) -> Identity:
+    return certified(authority, "alice", capabilities=["echo"])
+
+
+@pytest.fixture(scope="session")
+def bob(authority: Authority) -> Identity:
+    return certified(authority, "bob")
+
+
+@pytest.fixture(scope="session")
+def carol(authority: Authority) -> Identity:
+    return certified(authority, "carol")
+
+
+@pytest.fixture
+def pair(alice: Identity, bob: Identity, trust: Trust) -> Pair:
+    return handshake(alice, bob, trust)

@@ -1,0 +1,109 @@
+"""Session freshness: replays (also across restarts), retirement, skew, rekey limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh import AuthenticationFailed, ClockSkew, Message, ReplayDetected, SessionExpired, SessionLimits, SessionTable
+from mesh import UnknownSession
+from mesh.wire import Kind
+from tests.conftest import NOW_MS, handshake
+
+PING = [Message(Kind.PING, 1)]
+
+
+def test_replayed_envelope_is_refused(pair):
+    frames = pair.alice.seal(PING, NOW_MS)
+    pair.bob_table.open(frames, NOW_MS)
+    with pytest.raises(ReplayDetected):
+        pair.bob_table.open(frames, NOW_MS)
+
+
+def test_reordered_envelopes_accepted_once_each(pair):
+    batch = [pair.alice.seal(PING, NOW_MS) for _ in range(5)]
+    for frames in reversed(batch):
+        pair.bob_table.open(frames, NOW_MS)
+    for frames in batch:
+        with pytest.raises(ReplayDetected):
+            pair.bob_table.open(frames, NOW_MS)
+
+
+def test_replay_after_the_receiver_restarts(alice, bob, trust):
+    pair = handshake(alice, bob, trust)
+    captured = pair.alice.seal(PING, NOW_MS)
+    pair.bob_table.open(captured, NOW_MS)
+    restarted = SessionTable()  # bob's process restarts: a new epoch, no sessions
+    with pytest.raises(ReplayDetected) as caught:
+        restarted.open(captured, NOW_MS)
+    assert caught.value.reason == "replay_epoch"
+
+
+def test_replay_after_the_sender_restarts(alice, bob, trust):
+    pair = handshake(alice, bob, trust)
+    captured = pair.alice.seal(PING, NOW_MS)
+    pair.bob_table.open(captured, NOW_MS)
+    # alice restarts and handshakes again with the same bob: her old session is retired
+    handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
+    with pytest.raises(ReplayDetected):
+        pair.bob_table.open(captured, NOW_MS + 1)  # within grace: the window still refuses it
+    later = NOW_MS + pair.bob.limits.retired_grace_ms + 10
+    with pytest.raises(ReplayDetected) as caught:
+        pair.bob_table.open(captured, later)
+    assert caught.value.reason == "replay_retired"
+
+
+def test_old_session_opens_in_flight_frames_during_grace_only(alice, bob, trust):
+    pair = handshake(alice, bob, trust)
+    in_flight = pair.alice.seal(PING, NOW_MS)
+    late = pair.alice.seal(PING, NOW_MS)
+    fresh = handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
+    session, _ = pair.bob_table.open(in_flight, NOW_MS + 5)
+    assert session is pair.bob and session.retired_ms == NOW_MS + 1
+    with pytest.raises(ReplayDetected):
+        pair.bob_table.open(late, NOW_MS + 1 + pair.bob.limits.retired_grace_ms + 1)
+    assert pair.bob_table.open(fresh.alice.seal(PING, NOW_MS + 2), NOW_MS + 2)[0] is fresh.bob
+
+
+def test_never_issued_session_is_unknown(pair):
+    frames = [bytearray(pair.alice.seal(PING, NOW_MS)[0])]
+    frames[0][6:10] = (10**6).to_bytes(4, "big")  # this boot's epoch, a counter never issued
+    with pytest.raises(UnknownSession):
+        pair.bob_table.open(frames, NOW_MS)
+
+
+@pytest.mark.parametrize("offset", [-61_000, 61_000])
+def test_clock_skew_beyond_the_bound(pair, offset):
+    frames = pair.alice.seal(PING, NOW_MS + offset)
+    with pytest.raises(ClockSkew) as caught:
+        pair.bob_table.open(frames, NOW_MS)
+    assert caught.value.skew_ms == offset
+
+
+def test_rekey_and_hard_limits(alice, bob, trust):
+    limits = SessionLimits(rekey_after_frames=2, reject_after_frames=3,
+                           rekey_after_ms=1000, reject_after_ms=2000)
+    pair = handshake(alice, bob, trust)
+    pair.alice.limits = limits
+    assert not pair.alice.needs_rekey(NOW_MS)
+    assert pair.alice.needs_rekey(NOW_MS + 1000)
+    for _ in range(2):
+        pair.alice.seal(PING, NOW_MS)
+    assert pair.alice.needs_rekey(NOW_MS)
+    pair.alice.seal(PING, NOW_MS)
+    with pytest.raises(SessionExpired):
+        pair.alice.seal(PING, NOW_MS)
+
+
+def test_expire_drops_retired_sessions(alice, bob, trust):
+    pair = handshake(alice, bob, trust)
+    handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
+    assert len(pair.bob_table) == 2
+    assert pair.bob_table.expire(NOW_MS + 1 + pair.bob.limits.retired_grace_ms + 1) == [pair.bob]
+    assert len(pair.bob_table) == 1
+
+
+def test_directions_use_different_keys(pair):
+    frames = pair.alice.seal(PING, NOW_MS)
+    reflected = [b"\x01\x03" + pair.alice.recv_id + bytes(frames[0])[10:]]
+    with pytest.raises(AuthenticationFailed):  # a reflected frame meets the other key
+        pair.alice_table.open(reflected, NOW_MS)
