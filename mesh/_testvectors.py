@@ -52,45 +52,82 @@ def compute() -> dict[str, dict[str, bytes]]:
     authority = Authority(SigningKey(_seed("authority")))
     alice = authority.issue_for(
         Identity.from_secrets("alice", _seed("alice box"), _seed("alice sign")),
-        not_before=NOT_BEFORE, capabilities=["echo"], lifetime_s=LIFETIME_S,
-    )  # fmt: skip
+        not_before=NOT_BEFORE,
+        capabilities=["echo"],
+        lifetime_s=LIFETIME_S,
+    )
     bob = authority.issue_for(
         Identity.from_secrets("bob", _seed("bob box"), _seed("bob sign")),
-        not_before=NOT_BEFORE, lifetime_s=LIFETIME_S,
-    )  # fmt: skip
+        not_before=NOT_BEFORE,
+        lifetime_s=LIFETIME_S,
+    )
     vectors: dict[str, dict[str, bytes]] = {
-        "authority": {"seed": _seed("authority"), "verify_key": authority.verify_key,
-                      "authority_id": authority.authority_id},  # fmt: skip
+        "authority": {
+            "seed": _seed("authority"),
+            "verify_key": authority.verify_key,
+            "authority_id": authority.authority_id,
+        },
     }
     for who in (alice, bob):
         vectors[who.name] = {
-            "box_secret": bytes(who.box_key), "box_public": who.box_public,
-            "sign_seed": bytes(who.signing_key), "sign_public": who.sign_public,
-            "node_id": who.node_id, "certificate": who.require_certificate().to_bytes(),
-        }  # fmt: skip
+            "box_secret": bytes(who.box_key),
+            "box_public": who.box_public,
+            "sign_seed": bytes(who.signing_key),
+            "sign_public": who.sign_public,
+            "node_id": who.node_id,
+            "certificate": who.require_certificate().to_bytes(),
+        }
     trust = authority.trust()
-    initiator = Initiator(alice, trust, bob.require_certificate(), SessionTable(epoch=0xA11CE),
-                          NOW_MS, random=deterministic_random(b"hello"))  # fmt: skip
-    responder = Responder(bob, trust, SessionTable(epoch=0xB0B),
-                          random=deterministic_random(b"welcome"))  # fmt: skip
+    initiator = Initiator(
+        alice,
+        trust,
+        bob.require_certificate(),
+        SessionTable(epoch=0xA11CE),
+        NOW_MS,
+        random=deterministic_random(b"hello"),
+    )
+    responder = Responder(
+        bob, trust, SessionTable(epoch=0xB0B), random=deterministic_random(b"welcome")
+    )
     bob_session, welcome = responder.receive(initiator.hello_frames(), NOW_MS)
     alice_session = initiator.receive(welcome, NOW_MS)
     vectors["handshake"] = {
-        "hello": initiator.hello, "welcome": bytes(welcome[0]),
+        "hello": initiator.hello,
+        "welcome": bytes(welcome[0]),
         "key_initiator_to_responder": alice_session._send_key,
         "key_responder_to_initiator": alice_session._recv_key,
-    }  # fmt: skip
+    }
     request = Message(Kind.REQUEST, 1, name="echo", body={"x": 1}, ttl_ms=2000)
-    frames = seal(alice_session.send_id, alice_session._send_key, 0, NOW_MS, [request],
-                  grant=(0, 0), random=deterministic_random(b"request"))  # fmt: skip
+    frames = seal(
+        alice_session.send_id,
+        alice_session._send_key,
+        0,
+        NOW_MS,
+        [request],
+        grant=(0, 0),
+        random=deterministic_random(b"request"),
+    )
     vectors["request"] = {"frame0": bytes(frames[0])}
     reply = Message(Kind.REPLY, 7, corr_id=1, body={"x": 1})
-    frames = seal(bob_session.send_id, bob_session._send_key, 0, NOW_MS + 1, [reply],
-                  grant=(16, 65536), random=deterministic_random(b"reply"))  # fmt: skip
+    frames = seal(
+        bob_session.send_id,
+        bob_session._send_key,
+        0,
+        NOW_MS + 1,
+        [reply],
+        grant=(16, 65536),
+        random=deterministic_random(b"reply"),
+    )
     vectors["reply"] = {"frame0": bytes(frames[0])}
     blob = Message(Kind.SEND, 2, name="blob", body=Blob(b"\x00\x01\x02\x03"))
-    frames = seal(alice_session.send_id, alice_session._send_key, 1, NOW_MS + 2, [blob],
-                  random=deterministic_random(b"blob"))  # fmt: skip
+    frames = seal(
+        alice_session.send_id,
+        alice_session._send_key,
+        1,
+        NOW_MS + 2,
+        [blob],
+        random=deterministic_random(b"blob"),
+    )
     vectors["attachment"] = {"frame0": bytes(frames[0]), "frame1": bytes(frames[1])}
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))
     assert rejected is not None
@@ -124,5 +161,7 @@ def parse(text: str) -> dict[str, dict[str, bytes]]:
         elif raw.startswith("  "):
             field, _, value = raw.strip().partition(": ")
             fields[field] = [value]
-    return {name: {f: bytes.fromhex("".join(chunks)) for f, chunks in found.items()}
-            for name, found in parts.items()}  # fmt: skip
+    return {
+        name: {f: bytes.fromhex("".join(chunks)) for f, chunks in found.items()}
+        for name, found in parts.items()
+    }

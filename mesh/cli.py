@@ -32,8 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mesh: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
-        print(f"mesh: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"mesh: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -47,22 +49,30 @@ def _parser() -> argparse.ArgumentParser:
         "  mesh show alice --json\n  mesh selfcheck",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--mesh", metavar="DIR", default=None,
-                        help=f"mesh directory (default: $MESH_HOME or {default_mesh_dir()})")  # fmt: skip
+    parser.add_argument(
+        "--mesh",
+        metavar="DIR",
+        default=None,
+        help=f"mesh directory (default: $MESH_HOME or {default_mesh_dir()})",
+    )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create the mesh authority (idempotent)")
     init.set_defaults(run=_cmd_init)
 
-    issue = commands.add_parser("issue", help="create an identity and certify it",
-                                description="Create NAME's keys and sign its certificate "
-                                "with this mesh's authority. Example: mesh issue alice "
-                                "--caps echo")  # fmt: skip
+    issue = commands.add_parser(
+        "issue",
+        help="create an identity and certify it",
+        description="Create NAME's keys and sign its certificate "
+        "with this mesh's authority. Example: mesh issue alice "
+        "--caps echo",
+    )
     issue.add_argument("name")
     issue.add_argument("--caps", default="", help="comma-separated capabilities")
     issue.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    issue.add_argument("--force", action="store_true",
-                       help="replace an existing identity (new keys)")  # fmt: skip
+    issue.add_argument(
+        "--force", action="store_true", help="replace an existing identity (new keys)"
+    )
     issue.set_defaults(run=_cmd_issue)
 
     show = commands.add_parser("show", help="show the authority or an identity")
@@ -70,9 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(run=_cmd_show)
 
-    check = commands.add_parser("selfcheck", help="handshake, seal and open in this process",
-                                description="Run a handshake between two identities of the "
-                                "mesh and seal, open, tamper with and replay envelopes.")  # fmt: skip
+    check = commands.add_parser(
+        "selfcheck",
+        help="handshake, seal and open in this process",
+        description="Run a handshake between two identities of the "
+        "mesh and seal, open, tamper with and replay envelopes.",
+    )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(run=_cmd_selfcheck)
     return parser
@@ -95,13 +108,18 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     mesh = _mesh(args)
     caps = tuple(c.strip() for c in args.caps.split(",") if c.strip())
     if mesh.identity_file(args.name).exists() and not args.force:
-        print(f"mesh: error: identity {args.name!r} exists (use --force to replace it)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"mesh: error: identity {args.name!r} exists (use --force to replace it)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     authority = mesh.create()
-    identity = authority.issue_for(Identity.generate(args.name), capabilities=caps,
-                                   not_before=int(time.time()) - 300,
-                                   lifetime_s=args.days * 86400)  # fmt: skip
+    identity = authority.issue_for(
+        Identity.generate(args.name),
+        capabilities=caps,
+        not_before=int(time.time()) - 300,
+        lifetime_s=args.days * 86400,
+    )
     mesh.save_identity(identity, replace=args.force)
     print(f"issued {args.name} (node {identity.node_id.hex()}) in {mesh.path}")
     return 0
@@ -111,9 +129,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     mesh = _mesh(args)
     if args.name is None:
         trust = mesh.trust()
-        info: dict[str, Any] = {"mesh": str(mesh.path), "authority_id": trust.authority_id.hex(),
-                                "authority_key": trust.authority_key.hex(),
-                                "identities": mesh.names()}  # fmt: skip
+        info: dict[str, Any] = {
+            "mesh": str(mesh.path),
+            "authority_id": trust.authority_id.hex(),
+            "authority_key": trust.authority_key.hex(),
+            "identities": mesh.names(),
+        }
     else:
         info = _certificate_info(mesh.load_identity(args.name).require_certificate())
     if args.json:
@@ -128,10 +149,16 @@ def _certificate_info(cert: Certificate) -> dict[str, Any]:
     def stamp(seconds: int) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
-    return {"name": cert.name, "node_id": cert.node_id.hex(), "box_public": cert.box_public.hex(),
-            "sign_public": cert.sign_public.hex(), "capabilities": list(cert.capabilities),
-            "not_before": stamp(cert.not_before), "not_after": stamp(cert.not_after),
-            "authority_id": cert.authority_id.hex()}  # fmt: skip
+    return {
+        "name": cert.name,
+        "node_id": cert.node_id.hex(),
+        "box_public": cert.box_public.hex(),
+        "sign_public": cert.sign_public.hex(),
+        "capabilities": list(cert.capabilities),
+        "not_before": stamp(cert.not_before),
+        "not_after": stamp(cert.not_after),
+        "authority_id": cert.authority_id.hex(),
+    }
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:

@@ -67,9 +67,11 @@ class Message:
     def __post_init__(self) -> None:
         if self.kind not in KIND_VALUES:
             raise InvalidArgument(f"unknown message kind {self.kind!r}")
-        for field_name, value, top in (("msg_id", self.msg_id, MAX_U64),
-                                       ("corr_id", self.corr_id, MAX_U64),
-                                       ("ttl_ms", self.ttl_ms, MAX_TTL_MS)):  # fmt: skip
+        for field_name, value, top in (
+            ("msg_id", self.msg_id, MAX_U64),
+            ("corr_id", self.corr_id, MAX_U64),
+            ("ttl_ms", self.ttl_ms, MAX_TTL_MS),
+        ):
             if type(value) is not int or not 0 <= value <= top:
                 raise InvalidArgument(f"{field_name} must be an integer from 0 to {top}")
         if type(self.name) is not str or len(self.name) > MAX_NAME_LEN:
@@ -114,9 +116,21 @@ _NUMPY_DTYPES = frozenset(
     for code in ("i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16")
 ) | {"|b1", "|i1", "|u1"}
 _TORCH_DTYPES = frozenset(
-    {"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16",
-     "float32", "float64", "complex64", "complex128"}
-)  # fmt: skip
+    {
+        "bool",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    }
+)
 MAX_NDIM = 32
 
 
@@ -156,8 +170,11 @@ def _check_tree(value: Any, depth: int, leaves: tuple[type, ...], error: type[Ex
     else:
         raise _tree_error(error, f"values of type {kind.__name__} cannot be sent", "type")
     if depth >= MAX_DEPTH:
-        raise (LimitExceeded("nesting depth", depth + 1, MAX_DEPTH) if error is MalformedEnvelope
-               else InvalidBody(f"nesting deeper than {MAX_DEPTH} levels"))  # fmt: skip
+        raise (
+            LimitExceeded("nesting depth", depth + 1, MAX_DEPTH)
+            if error is MalformedEnvelope
+            else InvalidBody(f"nesting deeper than {MAX_DEPTH} levels")
+        )
     if set(map(type, items)) <= _SCALARS:
         return
     for item in items:
@@ -165,7 +182,9 @@ def _check_tree(value: Any, depth: int, leaves: tuple[type, ...], error: type[Ex
 
 
 def _tree_error(error: type[Exception], message: str, reason: str) -> Exception:
-    return MalformedEnvelope(message, reason=reason) if error is MalformedEnvelope else error(message)
+    return (
+        MalformedEnvelope(message, reason=reason) if error is MalformedEnvelope else error(message)
+    )
 
 
 # --------------------------------------------------------------------------- encoding
@@ -230,8 +249,9 @@ def _describe_attachment(obj: Any) -> tuple[list[Any], memoryview]:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_payload(payload: bytes | bytearray | memoryview,
-                   attachments: Sequence[bytearray]) -> list[Message]:  # fmt: skip
+def decode_payload(
+    payload: bytes | bytearray | memoryview, attachments: Sequence[bytearray]
+) -> list[Message]:
     """Unpack a payload; materialise each attachment over its buffer. See module contract."""
     used = [False] * len(attachments)
 
@@ -247,10 +267,17 @@ def decode_payload(payload: bytes | bytearray | memoryview,
     size = len(payload)
     try:
         rows = msgpack.unpackb(
-            payload, ext_hook=ext_hook, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=size, max_bin_len=size, max_array_len=size, max_map_len=size // 2,
+            payload,
+            ext_hook=ext_hook,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
             max_ext_len=1024,
-        )  # fmt: skip
+        )
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack signals bad input with several exception types
@@ -303,12 +330,24 @@ def _messages_from_rows(rows: Any) -> list[Message]:
 
 def _parse_descriptor(data: bytes, count: int) -> tuple[int, int, list[Any]]:
     try:
-        fields = msgpack.unpackb(data, raw=False, max_array_len=MAX_NDIM + 4, max_map_len=0,
-                                 max_ext_len=0, max_str_len=32, max_bin_len=0)  # fmt: skip
+        fields = msgpack.unpackb(
+            data,
+            raw=False,
+            max_array_len=MAX_NDIM + 4,
+            max_map_len=0,
+            max_ext_len=0,
+            max_str_len=32,
+            max_bin_len=0,
+        )
     except Exception as exc:  # msgpack's assorted errors all mean a bad descriptor
         raise MalformedEnvelope("bad attachment descriptor", reason="attachment_ref") from exc
-    if not (isinstance(fields, list) and len(fields) >= 2 and type(fields[0]) is int
-            and type(fields[1]) is int and 0 <= fields[0] < count):  # fmt: skip
+    if not (
+        isinstance(fields, list)
+        and len(fields) >= 2
+        and type(fields[0]) is int
+        and type(fields[1]) is int
+        and 0 <= fields[0] < count
+    ):
         raise MalformedEnvelope("bad attachment descriptor", reason="attachment_ref")
     return fields[0], fields[1], fields[2:]
 
@@ -319,8 +358,11 @@ def _materialise(kind: int, described: list[Any], buffer: bytearray) -> Any:
     if kind not in (AttachmentKind.NDARRAY, AttachmentKind.TENSOR) or len(described) != 2:
         raise MalformedEnvelope("bad attachment descriptor", reason="attachment_ref")
     dtype, shape = described
-    if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
-            and all(type(n) is int and n >= 0 for n in shape)):  # fmt: skip
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= MAX_NDIM
+        and all(type(n) is int and n >= 0 for n in shape)
+    ):
         raise MalformedEnvelope("bad attachment shape", reason="attachment_ref")
     if kind == AttachmentKind.NDARRAY:
         return _as_ndarray(dtype, shape, buffer)

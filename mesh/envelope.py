@@ -81,8 +81,9 @@ def seal(
     """
     payload, attachments = encode_payload(messages)
     nonces = [random(NONCE_SIZE) for _ in attachments]
-    inner_header = INNER.pack(_VERSION, _SEALED, session_id, seq, timestamp_ms, grant[0],
-                              grant[1], len(attachments))  # fmt: skip
+    inner_header = INNER.pack(
+        _VERSION, _SEALED, session_id, seq, timestamp_ms, grant[0], grant[1], len(attachments)
+    )
     plaintext = b"".join((inner_header, *nonces, payload))
     first_size = BOX_OFFSET + MAC_SIZE + len(plaintext)
     if first_size > MAX_FIRST_FRAME:

@@ -96,8 +96,9 @@ def _frame(frames: Sequence[Frame], expected: FrameType, minimum: int) -> bytes:
     return data
 
 
-def _signed_fields(fields: list[Any], context: bytes, signed_prefix: bytes,
-                   identity: Identity) -> bytes:  # fmt: skip
+def _signed_fields(
+    fields: list[Any], context: bytes, signed_prefix: bytes, identity: Identity
+) -> bytes:
     encoded = msgpack.packb(fields, use_bin_type=True)
     signature = identity.signing_key.sign(context + signed_prefix + encoded).signature
     return msgpack.packb([encoded, signature], use_bin_type=True)
@@ -106,18 +107,30 @@ def _signed_fields(fields: list[Any], context: bytes, signed_prefix: bytes,
 def _open_fields(plaintext: bytes, context: bytes, signed_prefix: bytes) -> tuple[list[Any], Any]:
     """Parse ``[fields, signature]`` and the fields; the caller verifies the signature."""
     outer = _unpack(plaintext)
-    if not (isinstance(outer, list) and len(outer) == 2 and isinstance(outer[0], bytes)
-            and isinstance(outer[1], bytes) and len(outer[1]) == SIGNATURE_SIZE):  # fmt: skip
+    if not (
+        isinstance(outer, list)
+        and len(outer) == 2
+        and isinstance(outer[0], bytes)
+        and isinstance(outer[1], bytes)
+        and len(outer[1]) == SIGNATURE_SIZE
+    ):
         raise MalformedEnvelope("handshake payload is not [fields, signature]")
     encoded, signature = outer
     fields = _unpack(encoded)
     if not (isinstance(fields, list) and len(fields) == 5):
         raise MalformedEnvelope("handshake fields must be an array of 5")
     cert_bytes, timestamp, recv_id, credit_messages, credit_bytes = fields
-    if not (isinstance(cert_bytes, bytes) and type(timestamp) is int and 0 <= timestamp <= MAX_U64
-            and isinstance(recv_id, bytes) and len(recv_id) == SESSION_ID_SIZE
-            and type(credit_messages) is int and 0 <= credit_messages < 2**32
-            and type(credit_bytes) is int and 0 <= credit_bytes <= MAX_U64):  # fmt: skip
+    if not (
+        isinstance(cert_bytes, bytes)
+        and type(timestamp) is int
+        and 0 <= timestamp <= MAX_U64
+        and isinstance(recv_id, bytes)
+        and len(recv_id) == SESSION_ID_SIZE
+        and type(credit_messages) is int
+        and 0 <= credit_messages < 2**32
+        and type(credit_bytes) is int
+        and 0 <= credit_bytes <= MAX_U64
+    ):
         raise MalformedEnvelope("handshake field has the wrong type or range")
     certificate = Certificate.from_bytes(cert_bytes)
     message = context + signed_prefix + encoded
@@ -133,8 +146,15 @@ def _verify_signature(certificate: Certificate, signed: tuple[bytes, bytes]) -> 
 
 def _unpack(data: bytes) -> Any:
     try:
-        return msgpack.unpackb(data, raw=False, max_bin_len=MAX_CERT_SIZE, max_str_len=0,
-                               max_array_len=8, max_map_len=0, max_ext_len=0)  # fmt: skip
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            max_bin_len=MAX_CERT_SIZE,
+            max_str_len=0,
+            max_array_len=8,
+            max_map_len=0,
+            max_ext_len=0,
+        )
     except Exception as exc:  # every msgpack failure means the same: not a handshake payload
         raise MalformedEnvelope(f"handshake payload is not valid msgpack: {exc}") from exc
 
@@ -179,8 +199,13 @@ class Initiator:
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
         self._ephemeral = PrivateKey(random(KEY_SIZE))
         self.recv_id = table.new_id()
-        clear = HELLO_CLEAR.pack(PROTOCOL_VERSION, FrameType.HELLO, Suite.XSALSA20_POLY1305,
-                                 bytes(self._ephemeral.public_key), peer.node_id)  # fmt: skip
+        clear = HELLO_CLEAR.pack(
+            PROTOCOL_VERSION,
+            FrameType.HELLO,
+            Suite.XSALSA20_POLY1305,
+            bytes(self._ephemeral.public_key),
+            peer.node_id,
+        )
         fields = [identity.require_certificate().to_bytes(), now_ms, self.recv_id, *credit]
         plaintext = _signed_fields(fields, HELLO_CONTEXT, clear, identity)
         nonce = random(NONCE_SIZE)
@@ -235,9 +260,17 @@ class Initiator:
         _check_skew(timestamp, now_ms, self._trust)
         shared = Box(self._ephemeral, PublicKey(their_ephemeral)).shared_key()
         i2r, r2i = _session_keys(shared, self.hello + data)
-        session = Session(peer=certificate, initiator=True, send_key=i2r, recv_key=r2i,
-                          send_id=send_id, recv_id=self.recv_id, created_ms=now_ms,
-                          initial_credit=credit, limits=self._limits)  # fmt: skip
+        session = Session(
+            peer=certificate,
+            initiator=True,
+            send_key=i2r,
+            recv_key=r2i,
+            send_id=send_id,
+            recv_id=self.recv_id,
+            created_ms=now_ms,
+            initial_credit=credit,
+            limits=self._limits,
+        )
         self._table.add(session, now_ms)
         return session
 
@@ -310,8 +343,9 @@ class Responder:
         _check_skew(timestamp, now_ms, self._trust)
         peer_id = certificate.node_id
         if timestamp <= self._last_hello.get(peer_id, -1):
-            raise ReplayDetected("HELLO is not newer than the last one from this node",
-                                 reason="replay_hello")  # fmt: skip
+            raise ReplayDetected(
+                "HELLO is not newer than the last one from this node", reason="replay_hello"
+            )
         self._remember(peer_id, timestamp)
         return self._welcome(data, their_ephemeral, certificate, send_id, credit, now_ms)
 
@@ -321,25 +355,38 @@ class Responder:
         while len(self._last_hello) > MAX_REMEMBERED_PEERS:
             self._last_hello.popitem(last=False)
 
-    def _welcome(self, hello: bytes, their_ephemeral: bytes, certificate: Certificate,
-                 send_id: bytes, credit: tuple[int, int],
-                 now_ms: int) -> tuple[Session, list[Frame]]:  # fmt: skip
+    def _welcome(
+        self,
+        hello: bytes,
+        their_ephemeral: bytes,
+        certificate: Certificate,
+        send_id: bytes,
+        credit: tuple[int, int],
+        now_ms: int,
+    ) -> tuple[Session, list[Frame]]:
         ephemeral = PrivateKey(self._random(KEY_SIZE))
         recv_id = self._table.new_id()
-        clear = WELCOME_CLEAR.pack(PROTOCOL_VERSION, FrameType.WELCOME,
-                                   bytes(ephemeral.public_key), send_id)  # fmt: skip
-        fields = [self._identity.require_certificate().to_bytes(), now_ms, recv_id,
-                  *self._credit]  # fmt: skip
+        clear = WELCOME_CLEAR.pack(
+            PROTOCOL_VERSION, FrameType.WELCOME, bytes(ephemeral.public_key), send_id
+        )
+        fields = [self._identity.require_certificate().to_bytes(), now_ms, recv_id, *self._credit]
         transcript_hash = hashlib.blake2b(hello, digest_size=32).digest()
-        plaintext = _signed_fields(fields, WELCOME_CONTEXT, transcript_hash + clear,
-                                   self._identity)  # fmt: skip
+        plaintext = _signed_fields(fields, WELCOME_CONTEXT, transcript_hash + clear, self._identity)
         nonce = self._random(NONCE_SIZE)
         box = Box(ephemeral, PublicKey(their_ephemeral))
         welcome = clear + nonce + box.encrypt(plaintext, nonce).ciphertext
         i2r, r2i = _session_keys(box.shared_key(), hello + welcome)
-        session = Session(peer=certificate, initiator=False, send_key=r2i, recv_key=i2r,
-                          send_id=send_id, recv_id=recv_id, created_ms=now_ms,
-                          initial_credit=credit, limits=self._limits)  # fmt: skip
+        session = Session(
+            peer=certificate,
+            initiator=False,
+            send_key=r2i,
+            recv_key=i2r,
+            send_id=send_id,
+            recv_id=recv_id,
+            created_ms=now_ms,
+            initial_credit=credit,
+            limits=self._limits,
+        )
         self._table.add(session, now_ms)
         return session, [welcome]
 

@@ -118,8 +118,17 @@ class Certificate:
         _require_cert(isinstance(authority, bytes) and len(authority) == NODE_ID_SIZE, "authority")
         _require_cert(isinstance(not_before, int) and isinstance(not_after, int), "validity")
         _require_cert(_valid_capabilities(caps), "capabilities")
-        return cls(name, box_public, sign_public, tuple(caps), not_before, not_after,
-                   authority, body, signature)  # fmt: skip
+        return cls(
+            name,
+            box_public,
+            sign_public,
+            tuple(caps),
+            not_before,
+            not_after,
+            authority,
+            body,
+            signature,
+        )
 
 
 def _valid_capabilities(caps: Any) -> bool:
@@ -138,13 +147,19 @@ def _require_cert(ok: bool, what: str) -> None:
 def _unpack_bounded(data: bytes) -> Any:
     try:
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, max_bin_len=MAX_CERT_SIZE,
-            max_str_len=MAX_CERT_SIZE, max_array_len=MAX_CAPABILITIES + 8, max_map_len=0,
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=MAX_CERT_SIZE,
+            max_str_len=MAX_CERT_SIZE,
+            max_array_len=MAX_CAPABILITIES + 8,
+            max_map_len=0,
             max_ext_len=0,
-        )  # fmt: skip
+        )
     except Exception as exc:  # msgpack raises many types; all mean "not a certificate"
-        raise MalformedEnvelope(f"certificate is not valid msgpack: {exc}",
-                                reason="cert_malformed") from exc  # fmt: skip
+        raise MalformedEnvelope(
+            f"certificate is not valid msgpack: {exc}", reason="cert_malformed"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -162,8 +177,9 @@ class Identity:
         return cls(validate_name(name), PrivateKey.generate(), SigningKey.generate())
 
     @classmethod
-    def from_secrets(cls, name: str, box_secret: bytes, sign_seed: bytes,
-                     certificate: Certificate | None = None) -> Identity:  # fmt: skip
+    def from_secrets(
+        cls, name: str, box_secret: bytes, sign_seed: bytes, certificate: Certificate | None = None
+    ) -> Identity:
         """Rebuild an identity from its 32-byte Curve25519 secret and Ed25519 seed."""
         if len(box_secret) != KEY_SIZE or len(sign_seed) != KEY_SIZE:
             raise InvalidArgument("identity secrets must be exactly 32 bytes each")
@@ -184,8 +200,7 @@ class Identity:
 
     def with_certificate(self, certificate: Certificate) -> Identity:
         """This identity with ``certificate``, which must be for these very keys."""
-        if (certificate.box_public, certificate.sign_public) != (self.box_public,
-                                                                  self.sign_public):  # fmt: skip
+        if (certificate.box_public, certificate.sign_public) != (self.box_public, self.sign_public):
             raise InvalidArgument(f"certificate for {certificate.name!r} has other public keys")
         if certificate.name != self.name:
             raise InvalidArgument(f"certificate is for {certificate.name!r}, not {self.name!r}")
@@ -241,17 +256,30 @@ class Authority:
         if lifetime_s <= 0:
             raise InvalidArgument("certificate lifetime must be positive")
         body = msgpack.packb(
-            [CERT_VERSION, name, box_public, sign_public, caps, not_before,
-             not_before + lifetime_s, self.authority_id],
+            [
+                CERT_VERSION,
+                name,
+                box_public,
+                sign_public,
+                caps,
+                not_before,
+                not_before + lifetime_s,
+                self.authority_id,
+            ],
             use_bin_type=True,
-        )  # fmt: skip
+        )
         signature = self.signing_key.sign(CERT_CONTEXT + body).signature
         return Certificate._from_body(body, signature)
 
     def issue_for(self, identity: Identity, *, not_before: int, **options: Any) -> Identity:
         """Certify ``identity``'s own keys and return it with the certificate attached."""
-        cert = self.issue(identity.name, identity.box_public, identity.sign_public,
-                          not_before=not_before, **options)  # fmt: skip
+        cert = self.issue(
+            identity.name,
+            identity.box_public,
+            identity.sign_public,
+            not_before=not_before,
+            **options,
+        )
         return identity.with_certificate(cert)
 
 
@@ -275,8 +303,9 @@ class Trust:
         if certificate.authority_id != self.authority_id:
             raise Unauthorized(f"certificate of {certificate.name!r} is from another authority")
         try:
-            VerifyKey(self.authority_key).verify(CERT_CONTEXT + certificate.body,
-                                                 certificate.signature)  # fmt: skip
+            VerifyKey(self.authority_key).verify(
+                CERT_CONTEXT + certificate.body, certificate.signature
+            )
         except BadSignatureError as exc:
             raise Unauthorized(f"certificate of {certificate.name!r} has a bad signature") from exc
         skew_s = self.max_skew_ms // 1000

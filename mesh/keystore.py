@@ -128,8 +128,11 @@ class MeshDirectory:
             }
             publish_file(self.authority_file, _dump(record), secret=True)
         authority = self.authority()
-        public = {"kind": AUTHORITY_PUBLIC_KIND, "version": 1,
-                  "verify_key": authority.verify_key.hex()}  # fmt: skip
+        public = {
+            "kind": AUTHORITY_PUBLIC_KIND,
+            "version": 1,
+            "verify_key": authority.verify_key.hex(),
+        }
         publish_file(self.authority_public_file, _dump(public), secret=False)
         return authority
 
@@ -147,8 +150,9 @@ class MeshDirectory:
         try:
             raw = self.authority_public_file.read_bytes()
         except FileNotFoundError as exc:
-            raise KeyFileError(str(self.authority_public_file),
-                               "no such file (create the mesh with: mesh init)") from exc  # fmt: skip
+            raise KeyFileError(
+                str(self.authority_public_file), "no such file (create the mesh with: mesh init)"
+            ) from exc
         data = _load_json(self.authority_public_file, raw, AUTHORITY_PUBLIC_KIND)
         key = _hex_field(self.authority_public_file, data, "verify_key")
         if len(key) != 32:
@@ -191,9 +195,11 @@ class MeshDirectory:
         try:
             cert = Certificate.from_bytes(_hex_field(path, data, "certificate"))
             return Identity.from_secrets(
-                name, _hex_field(path, data, "box_secret"), _hex_field(path, data, "sign_seed"),
+                name,
+                _hex_field(path, data, "box_secret"),
+                _hex_field(path, data, "sign_seed"),
                 cert,
-            )  # fmt: skip
+            )
         except (MalformedEnvelope, ValueError) as exc:
             raise KeyFileError(str(path), f"unusable identity: {exc}") from exc
 
@@ -207,4 +213,3 @@ class MeshDirectory:
 
 def _dump(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, indent=2) + "\n").encode()
-

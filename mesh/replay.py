@@ -45,8 +45,9 @@ class ReplayWindow:
             return
         offset = top - seq
         if offset >= self.size:
-            raise ReplayDetected(f"sequence {seq} is older than the replay window",
-                                 reason="replay_old")  # fmt: skip
+            raise ReplayDetected(
+                f"sequence {seq} is older than the replay window", reason="replay_old"
+            )
         bit = 1 << offset
         if self._bitmap & bit:
             raise ReplayDetected(f"sequence {seq} was already received", reason="replay")

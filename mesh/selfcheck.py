@@ -65,16 +65,25 @@ def _timing(caller: Session, callee: Session) -> list[dict[str, float]]:
         for i in range(rounds):
             msgpack.unpackb(msgpack.packb([Kind.REQUEST, i, 0, "echo", 0, body, None]))
         plain = (time.perf_counter() - started) / rounds
-        rows.append({"size": size, "seal_open_us": sealed * 1e6, "seal_open_mb_s": size / sealed / 1e6,
-                     "msgpack_us": plain * 1e6, "msgpack_mb_s": size / plain / 1e6})  # fmt: skip
+        rows.append(
+            {
+                "size": size,
+                "seal_open_us": sealed * 1e6,
+                "seal_open_mb_s": size / sealed / 1e6,
+                "msgpack_us": plain * 1e6,
+                "msgpack_mb_s": size / plain / 1e6,
+            }
+        )
     return rows
 
 
 def run_selfcheck(mesh: MeshDirectory) -> dict[str, Any]:
-    """Run every check; return ``{"ok": bool, "checks": {...}, "timing": [...], "lines": [...]}``."""
+    """Run every check; return ``ok``, ``checks``, ``timing`` and printable ``lines``."""
     caller, callee, callee_table = _pair(mesh, "selfcheck-alice", "selfcheck-bob")
     now = _now_ms()
-    request = Message(Kind.REQUEST, 1, name="echo", body={"text": "hello", "blob": Blob(b"\x00" * 64)})
+    request = Message(
+        Kind.REQUEST, 1, name="echo", body={"text": "hello", "blob": Blob(b"\x00" * 64)}
+    )
     frames = caller.seal([request], now)
     checks: dict[str, bool] = {}
     _, opened = callee_table.open(frames, now)
@@ -83,10 +92,11 @@ def run_selfcheck(mesh: MeshDirectory) -> dict[str, Any]:
     checks["reply opens intact"] = caller.open(reply, now).messages[0].body == request.body
     flipped = [bytearray(frames[0]), *frames[1:]]
     flipped[0][-1] ^= 0x01
-    checks["flipped bit refused"] = _expect(lambda: callee_table.open(flipped, now),
-                                            AuthenticationFailed)  # fmt: skip
+    checks["flipped bit refused"] = _expect(
+        lambda: callee_table.open(flipped, now), AuthenticationFailed
+    )
     checks["replay refused"] = _expect(lambda: callee_table.open(frames, now), ReplayDetected)
-    _, stranger, stranger_table = _pair(mesh, "selfcheck-alice", "selfcheck-carol")
+    _, _stranger, stranger_table = _pair(mesh, "selfcheck-alice", "selfcheck-carol")
     checks["frame for bob refused by carol"] = _expect(
         lambda: stranger_table.open(caller.seal([request], now), now), ProtocolError
     )
@@ -94,8 +104,11 @@ def run_selfcheck(mesh: MeshDirectory) -> dict[str, Any]:
     lines = [f"mesh: {mesh.path}"]
     lines += [f"  {'ok  ' if ok else 'FAIL'} {name}" for name, ok in checks.items()]
     lines.append(f"  {'body':>9} {'seal+open':>12} {'MB/s':>9} {'msgpack only':>13} {'MB/s':>9}")
-    lines += [f"  {r['size']:>9} {r['seal_open_us']:>9.1f} us {r['seal_open_mb_s']:>9.1f} "
-              f"{r['msgpack_us']:>10.1f} us {r['msgpack_mb_s']:>9.1f}" for r in timing]  # fmt: skip
+    lines += [
+        f"  {r['size']:>9} {r['seal_open_us']:>9.1f} us {r['seal_open_mb_s']:>9.1f} "
+        f"{r['msgpack_us']:>10.1f} us {r['msgpack_mb_s']:>9.1f}"
+        for r in timing
+    ]
     ok = all(checks.values())
     lines.append("selfcheck passed" if ok else "selfcheck FAILED")
     return {"ok": ok, "checks": checks, "timing": timing, "lines": lines}

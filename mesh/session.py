@@ -61,8 +61,20 @@ class SessionLimits:
 class Session:
     """One established session with an authenticated peer."""
 
-    __slots__ = ("_next_seq", "created_ms", "initial_credit", "initiator", "limits", "peer",
-                 "recv_id", "retired_ms", "send_id", "window", "_recv_key", "_send_key")  # fmt: skip
+    __slots__ = (
+        "_next_seq",
+        "_recv_key",
+        "_send_key",
+        "created_ms",
+        "initial_credit",
+        "initiator",
+        "limits",
+        "peer",
+        "recv_id",
+        "retired_ms",
+        "send_id",
+        "window",
+    )
 
     def __init__(
         self,
@@ -96,11 +108,14 @@ class Session:
 
     def needs_rekey(self, now_ms: int) -> bool:
         """True once the key has carried enough frames or lived long enough to replace it."""
-        return (self._next_seq >= self.limits.rekey_after_frames
-                or now_ms - self.created_ms >= self.limits.rekey_after_ms)  # fmt: skip
+        return (
+            self._next_seq >= self.limits.rekey_after_frames
+            or now_ms - self.created_ms >= self.limits.rekey_after_ms
+        )
 
-    def seal(self, messages: Sequence[Message], now_ms: int,
-             grant: tuple[int, int] = (0, 0)) -> list[Frame]:  # fmt: skip
+    def seal(
+        self, messages: Sequence[Message], now_ms: int, grant: tuple[int, int] = (0, 0)
+    ) -> list[Frame]:
         """Seal ``messages`` as the next frame of this session.
 
         Raises :class:`SessionExpired` past the hard limits (rekey first), and
@@ -144,8 +159,11 @@ class SessionTable:
     def add(self, session: Session, now_ms: int) -> None:
         """Register ``session``; retire older ones with the same peer and role."""
         for other in self._sessions.values():
-            if (other.retired_ms is None and other.initiator == session.initiator
-                    and other.peer.node_id == session.peer.node_id):  # fmt: skip
+            if (
+                other.retired_ms is None
+                and other.initiator == session.initiator
+                and other.peer.node_id == session.peer.node_id
+            ):
                 other.retired_ms = now_ms
         self._sessions[session.recv_id] = session
 
@@ -177,8 +195,11 @@ class SessionTable:
 
     def expire(self, now_ms: int) -> list[Session]:
         """Drop retired sessions whose grace has passed; return them."""
-        gone = [s for s in self._sessions.values()
-                if s.retired_ms is not None and now_ms - s.retired_ms > s.limits.retired_grace_ms]
+        gone = [
+            s
+            for s in self._sessions.values()
+            if s.retired_ms is not None and now_ms - s.retired_ms > s.limits.retired_grace_ms
+        ]
         for session in gone:
             del self._sessions[session.recv_id]
         return gone

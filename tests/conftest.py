@@ -26,10 +26,16 @@ class Pair:
     bob_table: SessionTable
 
 
-def handshake(caller: Identity, callee: Identity, trust: Trust, *,
-              caller_table: SessionTable | None = None,
-              callee_table: SessionTable | None = None,
-              responder: Responder | None = None, now_ms: int = NOW_MS) -> Pair:
+def handshake(
+    caller: Identity,
+    callee: Identity,
+    trust: Trust,
+    *,
+    caller_table: SessionTable | None = None,
+    callee_table: SessionTable | None = None,
+    responder: Responder | None = None,
+    now_ms: int = NOW_MS,
+) -> Pair:
     caller_table = caller_table or SessionTable()
     callee_table = callee_table or SessionTable()
     responder = responder or Responder(callee, trust, callee_table)

@@ -30,8 +30,11 @@ BOMBS = {
     "trailing bytes": (row(b"\xc0") + b"\x00", MalformedEnvelope, "trailing"),
     "foreign ext type": (row(b"\xd4\x05\x00"), MalformedEnvelope, "ext"),
     "msgpack timestamp": (row(b"\xd6\xff\x00\x00\x00\x00"), MalformedEnvelope, "type"),
-    "dangling attachment": (row(b"\xd5\x01" + msgpack.packb([0, 0])[:2]), MalformedEnvelope,
-                            "attachment_ref"),
+    "dangling attachment": (
+        row(b"\xd5\x01" + msgpack.packb([0, 0])[:2]),
+        MalformedEnvelope,
+        "attachment_ref",
+    ),
     "truncated": (row(b"\xdc\x00\x05\x01"), MalformedEnvelope, "truncated"),
     "not a list of messages": (b"\x80", MalformedEnvelope, "malformed"),
     "unknown kind": (b"\x91\x97\x63\x01\x00\xa1m\x00\xc0\xc0", MalformedEnvelope, "malformed"),
@@ -64,8 +67,14 @@ def test_attachment_referenced_twice_or_not_at_all():
 
 @pytest.mark.parametrize(
     ("descriptor", "buffer"),
-    [([0, 1, "|O", [1]], b"12345678"), ([0, 1, "<f4", [3]], b"1234"), ([0, 1, "<f4", [-1]], b""),
-     ([0, 9], b""), ([0, 2, "float32", [2]], b"123"), ([5, 0], b"")],
+    [
+        ([0, 1, "|O", [1]], b"12345678"),
+        ([0, 1, "<f4", [3]], b"1234"),
+        ([0, 1, "<f4", [-1]], b""),
+        ([0, 9], b""),
+        ([0, 2, "float32", [2]], b"123"),
+        ([5, 0], b""),
+    ],
 )
 def test_bad_attachment_descriptors(descriptor, buffer):
     ref = msgpack.ExtType(EXT_ATTACHMENT, msgpack.packb(descriptor))
@@ -76,8 +85,16 @@ def test_bad_attachment_descriptors(descriptor, buffer):
 
 @pytest.mark.parametrize(
     "body",
-    [{1: "int key"}, {b"k": "bytes key"}, object(), 2**64, -(2**63) - 1, {"set": {1, 2}},
-     np.array(["strings"]), np.zeros(2, dtype=object)],
+    [
+        {1: "int key"},
+        {b"k": "bytes key"},
+        object(),
+        2**64,
+        -(2**63) - 1,
+        {"set": {1, 2}},
+        np.array(["strings"]),
+        np.zeros(2, dtype=object),
+    ],
 )
 def test_unsendable_bodies_raise_invalid_body(body):
     with pytest.raises(InvalidBody):
@@ -93,8 +110,15 @@ def test_too_deep_bodies_are_refused_before_sending():
 
 
 def test_message_header_is_validated_on_construction():
-    for bad in ({"kind": 99}, {"msg_id": -1}, {"msg_id": 2**64}, {"corr_id": True},
-                {"ttl_ms": 2**32}, {"name": "x" * 300}, {"meta": [1]}):
+    for bad in (
+        {"kind": 99},
+        {"msg_id": -1},
+        {"msg_id": 2**64},
+        {"corr_id": True},
+        {"ttl_ms": 2**32},
+        {"name": "x" * 300},
+        {"meta": [1]},
+    ):
         fields = {"kind": Kind.SEND, "msg_id": 1, **bad}
         with pytest.raises(InvalidArgument):
             Message(**fields)

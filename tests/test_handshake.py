@@ -37,9 +37,12 @@ def start(caller: Identity, callee: Identity, trust, now=NOW_MS):
 
 def test_sessions_carry_the_peer_and_credit(alice, bob, trust):
     pair = handshake(alice, bob, trust)
-    assert pair.alice.peer.node_id == bob.node_id and pair.bob.peer.node_id == alice.node_id
-    assert pair.alice.initiator and not pair.bob.initiator
-    assert pair.alice.send_id == pair.bob.recv_id and pair.bob.send_id == pair.alice.recv_id
+    assert pair.alice.peer.node_id == bob.node_id
+    assert pair.bob.peer.node_id == alice.node_id
+    assert pair.alice.initiator
+    assert not pair.bob.initiator
+    assert pair.alice.send_id == pair.bob.recv_id
+    assert pair.bob.send_id == pair.alice.recv_id
     assert pair.bob.initial_credit == (1024, 64 * 1024 * 1024)
     frames = pair.bob.seal([Message(Kind.REPLY, 1, body="hi")], NOW_MS)
     assert pair.alice_table.open(frames, NOW_MS)[1].messages[0].body == "hi"
@@ -67,8 +70,9 @@ def test_responder_with_a_foreign_certificate_is_refused(alice, trust):
 
 
 def test_expired_certificates_are_refused_both_ways(authority, bob, trust):
-    old = authority.issue_for(Identity.generate("old"), not_before=NOT_BEFORE - 10_000,
-                              lifetime_s=100)
+    old = authority.issue_for(
+        Identity.generate("old"), not_before=NOT_BEFORE - 10_000, lifetime_s=100
+    )
     initiator, responder = start(old, bob, trust)
     with pytest.raises(CertificateExpired):
         responder.receive(initiator.hello_frames(), NOW_MS)
@@ -149,10 +153,12 @@ def test_every_byte_of_hello_and_welcome_is_protected(alice, bob, trust):
 
 def test_handshake_frame_level_errors(alice, bob, trust):
     initiator, responder = start(alice, bob, trust)
-    for frames, error in (([initiator.hello, b"x"], MalformedEnvelope),
-                          ([b"\x07" + initiator.hello[1:]], UnsupportedVersion),
-                          ([initiator.hello[:40]], MalformedEnvelope),
-                          ([initiator.hello + bytes(9000)], MalformedEnvelope)):
+    for frames, error in (
+        ([initiator.hello, b"x"], MalformedEnvelope),
+        ([b"\x07" + initiator.hello[1:]], UnsupportedVersion),
+        ([initiator.hello[:40]], MalformedEnvelope),
+        ([initiator.hello + bytes(9000)], MalformedEnvelope),
+    ):
         with pytest.raises(error):
             responder.receive(frames, NOW_MS)
 
@@ -177,8 +183,9 @@ class HandshakeMachine(RuleBasedStateMachine):
         self.names = ["n0", "n1", "n2"]
         self.identities = {n: certified(self.home, n) for n in self.names}
         self.tables = {n: SessionTable() for n in self.names}
-        self.responders = {n: Responder(self.identities[n], self.trust, self.tables[n])
-                           for n in self.names}
+        self.responders = {
+            n: Responder(self.identities[n], self.trust, self.tables[n]) for n in self.names
+        }
         self.now = NOW_MS
         self.links: list[tuple[str, str, object, object]] = []
 
@@ -190,20 +197,33 @@ class HandshakeMachine(RuleBasedStateMachine):
     def connect(self, a, b):
         caller, callee = self.names[a], self.names[b]
         now = self.tick()
-        initiator = Initiator(self.identities[caller], self.trust,
-                              self.identities[callee].require_certificate(), self.tables[caller],
-                              now)
+        initiator = Initiator(
+            self.identities[caller],
+            self.trust,
+            self.identities[callee].require_certificate(),
+            self.tables[caller],
+            now,
+        )
         callee_session, welcome = self.responders[callee].receive(initiator.hello_frames(), now)
         caller_session = initiator.receive(welcome, now)
         self.links.append((caller, callee, caller_session, callee_session))
 
-    @rule(a=st.sampled_from([0, 1, 2]), b=st.sampled_from([0, 1, 2]),
-          where=st.sampled_from(["hello", "welcome"]), index=st.integers(0, 10_000))
+    @rule(
+        a=st.sampled_from([0, 1, 2]),
+        b=st.sampled_from([0, 1, 2]),
+        where=st.sampled_from(["hello", "welcome"]),
+        index=st.integers(0, 10_000),
+    )
     def tamper(self, a, b, where, index):
         caller, callee = self.names[a], self.names[b]
         now = self.tick()
-        initiator = Initiator(self.identities[caller], self.trust,
-                              self.identities[callee].require_certificate(), SessionTable(), now)
+        initiator = Initiator(
+            self.identities[caller],
+            self.trust,
+            self.identities[callee].require_certificate(),
+            SessionTable(),
+            now,
+        )
         hello = bytearray(initiator.hello)
         if where == "hello":
             hello[index % len(hello)] ^= 0x01
@@ -211,7 +231,8 @@ class HandshakeMachine(RuleBasedStateMachine):
                 self.responders[callee].receive([bytes(hello)], now)
             return
         _, welcome = Responder(self.identities[callee], self.trust, SessionTable()).receive(
-            [bytes(hello)], now)
+            [bytes(hello)], now
+        )
         mutated = bytearray(welcome[0])
         mutated[index % len(mutated)] ^= 0x01
         with pytest.raises(ProtocolError):
@@ -221,14 +242,17 @@ class HandshakeMachine(RuleBasedStateMachine):
     def outsider(self, b, expired):
         now = self.tick()
         if expired:
-            stranger = self.home.issue_for(Identity.generate("late"), not_before=NOT_BEFORE - 10**6,
-                                           lifetime_s=10)
+            stranger = self.home.issue_for(
+                Identity.generate("late"), not_before=NOT_BEFORE - 10**6, lifetime_s=10
+            )
             error = CertificateExpired
         else:
             stranger = certified(Authority.generate(), "stranger")
             error = Unauthorized
         callee = self.identities[self.names[b]]
-        initiator = Initiator(stranger, self.trust, callee.require_certificate(), SessionTable(), now)
+        initiator = Initiator(
+            stranger, self.trust, callee.require_certificate(), SessionTable(), now
+        )
         with pytest.raises(error):
             self.responders[self.names[b]].receive(initiator.hello_frames(), now)
 
@@ -242,7 +266,8 @@ class HandshakeMachine(RuleBasedStateMachine):
         body = data.draw(st.integers(-(2**63), 2**64 - 1))
         frames = caller_session.seal([Message(Kind.SEND, 1, body=body)], now)
         session, opened = self.tables[callee].open(frames, now)
-        assert session is callee_session and opened.messages[0].body == body
+        assert session is callee_session
+        assert opened.messages[0].body == body
         with pytest.raises(ReplayDetected):
             self.tables[callee].open(frames, now)
         reply = callee_session.seal([Message(Kind.REPLY, 2, body=body)], now)
@@ -257,7 +282,7 @@ class HandshakeMachine(RuleBasedStateMachine):
 
     @invariant()
     def live_sessions_are_findable(self):
-        for caller, callee, caller_session, callee_session in self.links:
+        for _caller, callee, _caller_session, callee_session in self.links:
             if callee_session.retired_ms is None:
                 assert self.tables[callee].find(callee_session.recv_id, self.now) is callee_session
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import AuthenticationFailed, ClockSkew, Message, ReplayDetected, SessionExpired, SessionLimits, SessionTable
-from mesh import UnknownSession
+from mesh import (
+    AuthenticationFailed,
+    ClockSkew,
+    Message,
+    ReplayDetected,
+    SessionExpired,
+    SessionLimits,
+    SessionTable,
+    UnknownSession,
+)
 from mesh.wire import Kind
 from tests.conftest import NOW_MS, handshake
 
@@ -58,7 +66,8 @@ def test_old_session_opens_in_flight_frames_during_grace_only(alice, bob, trust)
     late = pair.alice.seal(PING, NOW_MS)
     fresh = handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
     session, _ = pair.bob_table.open(in_flight, NOW_MS + 5)
-    assert session is pair.bob and session.retired_ms == NOW_MS + 1
+    assert session is pair.bob
+    assert session.retired_ms == NOW_MS + 1
     with pytest.raises(ReplayDetected):
         pair.bob_table.open(late, NOW_MS + 1 + pair.bob.limits.retired_grace_ms + 1)
     assert pair.bob_table.open(fresh.alice.seal(PING, NOW_MS + 2), NOW_MS + 2)[0] is fresh.bob
@@ -80,8 +89,9 @@ def test_clock_skew_beyond_the_bound(pair, offset):
 
 
 def test_rekey_and_hard_limits(alice, bob, trust):
-    limits = SessionLimits(rekey_after_frames=2, reject_after_frames=3,
-                           rekey_after_ms=1000, reject_after_ms=2000)
+    limits = SessionLimits(
+        rekey_after_frames=2, reject_after_frames=3, rekey_after_ms=1000, reject_after_ms=2000
+    )
     pair = handshake(alice, bob, trust)
     pair.alice.limits = limits
     assert not pair.alice.needs_rekey(NOW_MS)

@@ -1,0 +1,83 @@
+"""The mesh command, run as a real process: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def mesh(*args: str, home, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MESH_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def assert_one_line_error(result):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mesh: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_init_issue_show(tmp_path):
+    out = mesh("init", home=tmp_path).stdout
+    assert "created" in out
+    assert "exists" in mesh("init", home=tmp_path).stdout
+    mesh("issue", "alice", "--caps", "echo,generate", "--days", "2", home=tmp_path)
+    shown = json.loads(mesh("show", "alice", "--json", home=tmp_path).stdout)
+    assert shown["name"] == "alice"
+    assert shown["capabilities"] == ["echo", "generate"]
+    authority = json.loads(mesh("show", "--json", home=tmp_path).stdout)
+    assert authority["identities"] == ["alice"]
+    assert authority["authority_id"] == shown["authority_id"]
+
+
+def test_reissue_needs_force(tmp_path):
+    mesh("issue", "alice", home=tmp_path)
+    before = json.loads(mesh("show", "alice", "--json", home=tmp_path).stdout)["node_id"]
+    assert_one_line_error(mesh("issue", "alice", home=tmp_path, check=False))
+    mesh("issue", "alice", "--force", home=tmp_path)
+    after = json.loads(mesh("show", "alice", "--json", home=tmp_path).stdout)["node_id"]
+    assert before != after
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("show",), "mesh init"),
+        (("show", "ghost"), "no such file"),
+        (("issue", "a/b"), "invalid node name"),
+    ],
+)
+def test_errors_are_one_readable_line(tmp_path, args, needle):
+    result = mesh(*args, home=tmp_path / "empty", check=False)
+    assert_one_line_error(result)
+    assert needle in result.stderr
+
+
+def test_insecure_key_is_one_line(tmp_path):
+    mesh("issue", "alice", home=tmp_path)
+    os.chmod(tmp_path / "identities" / "alice.key", 0o644)
+    result = mesh("show", "alice", home=tmp_path, check=False)
+    assert_one_line_error(result)
+    assert "chmod 600" in result.stderr
+
+
+def test_selfcheck_passes_and_reports_costs(tmp_path):
+    report = json.loads(mesh("selfcheck", "--json", home=tmp_path).stdout)
+    assert report["ok"]
+    assert all(report["checks"].values())
+    assert [row["size"] for row in report["timing"]] == [64, 1024, 65536, 1048576]
+    assert all(row["seal_open_us"] > 0 for row in report["timing"])
