@@ -65,19 +65,34 @@ class Message:
     meta: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        # Runs for every message sent and received, so the common case is one chained test.
+        if not (
+            self.kind in KIND_VALUES
+            and type(self.msg_id) is int
+            and 0 <= self.msg_id <= MAX_U64
+            and type(self.corr_id) is int
+            and 0 <= self.corr_id <= MAX_U64
+            and type(self.ttl_ms) is int
+            and 0 <= self.ttl_ms <= MAX_TTL_MS
+            and type(self.name) is str
+            and len(self.name) <= MAX_NAME_LEN
+            and (self.meta is None or type(self.meta) is dict)
+        ):
+            raise InvalidArgument(self._header_problem())
+
+    def _header_problem(self) -> str:
         if self.kind not in KIND_VALUES:
-            raise InvalidArgument(f"unknown message kind {self.kind!r}")
-        for field_name, value, top in (
+            return f"unknown message kind {self.kind!r}"
+        for name, value, top in (
             ("msg_id", self.msg_id, MAX_U64),
             ("corr_id", self.corr_id, MAX_U64),
             ("ttl_ms", self.ttl_ms, MAX_TTL_MS),
         ):
             if type(value) is not int or not 0 <= value <= top:
-                raise InvalidArgument(f"{field_name} must be an integer from 0 to {top}")
+                return f"{name} must be an integer from 0 to {top}"
         if type(self.name) is not str or len(self.name) > MAX_NAME_LEN:
-            raise InvalidArgument(f"name must be a string of at most {MAX_NAME_LEN} characters")
-        if self.meta is not None and type(self.meta) is not dict:
-            raise InvalidArgument("meta must be a dict or None")
+            return f"name must be a string of at most {MAX_NAME_LEN} characters"
+        return "meta must be a dict or None"
 
 
 class Blob:
@@ -142,13 +157,22 @@ def _torch() -> Any:
     return sys.modules.get("torch")
 
 
+_leaf_cache: dict[tuple[bool, bool], tuple[type, ...]] = {}
+
+
 def _attachment_types() -> tuple[type, ...]:
-    types: list[type] = [Blob]
-    if (np := _numpy()) is not None:
-        types.append(np.ndarray)
-    if (torch := _torch()) is not None:
-        types.append(torch.Tensor)
-    return tuple(types)
+    """Types that become attachments: Blob, plus numpy/torch arrays once those are imported."""
+    np, torch = _numpy(), _torch()
+    key = (np is None, torch is None)
+    types = _leaf_cache.get(key)
+    if types is None:
+        found: list[type] = [Blob]
+        if np is not None:
+            found.append(np.ndarray)
+        if torch is not None:
+            found.append(torch.Tensor)
+        types = _leaf_cache[key] = tuple(found)
+    return types
 
 
 # --------------------------------------------------------------------------- validation
