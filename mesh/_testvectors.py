@@ -1,7 +1,7 @@
 """Deterministic test vectors for protocol.md (private: only the spec and the tests use it).
 
 Real code never picks a nonce or an ephemeral key; this module does, through the private
-``random`` seam of the handshake and the envelope codec, so that the bytes are the same on
+``_random`` seam of the handshake and the envelope codec, so that the bytes are the same on
 every run and another implementation can check itself against them. The vectors are
 rendered into protocol.md's "Test vectors" section by ``scripts/gen-vectors``; the tests
 parse that section and demand the same bytes.
@@ -84,10 +84,10 @@ def compute() -> dict[str, dict[str, bytes]]:
         bob.require_certificate(),
         SessionTable(epoch=0xA11CE),
         NOW_MS,
-        random=deterministic_random(b"hello"),
+        _random=deterministic_random(b"hello"),
     )
     responder = Responder(
-        bob, trust, SessionTable(epoch=0xB0B), random=deterministic_random(b"welcome")
+        bob, trust, SessionTable(epoch=0xB0B), _random=deterministic_random(b"welcome")
     )
     bob_session, welcome = responder.receive(initiator.hello_frames(), NOW_MS)
     alice_session = initiator.receive(welcome, NOW_MS)
@@ -105,7 +105,7 @@ def compute() -> dict[str, dict[str, bytes]]:
         NOW_MS,
         [request],
         grant=(0, 0),
-        random=deterministic_random(b"request"),
+        _random=deterministic_random(b"request"),
     )
     vectors["request"] = {"frame0": bytes(frames[0])}
     reply = Message(Kind.REPLY, 7, corr_id=1, body={"x": 1})
@@ -116,7 +116,7 @@ def compute() -> dict[str, dict[str, bytes]]:
         NOW_MS + 1,
         [reply],
         grant=(16, 65536),
-        random=deterministic_random(b"reply"),
+        _random=deterministic_random(b"reply"),
     )
     vectors["reply"] = {"frame0": bytes(frames[0])}
     blob = Message(Kind.SEND, 2, name="blob", body=Blob(b"\x00\x01\x02\x03"))
@@ -126,7 +126,7 @@ def compute() -> dict[str, dict[str, bytes]]:
         1,
         NOW_MS + 2,
         [blob],
-        random=deterministic_random(b"blob"),
+        _random=deterministic_random(b"blob"),
     )
     vectors["attachment"] = {"frame0": bytes(frames[0]), "frame1": bytes(frames[1])}
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))

@@ -16,6 +16,7 @@ strings valid UTF-8, and the only ext type is the project's own.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import sys
@@ -393,15 +394,19 @@ def _materialise(kind: int, described: list[Any], buffer: bytearray) -> Any:
     return _as_tensor(dtype, shape, buffer)
 
 
+def _import_for_attachment(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UnsupportedAttachment(
+            f"an attachment needs {module}, which is not installed"
+        ) from exc
+
+
 def _as_ndarray(dtype: Any, shape: list[int], buffer: bytearray) -> Any:
     if dtype not in _NUMPY_DTYPES:
         raise MalformedEnvelope(f"dtype {dtype!r} is not allowed", reason="attachment_ref")
-    np = _numpy()
-    if np is None:
-        try:
-            import numpy as np
-        except ImportError as exc:
-            raise UnsupportedAttachment("an array arrived but numpy is not installed") from exc
+    np = _numpy() or _import_for_attachment("numpy")
     itemsize = int(dtype[2:])
     if math.prod(shape) * itemsize != len(buffer):
         raise MalformedEnvelope("attachment size does not match its shape", reason="attachment_ref")
@@ -411,12 +416,7 @@ def _as_ndarray(dtype: Any, shape: list[int], buffer: bytearray) -> Any:
 def _as_tensor(dtype: Any, shape: list[int], buffer: bytearray) -> Any:
     if dtype not in _TORCH_DTYPES:
         raise MalformedEnvelope(f"dtype {dtype!r} is not allowed", reason="attachment_ref")
-    torch = _torch()
-    if torch is None:
-        try:
-            import torch
-        except ImportError as exc:
-            raise UnsupportedAttachment("a tensor arrived but torch is not installed") from exc
+    torch = _torch() or _import_for_attachment("torch")
     torch_dtype = getattr(torch, dtype)
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
     if math.prod(shape) * itemsize != len(buffer):

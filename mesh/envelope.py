@@ -71,16 +71,16 @@ def seal(
     timestamp_ms: int,
     messages: Sequence[Message],
     grant: tuple[int, int] = (0, 0),
-    random: Callable[[int], bytes] = os.urandom,
+    _random: Callable[[int], bytes] = os.urandom,
 ) -> list[Frame]:
     """Seal ``messages`` into the frames of one SEALED message.
 
-    ``random`` exists only so the test-vector generator can fix nonces; production code
-    never passes it. Raises :class:`InvalidBody` for unencodable bodies and
+    ``_random`` is the private seam through which the test-vector generator fixes nonces;
+    nothing else passes it. Raises :class:`InvalidBody` for unencodable bodies and
     :class:`EnvelopeTooLarge` when the result would break the protocol's size limits.
     """
     payload, attachments = encode_payload(messages)
-    nonces = [random(NONCE_SIZE) for _ in attachments]
+    nonces = [_random(NONCE_SIZE) for _ in attachments]
     inner_header = INNER.pack(
         _VERSION, _SEALED, session_id, seq, timestamp_ms, grant[0], grant[1], len(attachments)
     )
@@ -89,7 +89,7 @@ def seal(
     if first_size > MAX_FIRST_FRAME:
         raise EnvelopeTooLarge("first frame", first_size, MAX_FIRST_FRAME)
     first = bytearray(first_size)
-    nonce = random(NONCE_SIZE)
+    nonce = _random(NONCE_SIZE)
     first[:CLEAR_SIZE] = inner_header[:CLEAR_SIZE]
     first[CLEAR_SIZE:BOX_OFFSET] = nonce
     _sodium.seal_into(first, BOX_OFFSET, plaintext, nonce, key)

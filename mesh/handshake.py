@@ -174,6 +174,19 @@ def _session_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
     )
 
 
+def _establish(table: SessionTable, limits: SessionLimits, peer: Certificate, initiator: bool,
+               keys: tuple[bytes, bytes], send_id: bytes, recv_id: bytes,
+               credit: tuple[int, int], now_ms: int) -> Session:  # fmt: skip
+    """Create the session from the derived keys and register it (retiring its predecessor)."""
+    i2r, r2i = keys
+    send_key, recv_key = (i2r, r2i) if initiator else (r2i, i2r)
+    session = Session(peer=peer, initiator=initiator, send_key=send_key, recv_key=recv_key,
+                      send_id=send_id, recv_id=recv_id, created_ms=now_ms,
+                      initial_credit=credit, limits=limits)  # fmt: skip
+    table.add(session, now_ms)
+    return session
+
+
 # --------------------------------------------------------------------------- initiator
 
 
@@ -190,14 +203,14 @@ class Initiator:
         *,
         credit: tuple[int, int] = DEFAULT_CREDIT,
         limits: SessionLimits | None = None,
-        random: Random = os.urandom,
+        _random: Random = os.urandom,
     ) -> None:
         self._identity = identity
         self._trust = trust
         self._peer = peer
         self._table = table
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
-        self._ephemeral = PrivateKey(random(KEY_SIZE))
+        self._ephemeral = PrivateKey(_random(KEY_SIZE))
         self.recv_id = table.new_id()
         clear = HELLO_CLEAR.pack(
             PROTOCOL_VERSION,
@@ -208,7 +221,7 @@ class Initiator:
         )
         fields = [identity.require_certificate().to_bytes(), now_ms, self.recv_id, *credit]
         plaintext = _signed_fields(fields, HELLO_CONTEXT, clear, identity)
-        nonce = random(NONCE_SIZE)
+        nonce = _random(NONCE_SIZE)
         boxed = Box(self._ephemeral, PublicKey(peer.box_public)).encrypt(plaintext, nonce)
         self.hello = clear + nonce + boxed.ciphertext
 
@@ -259,20 +272,9 @@ class Initiator:
         _verify_signature(certificate, signed)
         _check_skew(timestamp, now_ms, self._trust)
         shared = Box(self._ephemeral, PublicKey(their_ephemeral)).shared_key()
-        i2r, r2i = _session_keys(shared, self.hello + data)
-        session = Session(
-            peer=certificate,
-            initiator=True,
-            send_key=i2r,
-            recv_key=r2i,
-            send_id=send_id,
-            recv_id=self.recv_id,
-            created_ms=now_ms,
-            initial_credit=credit,
-            limits=self._limits,
-        )
-        self._table.add(session, now_ms)
-        return session
+        keys = _session_keys(shared, self.hello + data)
+        return _establish(self._table, self._limits, certificate, True, keys, send_id,
+                          self.recv_id, credit, now_ms)  # fmt: skip
 
 
 def _rejection(data: bytes, ephemeral_public: bytes) -> HandshakeFailed:
@@ -306,14 +308,14 @@ class Responder:
         *,
         credit: tuple[int, int] = DEFAULT_CREDIT,
         limits: SessionLimits | None = None,
-        random: Random = os.urandom,
+        _random: Random = os.urandom,
     ) -> None:
         self._identity = identity
         self._trust = trust
         self._table = table
         self._credit = credit
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
-        self._random = random
+        self._random = _random
         self._last_hello: OrderedDict[bytes, int] = OrderedDict()
 
     def receive(self, frames: Sequence[Frame], now_ms: int) -> tuple[Session, list[Frame]]:
@@ -375,19 +377,9 @@ class Responder:
         nonce = self._random(NONCE_SIZE)
         box = Box(ephemeral, PublicKey(their_ephemeral))
         welcome = clear + nonce + box.encrypt(plaintext, nonce).ciphertext
-        i2r, r2i = _session_keys(box.shared_key(), hello + welcome)
-        session = Session(
-            peer=certificate,
-            initiator=False,
-            send_key=r2i,
-            recv_key=i2r,
-            send_id=send_id,
-            recv_id=recv_id,
-            created_ms=now_ms,
-            initial_credit=credit,
-            limits=self._limits,
-        )
-        self._table.add(session, now_ms)
+        keys = _session_keys(box.shared_key(), hello + welcome)
+        session = _establish(self._table, self._limits, certificate, False, keys, send_id,
+                             recv_id, credit, now_ms)  # fmt: skip
         return session, [welcome]
 
     @staticmethod

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mesh import Blob, InvalidArgument, InvalidBody, LimitExceeded, MalformedEnvelope, Message
+from mesh import (
+    Blob,
+    InvalidArgument,
+    InvalidBody,
+    LimitExceeded,
+    MalformedEnvelope,
+    Message,
+    ProtocolError,
+)
 from mesh.codec import decode_payload, encode_payload
 from mesh.wire import EXT_ATTACHMENT, MAX_DEPTH, Kind
 
@@ -136,3 +148,39 @@ def test_noncontiguous_arrays_are_sent_contiguous():
     payload, attachments = encode_payload([Message(Kind.SEND, 1, body=array)])
     (got,) = decode_payload(payload, [bytearray(a) for a in attachments])
     assert np.array_equal(got.body, array)
+
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=8)
+        | st.dictionaries(
+            inner.filter(lambda k: isinstance(k, str | int | bytes)), inner, max_size=4
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400)
+@given(
+    data=st.binary(max_size=120)
+    | json_like.map(
+        lambda v: (
+            msgpack.packb(v, default=repr)
+            if not isinstance(v, int) or -(2**63) <= v < 2**64
+            else b"\xc0"
+        )
+    ),
+    cut=st.integers(0, 200),
+)
+def test_decoder_raises_only_protocol_errors(data, cut):
+    """The payload decoder's contract, on random bytes and random (often truncated) msgpack."""
+    for payload in (data, data[:cut], b"\x91" + data, b"\x91\x97\x01\x01\x00\xa1m\x00" + data):
+        with contextlib.suppress(ProtocolError):
+            decode_payload(payload, [bytearray(b"abcd")])

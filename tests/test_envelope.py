@@ -129,7 +129,7 @@ def test_torch_tensor_round_trip():
 
 def small_frames() -> list[bytes]:
     msg = Message(Kind.REQUEST, 9, name="m", body={"k": [1, 2]})
-    return [bytes(f) for f in seal(SID, KEY, 3, NOW_MS, [msg, msg], random=lambda n: b"\x07" * n)]
+    return [bytes(f) for f in seal(SID, KEY, 3, NOW_MS, [msg, msg], _random=lambda n: b"\x07" * n)]
 
 
 def test_every_single_bit_flip_is_detected():
@@ -256,3 +256,10 @@ def test_header_level_errors_are_typed(pair: Pair):
         pair.bob_table.open([], NOW_MS)
     with pytest.raises(EnvelopeTooLarge):
         pair.bob_table.open([bytes(frame[:BOX_OFFSET]) + bytes(17 * 1024 * 1024)], NOW_MS)
+
+
+def test_nonces_are_fresh_for_every_seal(pair: Pair):
+    message = [Message(Kind.SEND, 1, body=Blob(b"same"))]
+    first, second = (pair.alice.seal(message, NOW_MS) for _ in range(2))
+    assert bytes(first[0])[10:34] != bytes(second[0])[10:34]
+    assert bytes(first[1]) != bytes(second[1])
