@@ -45,6 +45,7 @@ from .wire import (
     MAX_TTL_MS,
     MAX_U64,
     AttachmentKind,
+    Kind,
 )
 
 
@@ -68,7 +69,8 @@ class Message:
     def __post_init__(self) -> None:
         # Runs for every message sent and received, so the common case is one chained test.
         if not (
-            self.kind in KIND_VALUES
+            (type(self.kind) is int or type(self.kind) is Kind)
+            and self.kind in KIND_VALUES
             and type(self.msg_id) is int
             and 0 <= self.msg_id <= MAX_U64
             and type(self.corr_id) is int
@@ -82,7 +84,7 @@ class Message:
             raise InvalidArgument(self._header_problem())
 
     def _header_problem(self) -> str:
-        if self.kind not in KIND_VALUES:
+        if type(self.kind) not in (int, Kind) or self.kind not in KIND_VALUES:
             return f"unknown message kind {self.kind!r}"
         for name, value, top in (
             ("msg_id", self.msg_id, MAX_U64),

@@ -124,6 +124,8 @@ def test_too_deep_bodies_are_refused_before_sending():
 def test_message_header_is_validated_on_construction():
     for bad in (
         {"kind": 99},
+        {"kind": [1]},
+        {"kind": True},
         {"msg_id": -1},
         {"msg_id": 2**64},
         {"corr_id": True},
