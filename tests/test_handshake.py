@@ -22,6 +22,7 @@ from mesh import (
     ReplayDetected,
     Responder,
     SessionTable,
+    Trust,
     Unauthorized,
     UnsupportedVersion,
 )
@@ -61,12 +62,15 @@ def test_certificate_from_another_authority_is_rejected(alice, bob, trust):
 
 def test_responder_with_a_foreign_certificate_is_refused(alice, trust):
     foreign = certified(Authority.generate(), "bob")
-    other_trust = Authority.generate().trust()
     initiator = Initiator(alice, trust, foreign.require_certificate(), SessionTable(), NOW_MS)
-    responder = Responder(foreign, Authority.generate().trust(), SessionTable())
-    with pytest.raises(Unauthorized):  # the responder does not trust alice's authority either
+    responder = Responder(foreign, foreign_trust := Authority.generate().trust(), SessionTable())
+    with pytest.raises(Unauthorized):  # the foreign node does not trust alice's authority
         responder.receive(initiator.hello_frames(), NOW_MS)
-    assert other_trust != trust
+    trusting = Responder(foreign, Trust(trust.authority_key), SessionTable())
+    _, welcome = trusting.receive(initiator.hello_frames(), NOW_MS)
+    with pytest.raises(Unauthorized):  # alice does not trust the foreign certificate either
+        initiator.receive(welcome, NOW_MS)
+    assert foreign_trust.authority_id != trust.authority_id
 
 
 def test_expired_certificates_are_refused_both_ways(authority, bob, trust):
@@ -84,7 +88,7 @@ def test_expired_certificates_are_refused_both_ways(authority, bob, trust):
 
 def test_impostor_answering_for_bob_is_refused(alice, bob, carol, trust):
     initiator = Initiator(alice, trust, bob.require_certificate(), SessionTable(), NOW_MS)
-    # carol cannot open a HELLO boxed to bob; and a HELLO for carol answered by... carol
+    # carol cannot take a HELLO meant for bob, nor pass her WELCOME off as bob's
     with pytest.raises(HandshakeFailed):
         Responder(carol, trust, SessionTable()).receive(initiator.hello_frames(), NOW_MS)
     to_carol = Initiator(alice, trust, carol.require_certificate(), SessionTable(), NOW_MS)
