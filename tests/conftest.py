@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import settings
 
 from mesh import Authority, Identity, Initiator, Responder, Session, SessionTable, Trust
+
+# No per-example deadline: timing on a shared 2-core machine is not what these tests check.
+settings.register_profile("mesh", deadline=None)
+settings.load_profile("mesh")
 
 NOW_MS = 1_790_000_000_000
 NOT_BEFORE = NOW_MS // 1000 - 3600
