@@ -181,6 +181,7 @@ def _attachment_types() -> tuple[type, ...]:
 # --------------------------------------------------------------------------- validation
 
 _SCALARS = frozenset({NoneType, bool, int, float, str, bytes})
+_SCALAR_BASES = (int, float, str, bytes)
 
 
 def _check_tree(value: Any, depth: int, leaves: tuple[type, ...], error: type[Exception]) -> None:
@@ -192,8 +193,8 @@ def _check_tree(value: Any, depth: int, leaves: tuple[type, ...], error: type[Ex
         if not set(map(type, value)) <= {str}:
             raise _tree_error(error, "map keys must be strings", "map_key")
         items = value.values()
-    elif kind in _SCALARS or isinstance(value, leaves):
-        return
+    elif kind in _SCALARS or isinstance(value, (leaves, _SCALAR_BASES)):
+        return  # subclasses (an IntEnum, a str subclass) travel as their base type
     else:
         raise _tree_error(error, f"values of type {kind.__name__} cannot be sent", "type")
     if depth >= MAX_DEPTH:

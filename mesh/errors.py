@@ -180,3 +180,61 @@ class InsecureKeyFile(KeyFileError, PermissionError):
             f"others (run: chmod 600 {path})",
         )
         self.mode = mode
+
+
+# --------------------------------------------------------------------------- the live mesh
+
+
+class CallError(MeshError):
+    """A request, send or stream did not produce a result. ``peer`` and ``method`` say which."""
+
+    def __init__(self, message: str, *, peer: str | None = None, method: str | None = None):
+        super().__init__(message)
+        self.peer = peer
+        self.method = method
+
+
+class PeerNotFound(CallError):
+    """No live node has that name, or none offers that capability."""
+
+
+class DiscoveryUnavailable(CallError):
+    """No discovery node answered, and the answer was not in the local cache."""
+
+
+class RequestTimeout(CallError, TimeoutError):
+    """The reply did not arrive within the timeout (the peer may still be working on it)."""
+
+
+class PeerLost(CallError):
+    """The peer stopped answering heartbeats or went away while the call was in flight."""
+
+
+class NoSuchMethod(CallError):
+    """The peer has no handler for the method."""
+
+
+class RemoteError(CallError):
+    """The remote handler failed. ``code`` is the protocol's error code; ``remote_type`` the
+    exception's class name on the other side (no traceback crosses the wire)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int,
+        remote_type: str | None = None,
+        peer: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        super().__init__(message, peer=peer, method=method)
+        self.code = code
+        self.remote_type = remote_type
+
+
+class NameConflict(CallError):
+    """Discovery refused a registration: the name is live with other keys."""
+
+
+class NodeClosed(MeshError):
+    """The node was closed while the call waited."""

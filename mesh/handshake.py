@@ -174,15 +174,31 @@ def _session_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
     )
 
 
-def _establish(table: SessionTable, limits: SessionLimits, peer: Certificate, initiator: bool,
-               keys: tuple[bytes, bytes], send_id: bytes, recv_id: bytes,
-               credit: tuple[int, int], now_ms: int) -> Session:  # fmt: skip
+def _establish(
+    table: SessionTable,
+    limits: SessionLimits,
+    peer: Certificate,
+    initiator: bool,
+    keys: tuple[bytes, bytes],
+    send_id: bytes,
+    recv_id: bytes,
+    credit: tuple[int, int],
+    now_ms: int,
+) -> Session:
     """Create the session from the derived keys and register it (retiring its predecessor)."""
     i2r, r2i = keys
     send_key, recv_key = (i2r, r2i) if initiator else (r2i, i2r)
-    session = Session(peer=peer, initiator=initiator, send_key=send_key, recv_key=recv_key,
-                      send_id=send_id, recv_id=recv_id, created_ms=now_ms,
-                      initial_credit=credit, limits=limits)  # fmt: skip
+    session = Session(
+        peer=peer,
+        initiator=initiator,
+        send_key=send_key,
+        recv_key=recv_key,
+        send_id=send_id,
+        recv_id=recv_id,
+        created_ms=now_ms,
+        initial_credit=credit,
+        limits=limits,
+    )
     table.add(session, now_ms)
     return session
 
@@ -273,8 +289,17 @@ class Initiator:
         _check_skew(timestamp, now_ms, self._trust)
         shared = Box(self._ephemeral, PublicKey(their_ephemeral)).shared_key()
         keys = _session_keys(shared, self.hello + data)
-        return _establish(self._table, self._limits, certificate, True, keys, send_id,
-                          self.recv_id, credit, now_ms)  # fmt: skip
+        return _establish(
+            self._table,
+            self._limits,
+            certificate,
+            True,
+            keys,
+            send_id,
+            self.recv_id,
+            credit,
+            now_ms,
+        )
 
 
 def _rejection(data: bytes, ephemeral_public: bytes) -> HandshakeFailed:
@@ -378,8 +403,9 @@ class Responder:
         box = Box(ephemeral, PublicKey(their_ephemeral))
         welcome = clear + nonce + box.encrypt(plaintext, nonce).ciphertext
         keys = _session_keys(box.shared_key(), hello + welcome)
-        session = _establish(self._table, self._limits, certificate, False, keys, send_id,
-                             recv_id, credit, now_ms)  # fmt: skip
+        session = _establish(
+            self._table, self._limits, certificate, False, keys, send_id, recv_id, credit, now_ms
+        )
         return session, [welcome]
 
     @staticmethod

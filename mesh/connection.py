@@ -1,0 +1,306 @@
+"""The outbound side: one DEALER to one peer, its handshake, session, calls and heartbeat.
+
+A :class:`Connection` is created on first use of a peer. ``open()`` fetches the peer's
+certificate if it is not known yet (CERT_REQUEST, verified against the authority), runs the
+handshake, then starts a reader task and a heartbeat task. Calls (requests, streams) are
+tracked here, so when the peer stops answering heartbeats every call in flight fails with
+:class:`PeerLost` within ``MISSED_HEARTBEATS`` intervals instead of at its own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import zmq.asyncio
+
+from . import sockets
+from .codec import Message
+from .errors import (
+    MalformedEnvelope,
+    MeshError,
+    NoSuchMethod,
+    PeerLost,
+    ProtocolError,
+    RemoteError,
+)
+from .handshake import Initiator
+from .identity import Certificate, Identity, Trust
+from .inbound import now_ms
+from .session import Session, SessionTable
+from .wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind
+
+CONNECT_TIMEOUT_S = 5.0
+_CERT_REQUEST = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
+_END = object()  # marks the end of a stream in its queue
+
+# msg ids are unique per sender: a random 48-bit start per process, then a counter
+_ids = itertools.count(int.from_bytes(os.urandom(6), "big"))
+
+
+def next_msg_id() -> int:
+    return next(_ids)
+
+
+class Call:
+    """One request or stream in flight: a future for a reply, or a queue of chunks."""
+
+    __slots__ = ("chunks", "future", "method", "queue")
+
+    def __init__(self, method: str, *, streaming: bool) -> None:
+        self.method = method
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue: asyncio.Queue[Any] | None = asyncio.Queue() if streaming else None
+        self.chunks: list[Any] = []
+
+
+class Connection:
+    """A DEALER to one peer with an authenticated session."""
+
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        identity: Identity,
+        trust: Trust,
+        table: SessionTable,
+        endpoint: str,
+        certificate: Certificate | None,
+        drops: Counter[str],
+        heartbeat_s: float,
+        on_lost: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.certificate = certificate
+        self._context = context
+        self._identity = identity
+        self._trust = trust
+        self._table = table
+        self._drops = drops
+        self._heartbeat_s = heartbeat_s
+        self._on_lost = on_lost
+        self._socket = sockets.dealer(context, endpoint)
+        self._handshake_answer: asyncio.Future[list[bytes]] | None = None
+        self.session: Session | None = None
+        self.calls: dict[int, Call] = {}
+        self.last_heard = 0.0
+        self.closed = False
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def name(self) -> str:
+        return self.certificate.name if self.certificate else self.endpoint
+
+    # ------------------------------------------------------------------ opening
+
+    async def open(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Fetch the certificate if needed, handshake, start reading. Raises PeerLost or a
+        HandshakeFailed subclass; the connection is closed on failure."""
+        self._tasks.append(asyncio.create_task(self._read(), name=f"read {self.endpoint}"))
+        try:
+            async with asyncio.timeout(timeout):
+                if self.certificate is None:
+                    self.certificate = await self._fetch_certificate()
+                await self._handshake()
+        except TimeoutError as exc:
+            self.close()
+            raise PeerLost(
+                f"no answer from {self.endpoint} within {timeout} s", peer=self.name
+            ) from exc
+        except BaseException:
+            self.close()
+            raise
+        self.last_heard = asyncio.get_running_loop().time()
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"beat {self.endpoint}"))
+
+    async def _exchange(self, frames: list[bytes]) -> list[bytes]:
+        """Send a handshake-level frame (retrying until connected) and await the answer."""
+        self._handshake_answer = asyncio.get_running_loop().create_future()
+        delay = 0.002
+        while not sockets.try_send(self._socket, frames):  # IMMEDIATE: not connected yet
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return await self._handshake_answer
+
+    async def _fetch_certificate(self) -> Certificate:
+        answer = await self._exchange([_CERT_REQUEST])
+        if len(answer) != 1 or answer[0][:2] != bytes([PROTOCOL_VERSION, FrameType.CERTIFICATE]):
+            raise MalformedEnvelope("expected a CERTIFICATE frame")
+        return self._trust.verify(Certificate.from_bytes(answer[0][2:]), now_ms())
+
+    async def _handshake(self) -> None:
+        assert self.certificate is not None
+        initiator = Initiator(self._identity, self._trust, self.certificate, self._table, now_ms())
+        answer = await self._exchange([initiator.hello])
+        self.session = initiator.receive(answer, now_ms())
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self) -> None:
+        recv = self._socket.recv_multipart
+        loop = asyncio.get_running_loop()
+        while True:
+            frames = await recv()
+            self.last_heard = loop.time()
+            if self.session is None or (frames[0][1:2] != b"\x03"):
+                answer = self._handshake_answer
+                if answer is not None and not answer.done():
+                    answer.set_result(frames)
+                else:
+                    self._drops["unexpected"] += 1
+                continue
+            try:
+                session, opened = self._table.open(frames, now_ms())
+            except ProtocolError as error:
+                self._drops[error.reason] += 1
+                continue
+            if not session.initiator or session.peer.node_id != self.session.peer.node_id:
+                self._drops["misrouted"] += 1
+                continue
+            for message in opened.messages:
+                self._dispatch(message)
+
+    def _dispatch(self, message: Message) -> None:
+        kind = message.kind
+        call = self.calls.get(message.corr_id)
+        if call is None:
+            if kind != Kind.PONG:
+                self._drops["no_call"] += 1
+            return
+        if kind == Kind.STREAM:
+            if call.queue is not None:
+                call.queue.put_nowait(message.body)
+            else:
+                call.chunks.append(message.body)
+            return
+        del self.calls[message.corr_id]
+        if kind == Kind.ERROR:
+            self._finish(call, error=self._remote_error(call, message.body))
+        elif kind == Kind.STREAM_END:
+            self._finish(call, result=call.chunks if call.queue is None else _END)
+        else:  # REPLY, ENTRIES and the discovery answers
+            self._finish(call, result=message.body)
+
+    def _finish(
+        self, call: Call, *, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        if call.queue is not None:
+            if result is not None and result is not _END:
+                call.queue.put_nowait(result)
+            call.queue.put_nowait(error if error is not None else _END)
+        elif not call.future.done():
+            if error is not None:
+                call.future.set_exception(error)
+            else:
+                call.future.set_result(result)
+
+    def _remote_error(self, call: Call, body: Any) -> MeshError:
+        code, text, details = (
+            ([*body, None, None, None])[:3]
+            if isinstance(body, list)
+            else (ErrorCode.INTERNAL, "malformed error", None)
+        )
+        remote_type = details.get("type") if isinstance(details, dict) else None
+        if code == ErrorCode.UNKNOWN_METHOD:
+            return NoSuchMethod(str(text), peer=self.name, method=call.method)
+        return RemoteError(
+            str(text),
+            code=int(code) if isinstance(code, int) else 0,
+            remote_type=remote_type,
+            peer=self.name,
+            method=call.method,
+        )
+
+    # ------------------------------------------------------------------ calling
+
+    def send(self, messages: list[Message]) -> None:
+        """Seal and send now; raise PeerLost if the peer cannot take it."""
+        if self.session is None or self.closed:
+            raise PeerLost(f"connection to {self.name} is closed", peer=self.name)
+        frames = self.session.seal(messages, now_ms())
+        if not sockets.try_send(self._socket, frames):
+            self.lose(f"{self.name} is unreachable")
+            raise PeerLost(f"{self.name} is unreachable", peer=self.name)
+
+    def start_call(
+        self,
+        kind: int,
+        method: str,
+        body: Any,
+        *,
+        streaming: bool = False,
+        msg_id: int | None = None,
+        ttl_ms: int = 0,
+    ) -> tuple[int, Call]:
+        """Register a call and send its first message; returns (msg id, call)."""
+        msg_id = next_msg_id() if msg_id is None else msg_id
+        call = Call(method, streaming=streaming)
+        self.calls[msg_id] = call
+        try:
+            self.send([Message(kind, msg_id, name=method, body=body, ttl_ms=ttl_ms)])
+        except BaseException:
+            self.calls.pop(msg_id, None)
+            raise
+        return msg_id, call
+
+    def cancel_call(self, msg_id: int) -> None:
+        """Forget a call and tell the peer to stop working on it."""
+        if self.calls.pop(msg_id, None) is not None and not self.closed:
+            with contextlib.suppress(PeerLost, MeshError):
+                self.send([Message(Kind.CANCEL, next_msg_id(), corr_id=msg_id)])
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._heartbeat_s
+        while not self.closed:
+            await asyncio.sleep(interval)
+            if not self.calls:
+                self.last_heard = loop.time()  # idle: nothing to lose, nothing to prove
+                continue
+            silent = loop.time() - self.last_heard
+            if silent > MISSED_HEARTBEATS * interval:
+                self.lose(f"{self.name} missed {MISSED_HEARTBEATS} heartbeats")
+                return
+            if silent > interval * 0.9:
+                try:
+                    self.send([Message(Kind.PING, next_msg_id())])
+                except PeerLost:
+                    return
+
+    def lose(self, reason: str) -> None:
+        """The peer is gone: fail every call in flight with PeerLost and close."""
+        if self.closed:
+            return
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            self._finish(call, error=PeerLost(reason, peer=self.name, method=call.method))
+        self.close()
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.session is not None:
+            self._table.remove(self.session)
+        self._socket.close()
+
+    def say_goodbye(self) -> None:
+        """Send BYE (best effort) before closing."""
+        if self.session is not None and not self.closed:
+            with contextlib.suppress(PeerLost, MeshError):
+                self.send([Message(Kind.BYE, next_msg_id())])
+
+
+def stream_end() -> object:
+    return _END

@@ -1,0 +1,119 @@
+"""The discovery node's state: who is up, where, with which keys and capabilities.
+
+Pure: every method takes ``now_ms``. A registration comes from an authenticated session,
+so the certificate in it has already been verified by the handshake; the directory adds the
+one rule a handshake cannot: a live name belongs to one set of keys (a second registration
+of a live name with other keys is a conflict). Leases expire unless renewed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgument, NameConflict, PeerNotFound
+from .identity import Certificate
+from .wire import MAX_CAPABILITIES, MAX_CAPABILITY_LEN
+
+MAX_ENDPOINT_LEN = 256
+MAX_LEASE_MS = 300_000
+MIN_LEASE_MS = 200
+
+
+@dataclass
+class Entry:
+    """One registered node as discovery knows it."""
+
+    certificate: Certificate
+    endpoint: str
+    capabilities: tuple[str, ...]
+    meta: dict[str, Any]
+    started_ms: int
+    lease_ms: int
+    expires_ms: int = field(default=0)
+
+    @property
+    def name(self) -> str:
+        return self.certificate.name
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "cert": self.certificate.to_bytes(),
+            "endpoint": self.endpoint,
+            "capabilities": list(self.capabilities),
+            "meta": self.meta,
+            "started_ms": self.started_ms,
+        }
+
+
+def parse_registration(certificate: Certificate, body: Any, now_ms: int) -> Entry:
+    """Validate a REGISTER body (raises InvalidArgument) and build the entry."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("REGISTER body must be a map")
+    endpoint = body.get("endpoint")
+    caps = body.get("capabilities", [])
+    meta = body.get("meta") or {}
+    lease = body.get("lease_ms", 10_000)
+    started = body.get("started_ms", now_ms)
+    if not (
+        isinstance(endpoint, str) and 0 < len(endpoint) <= MAX_ENDPOINT_LEN and "://" in endpoint
+    ):
+        raise InvalidArgument("endpoint must be a ZeroMQ address such as tcp://host:port")
+    if not (
+        isinstance(caps, list)
+        and len(caps) <= MAX_CAPABILITIES
+        and all(isinstance(c, str) and 0 < len(c) <= MAX_CAPABILITY_LEN for c in caps)
+    ):
+        raise InvalidArgument("capabilities must be a list of short strings")
+    if not isinstance(meta, dict):
+        raise InvalidArgument("meta must be a map")
+    if type(lease) is not int or type(started) is not int:
+        raise InvalidArgument("lease_ms and started_ms must be integers")
+    lease = min(max(lease, MIN_LEASE_MS), MAX_LEASE_MS)
+    return Entry(certificate, endpoint, tuple(caps), meta, started, lease, now_ms + lease)
+
+
+class Directory:
+    """Live entries by name, with leases."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def register(self, entry: Entry) -> str:
+        """Add or refresh ``entry``; returns the event: ``"JOIN"`` or ``"UPDATE"``."""
+        current = self._entries.get(entry.name)
+        if current is not None and current.certificate.node_id != entry.certificate.node_id:
+            raise NameConflict(f"name {entry.name!r} is live with other keys", peer=entry.name)
+        self._entries[entry.name] = entry
+        return "JOIN" if current is None else "UPDATE"
+
+    def renew(self, certificate: Certificate, now_ms: int) -> Entry:
+        entry = self._entries.get(certificate.name)
+        if entry is None or entry.certificate.node_id != certificate.node_id:
+            raise PeerNotFound(f"{certificate.name!r} is not registered", peer=certificate.name)
+        entry.expires_ms = now_ms + entry.lease_ms
+        return entry
+
+    def unregister(self, certificate: Certificate) -> Entry | None:
+        entry = self._entries.get(certificate.name)
+        if entry is not None and entry.certificate.node_id == certificate.node_id:
+            return self._entries.pop(certificate.name)
+        return None
+
+    def lookup(self, *, name: str | None = None, capability: str | None = None) -> list[Entry]:
+        if name is not None:
+            entry = self._entries.get(name)
+            return [entry] if entry is not None else []
+        if capability is not None:
+            return [e for e in self._entries.values() if capability in e.capabilities]
+        return list(self._entries.values())
+
+    def expire(self, now_ms: int) -> list[Entry]:
+        """Remove and return the entries whose lease ran out."""
+        gone = [e for e in self._entries.values() if e.expires_ms <= now_ms]
+        for entry in gone:
+            del self._entries[entry.name]
+        return gone

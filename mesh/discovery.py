@@ -1,0 +1,149 @@
+"""The discovery node: a small directory server on one ROUTER. It carries no message traffic.
+
+Nodes reach it like any peer (CERT_REQUEST, then the handshake), so only members certified by
+the mesh authority can register or look anything up. Requests are REGISTER, RENEW, LOOKUP
+and UNREGISTER messages; answers are REPLY, ENTRIES or ERROR with the request's id as
+``corr_id``. A discovery node restarted with empty state is simply repopulated: a node whose
+RENEW comes back NOT_FOUND registers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+import zmq.asyncio
+
+from .codec import Message
+from .connection import next_msg_id
+from .directory import Directory, parse_registration
+from .envelope import Opened
+from .errors import InvalidArgument, NameConflict, PeerNotFound
+from .identity import Identity, Trust
+from .inbound import Inbound, cancel_and_wait, now_ms
+from .keystore import MeshDirectory
+from .session import Session
+from .wire import ErrorCode, Kind
+
+log = logging.getLogger("mesh.discovery")
+EXPIRE_EVERY_S = 0.25
+
+
+class DiscoveryServer:
+    """Serve the directory on ``bind`` until closed."""
+
+    def __init__(
+        self,
+        *,
+        bind: str = "tcp://127.0.0.1:7700",
+        mesh: MeshDirectory | str | None = None,
+        identity: Identity | None = None,
+        trust: Trust | None = None,
+        name: str = "discovery",
+    ) -> None:
+        directory = (
+            mesh
+            if isinstance(mesh, MeshDirectory)
+            else (MeshDirectory(mesh) if mesh else MeshDirectory.default())
+        )
+        self.identity = identity or directory.identity(name)
+        self.trust = trust or directory.create().trust()
+        self.directory = Directory()
+        self.drops: Counter[str] = Counter()
+        self._bind = bind
+        self._context: zmq.asyncio.Context | None = None
+        self._inbound: Inbound | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.endpoint = ""
+
+    async def start(self) -> DiscoveryServer:
+        from .session import SessionTable
+
+        self._context = zmq.asyncio.Context()
+        self._inbound = Inbound(
+            self._context,
+            self.identity,
+            self.trust,
+            SessionTable(),
+            self._bind,
+            self._on_messages,
+            self.drops,
+        )
+        self.endpoint = self._inbound.endpoint
+        self._tasks = [
+            asyncio.create_task(self._inbound.run(), name="discovery inbound"),
+            asyncio.create_task(self._expire(), name="discovery leases"),
+        ]
+        log.info("discovery serving on %s", self.endpoint)
+        return self
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._tasks)
+        if self._inbound is not None:
+            self._inbound.close()
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    async def __aenter__(self) -> DiscoveryServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            for entry in self.directory.expire(now_ms()):
+                log.info("lease of %s expired", entry.name)
+
+    def _on_messages(self, session: Session, opened: Opened) -> None:
+        assert self._inbound is not None
+        answers = [a for m in opened.messages if (a := self._answer(session, m)) is not None]
+        if answers:
+            self._inbound.send(session, answers)
+
+    def _answer(self, session: Session, message: Message) -> Message | None:
+        kind, corr = message.kind, message.msg_id
+        try:
+            if kind == Kind.REGISTER:
+                entry = parse_registration(session.peer, message.body, now_ms())
+                event = self.directory.register(entry)
+                log.info("%s %s at %s", event, entry.name, entry.endpoint)
+                return Message(Kind.REPLY, next_msg_id(), corr, body={"lease_ms": entry.lease_ms})
+            if kind == Kind.RENEW:
+                entry = self.directory.renew(session.peer, now_ms())
+                return Message(Kind.REPLY, next_msg_id(), corr, body={"lease_ms": entry.lease_ms})
+            if kind == Kind.LOOKUP:
+                return Message(Kind.ENTRIES, next_msg_id(), corr, body=self._lookup(message.body))
+            if kind == Kind.UNREGISTER:
+                self.directory.unregister(session.peer)
+                return Message(Kind.REPLY, next_msg_id(), corr)
+            if kind == Kind.PING:
+                return Message(Kind.PONG, next_msg_id(), corr)
+            if kind == Kind.BYE:
+                assert self._inbound is not None
+                self._inbound.forget(session)
+                return None
+            return _error(corr, ErrorCode.BAD_REQUEST, f"discovery does not serve kind {kind}")
+        except NameConflict as exc:
+            return _error(corr, ErrorCode.CONFLICT, str(exc))
+        except PeerNotFound as exc:
+            return _error(corr, ErrorCode.NOT_FOUND, str(exc))
+        except InvalidArgument as exc:
+            return _error(corr, ErrorCode.BAD_REQUEST, str(exc))
+
+    def _lookup(self, body: Any) -> list[dict[str, Any]]:
+        query = body if isinstance(body, dict) else {}
+        name, capability = query.get("name"), query.get("capability")
+        entries = self.directory.lookup(
+            name=name if isinstance(name, str) else None,
+            capability=capability if isinstance(capability, str) else None,
+        )
+        return [entry.to_wire() for entry in entries]
+
+
+def _error(corr: int, code: ErrorCode, text: str) -> Message:
+    return Message(Kind.ERROR, next_msg_id(), corr, body=[int(code), text, None])

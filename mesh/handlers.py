@@ -1,0 +1,175 @@
+"""Running a node's handlers for inbound requests: async, sync (off the loop) and streams.
+
+A handler is ``fn(body)`` or ``fn(body, ctx)``:
+
+* an ``async def`` is awaited on the event loop;
+* a plain ``def`` runs in the default thread pool, so it may block;
+* an ``async def`` with ``yield`` streams its reply: one STREAM message per item, then
+  STREAM_END. Cancelling the caller's stream cancels the generator here (CANCEL).
+
+Requests are deduplicated by (caller node id, message id): a request retried after a timeout
+runs at most once; its reply is kept for a while and sent again to the retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import Message
+from .connection import next_msg_id
+from .errors import InvalidArgument
+from .wire import ErrorCode, Kind
+
+REPLY_CACHE_SIZE = 4096
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a handler may want to know about the call it serves."""
+
+    peer: str
+    method: str
+    msg_id: int
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    function: Handler
+    streaming: bool
+    coroutine: bool
+    takes_context: bool
+
+    @classmethod
+    def of(cls, function: Handler) -> HandlerSpec:
+        if inspect.isgeneratorfunction(function):
+            raise InvalidArgument("streaming handlers must be async generators (async def + yield)")
+        try:
+            parameters = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"handler {function!r} has no inspectable signature") from exc
+        positional = [
+            p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        variadic = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+        return cls(
+            function,
+            inspect.isasyncgenfunction(function),
+            inspect.iscoroutinefunction(function),
+            len(positional) >= 2 or variadic,
+        )
+
+
+def error_message(corr: int, code: int, text: str, remote_type: str | None = None) -> Message:
+    details = {"type": remote_type} if remote_type else None
+    return Message(Kind.ERROR, next_msg_id(), corr, body=[int(code), text, details])
+
+
+class HandlerRunner:
+    """Runs handler tasks, remembers running and finished requests, applies CANCEL."""
+
+    def __init__(self, send: Callable[[bytes, list[Message]], bool]) -> None:
+        self._send = send  # (peer node id, messages) -> delivered
+        self.handlers: dict[str, HandlerSpec] = {}
+        self._running: dict[tuple[bytes, int], asyncio.Task] = {}
+        self._replies: OrderedDict[tuple[bytes, int], list[Message]] = OrderedDict()
+        self.failures = 0
+        self.duplicates = 0
+
+    def add(self, name: str, function: Handler) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument("a handler needs a non-empty method name")
+        self.handlers[name] = HandlerSpec.of(function)
+
+    def start(self, peer_id: bytes, peer_name: str, message: Message) -> None:
+        """Begin serving a REQUEST or SEND (or answer a duplicate from the cache)."""
+        key = (peer_id, message.msg_id)
+        if key in self._running:
+            self.duplicates += 1
+            return
+        cached = self._replies.get(key)
+        if cached is not None:
+            self.duplicates += 1
+            self._send(peer_id, cached)
+            return
+        context = CallContext(peer_name, message.name, message.msg_id)
+        task = asyncio.create_task(self._serve(key, message, context))
+        self._running[key] = task
+
+    def cancel(self, peer_id: bytes, msg_id: int) -> None:
+        task = self._running.get((peer_id, msg_id))
+        if task is not None:
+            task.cancel()
+
+    def cancel_peer(self, peer_id: bytes) -> None:
+        for (owner, _), task in list(self._running.items()):
+            if owner == peer_id:
+                task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _serve(self, key: tuple[bytes, int], message: Message, context: CallContext) -> None:
+        peer_id, corr = key
+        expects_reply = message.kind == Kind.REQUEST
+        try:
+            reply = await self._run(peer_id, message, context, expects_reply)
+        except asyncio.CancelledError:
+            reply = [error_message(corr, ErrorCode.CANCELLED, "cancelled")] if expects_reply else []
+        finally:
+            self._running.pop(key, None)
+        if expects_reply and reply:
+            self._remember(key, reply)
+            self._send(peer_id, reply)
+
+    async def _run(
+        self, peer_id: bytes, message: Message, context: CallContext, expects_reply: bool
+    ) -> list[Message]:
+        corr = message.msg_id
+        spec = self.handlers.get(message.name)
+        if spec is None:
+            return [
+                error_message(corr, ErrorCode.UNKNOWN_METHOD, f"no handler for {message.name!r}")
+            ]
+        args = (message.body, context) if spec.takes_context else (message.body,)
+        try:
+            if spec.streaming:
+                async for item in spec.function(*args):
+                    if expects_reply and not self._send(
+                        peer_id, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
+                    ):
+                        raise asyncio.CancelledError  # the caller is gone: stop generating
+                return [Message(Kind.STREAM_END, next_msg_id(), corr)]
+            if spec.coroutine:
+                result = await spec.function(*args)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(None, lambda: spec.function(*args))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the handler's failure becomes the caller's RemoteError
+            self.failures += 1
+            return [
+                error_message(
+                    corr,
+                    ErrorCode.HANDLER_FAILED,
+                    str(exc) or type(exc).__name__,
+                    type(exc).__name__,
+                )
+            ]
+        return [Message(Kind.REPLY, next_msg_id(), corr, body=result)]
+
+    def _remember(self, key: tuple[bytes, int], reply: list[Message]) -> None:
+        if reply[0].kind == Kind.STREAM_END:
+            return  # streams are not replayed: a retried stream starts over
+        self._replies[key] = reply
+        while len(self._replies) > REPLY_CACHE_SIZE:
+            self._replies.popitem(last=False)

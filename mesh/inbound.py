@@ -1,0 +1,131 @@
+"""The inbound side of a node (and of a discovery node): one bound ROUTER.
+
+It answers CERT_REQUEST with the node's certificate, turns HELLOs into sessions, opens
+SEALED frames and hands their messages to the owner's callback. Anything that fails a check
+is dropped and counted by reason; nothing is allocated for a sender that has not
+authenticated (a REJECT is the only answer, and only for refusals a peer can act on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import zmq.asyncio
+
+from . import sockets
+from .codec import Message
+from .envelope import Opened
+from .errors import MeshError, ProtocolError
+from .handshake import Responder
+from .identity import Identity, Trust
+from .session import Session, SessionTable
+from .wire import PROTOCOL_VERSION, FrameType
+
+OnMessages = Callable[[Session, Opened], None]
+_SEALED, _HELLO, _CERT_REQUEST = FrameType.SEALED, FrameType.HELLO, FrameType.CERT_REQUEST
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Inbound:
+    """A bound ROUTER speaking the handshake and opening SEALED frames."""
+
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        identity: Identity,
+        trust: Trust,
+        table: SessionTable,
+        bind: str,
+        on_messages: OnMessages,
+        drops: Counter[str],
+    ) -> None:
+        self.socket, self.endpoint = sockets.router(context, bind)
+        self._identity = identity
+        self._table = table
+        self._responder = Responder(identity, trust, table)
+        self._on_messages = on_messages
+        self._drops = drops
+        self._routes: dict[bytes, bytes] = {}  # session recv id -> ROUTER routing id
+        self._certificate_frame = (
+            bytes([PROTOCOL_VERSION, FrameType.CERTIFICATE])
+            + identity.require_certificate().to_bytes()
+        )
+
+    async def run(self) -> None:
+        """Receive until cancelled. Never raises for anything a peer sends."""
+        recv = self.socket.recv_multipart
+        while True:
+            frames = await recv()
+            try:
+                self.handle(frames)
+            except ProtocolError as error:
+                self._drops[error.reason] += 1
+
+    def handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 2 or len(frames[1]) < 2:
+            self._drops["malformed"] += 1
+            return
+        routing, rest = frames[0], frames[1:]
+        frame_type = rest[0][1]
+        if frame_type == _SEALED:
+            session, opened = self._table.open(rest, now_ms())
+            if session.initiator:  # our outbound session: never valid on the ROUTER
+                self._drops["misrouted"] += 1
+                return
+            self._routes[session.recv_id] = routing
+            self._on_messages(session, opened)
+        elif frame_type == _HELLO:
+            self._hello(routing, rest)
+        elif frame_type == _CERT_REQUEST and len(rest) == 1 and len(rest[0]) == 2:
+            self._send_raw([routing, self._certificate_frame])
+        else:
+            self._drops["frame_type"] += 1
+
+    def _hello(self, routing: bytes, frames: Sequence[bytes]) -> None:
+        try:
+            session, welcome = self._responder.receive(frames, now_ms())
+        except ProtocolError as error:
+            reject = Responder.reject_frames(frames, error)
+            if reject is not None:
+                self._send_raw([routing, *reject])
+            raise
+        self._routes[session.recv_id] = routing
+        self._send_raw([routing, *welcome])
+
+    def send(self, session: Session, messages: Sequence[Message]) -> bool:
+        """Seal ``messages`` to an inbound session; False if the peer is gone."""
+        routing = self._routes.get(session.recv_id)
+        if routing is None:
+            return False
+        try:
+            frames = session.seal(messages, now_ms())
+        except MeshError:
+            self._drops["unsendable"] += 1
+            return False
+        return self._send_raw([routing, *frames])
+
+    def forget(self, session: Session) -> None:
+        self._routes.pop(session.recv_id, None)
+        self._table.remove(session)
+
+    def _send_raw(self, frames: list) -> bool:
+        if sockets.try_send(self.socket, frames):
+            return True
+        self._drops["unroutable"] += 1  # EHOSTUNREACH (peer gone) or EAGAIN (queue full)
+        return False
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until they have finished."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

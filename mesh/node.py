@@ -1,0 +1,471 @@
+"""The asyncio node: one ROUTER in, a DEALER per peer out, handlers, discovery.
+
+A thin I/O layer over the sans-IO core: :mod:`mesh.inbound` and :mod:`mesh.connection`
+move bytes and apply what sessions decide; this module adds the API (request, stream,
+send, handlers), peer resolution by name or capability, and registration.
+
+Per message, a request costs one seal, one ``send_multipart`` with NOBLOCK (its outcome is
+known at once), and on the way back one ``recv_multipart``, one open and one
+``future.set_result``: no logging, no extra task, no queue between the socket and the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq.asyncio
+
+from . import sockets
+from .codec import Message
+from .connection import Connection, next_msg_id, stream_end
+from .discovery_client import DiscoveryClient
+from .envelope import Opened
+from .errors import (
+    DiscoveryUnavailable,
+    InvalidArgument,
+    MeshError,
+    NodeClosed,
+    PeerLost,
+    PeerNotFound,
+    ProtocolError,
+    RequestTimeout,
+)
+from .handlers import Handler, HandlerRunner, error_message
+from .identity import Certificate, Identity, Trust
+from .inbound import Inbound, cancel_and_wait, now_ms
+from .keystore import MeshDirectory
+from .session import Session, SessionTable
+from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
+
+ENV_DISCOVERY = "MESH_DISCOVERY"
+DOWN_FOR_S = 5.0  # a peer lost is skipped by capability routing for this long
+
+
+class PeerInfo:
+    """A directory entry this node has verified: name, certificate, endpoint, capabilities."""
+
+    __slots__ = ("capabilities", "certificate", "endpoint", "meta", "started_ms")
+
+    def __init__(self, certificate: Certificate, entry: dict[str, Any]) -> None:
+        self.certificate = certificate
+        self.endpoint = str(entry.get("endpoint", ""))
+        caps = entry.get("capabilities")
+        self.capabilities = (
+            tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else ()
+        )
+        self.meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        started = entry.get("started_ms")
+        self.started_ms = started if isinstance(started, int) else 0
+
+    @property
+    def name(self) -> str:
+        return self.certificate.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "node_id": self.certificate.node_id.hex(),
+            "endpoint": self.endpoint,
+            "capabilities": list(self.capabilities),
+            "meta": self.meta,
+            "started_ms": self.started_ms,
+        }
+
+
+def _discovery_urls(discovery: str | list[str] | None) -> list[str]:
+    if discovery is None:
+        discovery = os.environ.get(ENV_DISCOVERY) or []
+    if isinstance(discovery, str):
+        discovery = [u.strip() for u in discovery.split(",") if u.strip()]
+    return list(discovery)
+
+
+class Node:
+    """A member of the mesh. Use ``async with Node("alice", discovery=URL) as node:``.
+
+    Arguments: ``name`` (also the identity's name in the mesh directory), ``discovery`` (one
+    URL, a comma-separated string or a list; default ``$MESH_DISCOVERY``; none: no
+    registration), ``bind`` (where the ROUTER listens; an ephemeral port by default),
+    ``advertise`` (the address peers should dial, required for wildcard binds),
+    ``capabilities`` and ``meta`` (published in discovery), ``mesh`` (the mesh directory)
+    or ``identity`` and ``trust`` directly, ``heartbeat`` (seconds; a silent peer is lost
+    after three).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        discovery: str | list[str] | None = None,
+        bind: str = "tcp://127.0.0.1:0",
+        advertise: str | None = None,
+        capabilities: tuple[str, ...] | list[str] = (),
+        meta: dict[str, Any] | None = None,
+        mesh: MeshDirectory | str | None = None,
+        identity: Identity | None = None,
+        trust: Trust | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT_S,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        if identity is None or trust is None:
+            directory = (
+                mesh
+                if isinstance(mesh, MeshDirectory)
+                else (MeshDirectory(mesh) if mesh else MeshDirectory.default())
+            )
+            identity = identity or directory.identity(name)
+            trust = trust or directory.create().trust()
+        if heartbeat <= 0:
+            raise InvalidArgument("heartbeat must be positive")
+        self.name = name
+        self.identity = identity
+        self.trust = trust
+        self.capabilities = tuple(capabilities)
+        self.meta = dict(meta or {})
+        self.heartbeat = heartbeat
+        self._bind = bind
+        self._advertise = advertise
+        self._lease_ms = lease_ms
+        self._urls = _discovery_urls(discovery)
+        self._context = context or zmq.asyncio.Context.instance()
+        self._table = SessionTable()
+        self.drops: Counter[str] = Counter()
+        self._runner = HandlerRunner(self._send_to_peer)
+        self._inbound: Inbound | None = None
+        self._inbound_sessions: dict[bytes, Session] = {}
+        self._connections: dict[str, Connection] = {}
+        self._connecting: dict[str, asyncio.Future[Connection]] = {}
+        self._peers: dict[str, PeerInfo] = {}
+        self._down_until: dict[str, float] = {}
+        self._discovery: DiscoveryClient | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.endpoint = ""
+        self.started_ms = 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Node:
+        """Bind, then register with discovery. Returns once the node can be called."""
+        self._inbound = Inbound(
+            self._context,
+            self.identity,
+            self.trust,
+            self._table,
+            self._bind,
+            self._on_inbound,
+            self.drops,
+        )
+        self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
+        self.started_ms = now_ms()
+        self._tasks.append(asyncio.create_task(self._inbound.run(), name=f"{self.name} inbound"))
+        if self._urls:
+            self._discovery = DiscoveryClient(self._urls, self._open_connection)
+            try:
+                await self._discovery.register(self._registration())
+            except BaseException:
+                await self.close()
+                raise
+            self._tasks.append(
+                asyncio.create_task(self._discovery.renew_forever(), name=f"{self.name} renew")
+            )
+        return self
+
+    async def close(self) -> None:
+        """Unregister, say BYE to peers, stop handlers and close every socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._discovery is not None:
+            await self._discovery.unregister()
+            self._discovery.close()
+        await self._runner.close()
+        for connection in list(self._connections.values()):
+            connection.say_goodbye()
+            connection.lose("node closed")
+        await cancel_and_wait(self._tasks)
+        if self._inbound is not None:
+            self._inbound.close()
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _registration(self) -> dict[str, Any]:
+        capabilities = sorted(set(self.capabilities) | set(self._runner.handlers))
+        return {
+            "endpoint": self.endpoint,
+            "capabilities": capabilities,
+            "meta": self.meta,
+            "started_ms": self.started_ms,
+            "lease_ms": self._lease_ms,
+        }
+
+    # ------------------------------------------------------------------ handlers
+
+    def handler(self, name: str, function: Handler | None = None) -> Any:
+        """Register ``function`` for ``name``; usable as ``@node.handler("echo")``."""
+        if function is not None:
+            self._runner.add(name, function)
+            return function
+
+        def decorate(fn: Handler) -> Handler:
+            self._runner.add(name, fn)
+            return fn
+
+        return decorate
+
+    def _on_inbound(self, session: Session, opened: Opened) -> None:
+        peer_id = session.peer.node_id
+        self._inbound_sessions[peer_id] = session
+        for message in opened.messages:
+            kind = message.kind
+            if kind == Kind.REQUEST or kind == Kind.SEND:
+                self._runner.start(peer_id, session.peer.name, message)
+            elif kind == Kind.PING:
+                self._send_to_peer(peer_id, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
+            elif kind == Kind.CANCEL:
+                self._runner.cancel(peer_id, message.corr_id)
+            elif kind == Kind.BYE:
+                self._runner.cancel_peer(peer_id)
+                self._inbound_sessions.pop(peer_id, None)
+                assert self._inbound is not None
+                self._inbound.forget(session)
+            else:
+                self.drops["unexpected_kind"] += 1
+
+    def _send_to_peer(self, peer_id: bytes, messages: list[Message]) -> bool:
+        """Send to the newest inbound session of a peer (it may have reconnected)."""
+        session = self._inbound_sessions.get(peer_id)
+        if session is None or self._inbound is None:
+            return False
+        try:
+            return self._inbound.send(session, messages)
+        except MeshError as exc:  # a reply the codec cannot carry becomes an error
+            corr = messages[0].corr_id
+            text = f"reply cannot be sent: {exc}"
+            return self._inbound.send(
+                session, [error_message(corr, ErrorCode.HANDLER_FAILED, text)]
+            )
+
+    # ------------------------------------------------------------------ calling
+
+    async def request(
+        self,
+        peer: str | None = None,
+        method: str | None = None,
+        body: Any = None,
+        *,
+        capability: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> Any:
+        """Call ``method`` on ``peer`` (or on the least busy node offering ``capability``)
+        and return the reply. ``timeout`` applies to each attempt; ``retries`` resends the
+        same message id, so the callee runs it at most once.
+
+        Raises PeerNotFound, DiscoveryUnavailable, RequestTimeout, PeerLost, NoSuchMethod,
+        RemoteError, Unauthorized.
+        """
+        method = method or capability
+        if not method:
+            raise InvalidArgument("request needs a method (or a capability)")
+        connection = await self._resolve(peer, capability)
+        msg_id = None
+        for attempt in range(retries + 1):
+            msg_id, call = connection.start_call(Kind.REQUEST, method, body, msg_id=msg_id)
+            if timeout is None:
+                return await call.future
+            try:
+                return await asyncio.wait_for(call.future, timeout)
+            except TimeoutError:
+                connection.calls.pop(msg_id, None)
+                if attempt == retries:
+                    connection.cancel_call(msg_id)
+                    raise RequestTimeout(
+                        f"{connection.name}.{method} did not answer within {timeout} s",
+                        peer=connection.name,
+                        method=method,
+                    ) from None
+        raise AssertionError("unreachable")
+
+    async def stream(
+        self,
+        peer: str | None = None,
+        method: str | None = None,
+        body: Any = None,
+        *,
+        capability: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Yield the chunks of a streamed reply. Leaving the loop early cancels the handler
+        on the other side. ``timeout`` bounds the wait for each chunk."""
+        method = method or capability
+        if not method:
+            raise InvalidArgument("stream needs a method (or a capability)")
+        connection = await self._resolve(peer, capability)
+        msg_id, call = connection.start_call(Kind.REQUEST, method, body, streaming=True)
+        assert call.queue is not None
+        end = stream_end()
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(call.queue.get(), timeout)
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"{connection.name}.{method}: no chunk within {timeout} s",
+                        peer=connection.name,
+                        method=method,
+                    ) from None
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if msg_id in connection.calls:
+                connection.cancel_call(msg_id)
+
+    async def send(
+        self,
+        peer: str | None = None,
+        method: str | None = None,
+        body: Any = None,
+        *,
+        capability: str | None = None,
+    ) -> None:
+        """One-way: deliver ``method(body)`` to the peer; no reply, no error from the handler."""
+        method = method or capability
+        if not method:
+            raise InvalidArgument("send needs a method (or a capability)")
+        connection = await self._resolve(peer, capability)
+        connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
+
+    # ------------------------------------------------------------------ peers
+
+    async def peers(self, capability: str | None = None) -> list[PeerInfo]:
+        """Every live node discovery knows (optionally only those offering ``capability``)."""
+        query = {"capability": capability} if capability else {}
+        return await self._lookup(query)
+
+    async def _lookup(self, query: dict[str, str]) -> list[PeerInfo]:
+        if self._discovery is None:
+            raise DiscoveryUnavailable("this node was started without discovery")
+        merged: dict[str, PeerInfo] = {}
+        for entry in await self._discovery.lookup(query):
+            try:
+                cert = self.trust.verify(Certificate.from_bytes(entry["cert"]), now_ms())
+            except (ProtocolError, KeyError, TypeError):
+                self.drops["bad_entry"] += 1  # a discovery node cannot vouch for anyone
+                continue
+            info = PeerInfo(cert, entry)
+            current = merged.get(info.name)
+            if current is None or info.started_ms > current.started_ms:
+                merged[info.name] = info
+        self._peers.update(merged)
+        return list(merged.values())
+
+    async def _resolve(self, peer: str | None, capability: str | None) -> Connection:
+        if self._closed:
+            raise NodeClosed("node is closed")
+        if peer is None:
+            if capability is None:
+                raise InvalidArgument("give a peer name or a capability")
+            peer = await self._choose(capability)
+        connection = self._connections.get(peer)
+        if connection is not None and not connection.closed:
+            return connection
+        pending = self._connecting.get(peer)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        self._connecting[peer] = future
+        try:
+            connection = await self._connect_peer(peer)
+            future.set_result(connection)
+            return connection
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it through their own await
+            raise
+        finally:
+            del self._connecting[peer]
+
+    async def _connect_peer(self, peer: str) -> Connection:
+        info = self._peers.get(peer)
+        if info is None:
+            found = await self._lookup({"name": peer})
+            info = next((i for i in found if i.name == peer), None)
+            if info is None:
+                raise PeerNotFound(f"no live node named {peer!r}", peer=peer)
+        try:
+            connection = await self._open_connection(info.endpoint, 5.0, info.certificate)
+        except PeerLost:
+            self._forget_peer(peer)
+            raise
+        self._connections[peer] = connection
+        return connection
+
+    async def _open_connection(
+        self, endpoint: str, timeout: float, certificate: Certificate | None = None
+    ) -> Connection:
+        connection = Connection(
+            self._context,
+            self.identity,
+            self.trust,
+            self._table,
+            endpoint,
+            certificate,
+            self.drops,
+            self.heartbeat,
+            self._on_lost,
+        )
+        await connection.open(timeout)
+        return connection
+
+    def _on_lost(self, connection: Connection) -> None:
+        name = connection.name
+        if self._connections.get(name) is connection:
+            del self._connections[name]
+            self._forget_peer(name)
+
+    def _forget_peer(self, name: str) -> None:
+        """Drop what we know of ``name``: the next call looks it up again (it may have
+        restarted elsewhere), and capability routing skips it for a while."""
+        self._peers.pop(name, None)
+        self._down_until[name] = time.monotonic() + DOWN_FOR_S
+
+    async def _choose(self, capability: str) -> str:
+        candidates = await self._lookup({"capability": capability})
+        now = time.monotonic()
+        live = [c for c in candidates if self._down_until.get(c.name, 0) <= now] or candidates
+        if not live:
+            raise PeerNotFound(f"no live node offers {capability!r}")
+
+        def load(info: PeerInfo) -> int:
+            connection = self._connections.get(info.name)
+            return len(connection.calls) if connection is not None else 0
+
+        return min(live, key=load).name
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: drops by reason, sessions, connections, calls in flight."""
+        return {
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "sessions": len(self._table),
+            "connections": {name: {"calls": len(c.calls)} for name, c in self._connections.items()},
+            "handler_failures": self._runner.failures,
+            "duplicates": self._runner.duplicates,
+            "drops": dict(self.drops),
+        }
