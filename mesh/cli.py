@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import cli_live
 from .errors import MeshError
 from .identity import Certificate, Identity
 from .keystore import MeshDirectory, default_mesh_dir
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="mesh",
         description="agent-mesh: a brokerless, sealed messaging mesh for LLM agents.",
         epilog="Examples:\n  mesh init\n  mesh issue alice --caps echo,generate\n"
-        "  mesh show alice --json\n  mesh selfcheck",
+        "  mesh show alice --json\n  mesh selfcheck\n  mesh discovery &\n"
+        "  mesh run echo --name echo-1 &\n  mesh call echo-1 echo '{\"x\": 1}'\n  mesh peers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(run=_cmd_selfcheck)
+    cli_live.add_commands(commands)
     return parser
 
 

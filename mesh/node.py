@@ -94,7 +94,7 @@ class Node:
     ``advertise`` (the address peers should dial, required for wildcard binds),
     ``capabilities`` and ``meta`` (published in discovery), ``mesh`` (the mesh directory)
     or ``identity`` and ``trust`` directly, ``heartbeat`` (seconds; a silent peer is lost
-    after three).
+    after three), ``register`` (False: use discovery for lookups only, as ``mesh call`` does).
     """
 
     def __init__(
@@ -111,6 +111,7 @@ class Node:
         trust: Trust | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT_S,
         lease_ms: int = DEFAULT_LEASE_MS,
+        register: bool = True,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         if identity is None or trust is None:
@@ -132,6 +133,7 @@ class Node:
         self._bind = bind
         self._advertise = advertise
         self._lease_ms = lease_ms
+        self._register = register
         self._urls = _discovery_urls(discovery)
         self._context = context or zmq.asyncio.Context.instance()
         self._table = SessionTable()
@@ -167,6 +169,7 @@ class Node:
         self._tasks.append(asyncio.create_task(self._inbound.run(), name=f"{self.name} inbound"))
         if self._urls:
             self._discovery = DiscoveryClient(self._urls, self._open_connection)
+        if self._discovery is not None and self._register:
             try:
                 await self._discovery.register(self._registration())
             except BaseException:
@@ -183,7 +186,8 @@ class Node:
             return
         self._closed = True
         if self._discovery is not None:
-            await self._discovery.unregister()
+            if self._register:
+                await self._discovery.unregister()
             self._discovery.close()
         await self._runner.close()
         for connection in list(self._connections.values()):

@@ -1,0 +1,170 @@
+"""The live-mesh commands of ``mesh``: discovery, run, call, peers.
+
+Long-running commands stop cleanly on Ctrl-C (exit 130) and SIGTERM (exit 0): they
+unregister, say BYE and close their sockets. ``--discovery`` defaults to
+``$MESH_DISCOVERY``, then ``tcp://127.0.0.1:7700``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+from typing import Any
+
+from .codec import Blob
+from .discovery import DiscoveryServer
+from .errors import InvalidArgument
+from .keystore import MeshDirectory
+from .node import ENV_DISCOVERY, Node
+from .runner import close_agent, load_target
+
+DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"
+CLI_IDENTITY = "mesh-cli"
+
+
+def add_commands(commands: Any) -> None:
+    discovery = commands.add_parser(
+        "discovery",
+        help="run a discovery node",
+        description="Run a discovery node. Example: mesh discovery --bind tcp://0.0.0.0:7700",
+    )
+    discovery.add_argument("--bind", default=DEFAULT_DISCOVERY, help="ROUTER address to bind")
+    discovery.set_defaults(run=lambda args: asyncio.run(_discovery(args)))
+
+    run = commands.add_parser(
+        "run",
+        help="run an agent (echo, or module:attribute)",
+        description="Run an agent until stopped. Examples: mesh run echo --name echo-1; "
+        "mesh run myagent:Greeter --name greeter",
+    )
+    run.add_argument("target", help="'echo' or module:attribute (a callable taking the node)")
+    run.add_argument("--name", required=True, help="the node's name in the mesh")
+    _discovery_option(run)
+    run.add_argument("--bind", default="tcp://127.0.0.1:0", help="ROUTER bind address")
+    run.add_argument("--advertise", default=None, help="address peers should dial")
+    run.add_argument("--caps", default="", help="extra comma-separated capabilities")
+    run.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
+    run.set_defaults(run=lambda args: asyncio.run(_agent(args)))
+
+    call = commands.add_parser(
+        "call",
+        help="call a method and print the reply as JSON",
+        description="Example: mesh call echo-1 echo '{\"x\": 1}' --timeout 2",
+    )
+    call.add_argument("name", help="the peer's name")
+    call.add_argument("method")
+    call.add_argument("body", nargs="?", default="null", help="JSON body (default null)")
+    _discovery_option(call)
+    call.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    call.add_argument("--stream", action="store_true", help="print one JSON line per chunk")
+    call.set_defaults(run=lambda args: asyncio.run(_call(args)))
+
+    peers = commands.add_parser(
+        "peers", help="list the live nodes", description="Example: mesh peers --json"
+    )
+    _discovery_option(peers)
+    peers.add_argument("--json", action="store_true", help="machine-readable output")
+    peers.set_defaults(run=lambda args: asyncio.run(_peers(args)))
+
+
+def _discovery_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--discovery",
+        default=os.environ.get(ENV_DISCOVERY) or DEFAULT_DISCOVERY,
+        help=f"discovery URL(s), comma-separated (default: $MESH_DISCOVERY or {DEFAULT_DISCOVERY})",
+    )
+
+
+def _mesh(args: argparse.Namespace) -> MeshDirectory:
+    return MeshDirectory(args.mesh) if args.mesh else MeshDirectory.default()
+
+
+async def _until_stopped() -> int:
+    """Wait for SIGINT (exit status 130) or SIGTERM (0)."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    status = {"code": 0}
+
+    def stop(code: int) -> None:
+        status["code"] = code
+        stopped.set()
+
+    loop.add_signal_handler(signal.SIGINT, stop, 130)
+    loop.add_signal_handler(signal.SIGTERM, stop, 0)
+    await stopped.wait()
+    return status["code"]
+
+
+async def _discovery(args: argparse.Namespace) -> int:
+    async with DiscoveryServer(bind=args.bind, mesh=_mesh(args)) as server:
+        print(f"discovery serving on {server.endpoint}", flush=True)
+        return await _until_stopped()
+
+
+async def _agent(args: argparse.Namespace) -> int:
+    factory = load_target(args.target)
+    caps = [c.strip() for c in args.caps.split(",") if c.strip()]
+    node = Node(
+        args.name,
+        discovery=args.discovery,
+        bind=args.bind,
+        advertise=args.advertise,
+        capabilities=caps,
+        mesh=_mesh(args),
+        heartbeat=args.heartbeat,
+    )
+    agent = factory(node)
+    try:
+        await node.start()
+        print(f"{args.name} serving on {node.endpoint}", flush=True)
+        return await _until_stopped()
+    finally:
+        await close_agent(agent)
+        await node.close()
+
+
+async def _call(args: argparse.Namespace) -> int:
+    try:
+        body = json.loads(args.body)
+    except ValueError as exc:
+        raise InvalidArgument(f"body is not valid JSON: {exc}") from exc
+    async with Node(
+        CLI_IDENTITY, discovery=args.discovery, mesh=_mesh(args), register=False
+    ) as node:
+        if args.stream:
+            async for chunk in node.stream(args.name, args.method, body, timeout=args.timeout):
+                print(_json(chunk), flush=True)
+        else:
+            print(_json(await node.request(args.name, args.method, body, timeout=args.timeout)))
+    return 0
+
+
+async def _peers(args: argparse.Namespace) -> int:
+    async with Node(
+        CLI_IDENTITY, discovery=args.discovery, mesh=_mesh(args), register=False
+    ) as node:
+        peers = [p.to_dict() for p in await node.peers() if p.name != CLI_IDENTITY]
+    peers.sort(key=lambda p: p["name"])
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return 0
+    print(f"{'name':<24} {'endpoint':<28} capabilities")
+    for peer in peers:
+        print(f"{peer['name']:<24} {peer['endpoint']:<28} {', '.join(peer['capabilities'])}")
+    return 0
+
+
+def _json(value: Any) -> str:
+    def fallback(obj: Any) -> Any:
+        if isinstance(obj, bytes | bytearray | memoryview):
+            return bytes(obj).hex()
+        if isinstance(obj, Blob):
+            return bytes(obj).hex()
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        return repr(obj)
+
+    return json.dumps(value, default=fallback)
