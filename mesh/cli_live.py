@@ -47,6 +47,7 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--advertise", default=None, help="address peers should dial")
     run.add_argument("--caps", default="", help="extra comma-separated capabilities")
     run.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
+    run.add_argument("--lease-ms", type=int, default=10_000, help="discovery lease (ms)")
     run.set_defaults(run=lambda args: asyncio.run(_agent(args)))
 
     call = commands.add_parser(

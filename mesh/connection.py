@@ -195,6 +195,7 @@ class Connection:
         elif not call.future.done():
             if error is not None:
                 call.future.set_exception(error)
+                call.future.exception()  # whoever awaits it still gets it; nobody else must
             else:
                 call.future.set_result(result)
 
@@ -238,13 +239,9 @@ class Connection:
     ) -> tuple[int, Call]:
         """Register a call and send its first message; returns (msg id, call)."""
         msg_id = next_msg_id() if msg_id is None else msg_id
-        call = Call(method, streaming=streaming)
-        self.calls[msg_id] = call
-        try:
-            self.send([Message(kind, msg_id, name=method, body=body, ttl_ms=ttl_ms)])
-        except BaseException:
-            self.calls.pop(msg_id, None)
-            raise
+        self.send([Message(kind, msg_id, name=method, body=body, ttl_ms=ttl_ms)])
+        # registered after sending: no answer can be read before this coroutine yields
+        call = self.calls[msg_id] = Call(method, streaming=streaming)
         return msg_id, call
 
     def cancel_call(self, msg_id: int) -> None:

@@ -50,7 +50,7 @@ class DiscoveryLink:
             if self._connection is None or self._connection.closed:
                 try:
                     self._connection = await self._connect(self.url, DISCOVERY_CONNECT_TIMEOUT_S)
-                except (PeerLost, MeshError) as exc:
+                except PeerLost as exc:
                     raise DiscoveryUnavailable(
                         f"discovery {self.url} is unreachable: {exc}"
                     ) from exc

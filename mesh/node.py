@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from . import sockets
 from .codec import Message
-from .connection import Connection, next_msg_id, stream_end
+from .connection import Call, Connection, next_msg_id, stream_end
 from .discovery_client import DiscoveryClient
 from .envelope import Opened
 from .errors import (
@@ -44,6 +44,15 @@ from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 
 ENV_DISCOVERY = "MESH_DISCOVERY"
 DOWN_FOR_S = 5.0  # a peer lost is skipped by capability routing for this long
+CAPABILITY_ATTEMPTS = 3
+
+
+def _method(method: str | None, capability: str | None) -> str:
+    """The method to call: given, or the capability's name."""
+    chosen = method or capability
+    if not chosen:
+        raise InvalidArgument("give a method (or a capability whose name is the method)")
+    return chosen
 
 
 class PeerInfo:
@@ -145,6 +154,7 @@ class Node:
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self._peers: dict[str, PeerInfo] = {}
         self._down_until: dict[str, float] = {}
+        self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
         self._discovery: DiscoveryClient | None = None
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
@@ -279,27 +289,26 @@ class Node:
         Raises PeerNotFound, DiscoveryUnavailable, RequestTimeout, PeerLost, NoSuchMethod,
         RemoteError, Unauthorized.
         """
-        method = method or capability
-        if not method:
-            raise InvalidArgument("request needs a method (or a capability)")
-        connection = await self._resolve(peer, capability)
-        msg_id = None
-        for attempt in range(retries + 1):
-            msg_id, call = connection.start_call(Kind.REQUEST, method, body, msg_id=msg_id)
-            if timeout is None:
-                return await call.future
-            try:
-                return await asyncio.wait_for(call.future, timeout)
-            except TimeoutError:
-                connection.calls.pop(msg_id, None)
-                if attempt == retries:
-                    connection.cancel_call(msg_id)
-                    raise RequestTimeout(
-                        f"{connection.name}.{method} did not answer within {timeout} s",
-                        peer=connection.name,
-                        method=method,
-                    ) from None
-        raise AssertionError("unreachable")
+        method = _method(method, capability)
+        connection, msg_id, call = await self._start(peer, capability, method, body)
+        try:
+            for attempt in range(retries + 1):
+                if attempt:
+                    _, call = connection.start_call(Kind.REQUEST, method, body, msg_id=msg_id)
+                try:
+                    return await asyncio.wait_for(call.future, timeout)
+                except TimeoutError:
+                    if attempt == retries:
+                        connection.cancel_call(msg_id)
+                        raise RequestTimeout(
+                            f"{connection.name}.{method} did not answer within {timeout} s",
+                            peer=connection.name,
+                            method=method,
+                        ) from None
+                    connection.calls.pop(msg_id, None)
+            raise AssertionError("unreachable")
+        finally:
+            self._outstanding[connection.name] -= 1
 
     async def stream(
         self,
@@ -312,11 +321,8 @@ class Node:
     ) -> AsyncIterator[Any]:
         """Yield the chunks of a streamed reply. Leaving the loop early cancels the handler
         on the other side. ``timeout`` bounds the wait for each chunk."""
-        method = method or capability
-        if not method:
-            raise InvalidArgument("stream needs a method (or a capability)")
-        connection = await self._resolve(peer, capability)
-        msg_id, call = connection.start_call(Kind.REQUEST, method, body, streaming=True)
+        method = _method(method, capability)
+        connection, msg_id, call = await self._start(peer, capability, method, body, True)
         assert call.queue is not None
         end = stream_end()
         try:
@@ -335,8 +341,39 @@ class Node:
                     raise item
                 yield item
         finally:
+            self._outstanding[connection.name] -= 1
             if msg_id in connection.calls:
                 connection.cancel_call(msg_id)
+
+    async def _start(
+        self,
+        peer: str | None,
+        capability: str | None,
+        method: str,
+        body: Any,
+        streaming: bool = False,
+    ) -> tuple[Connection, int, Call]:
+        """Resolve the target and send the first message. Addressed by capability, a node
+        found unreachable before anything was sent is skipped and another one tried."""
+        attempts = 1 if peer is not None else CAPABILITY_ATTEMPTS
+        for attempt in range(attempts):
+            name = peer if peer is not None else await self._choose(capability)
+            self._outstanding[name] += 1  # reserved now, so concurrent choices spread out
+            try:
+                connection = await self._resolve(name)
+                msg_id, call = connection.start_call(
+                    Kind.REQUEST, method, body, streaming=streaming
+                )
+            except PeerLost:
+                self._outstanding[name] -= 1
+                if attempt == attempts - 1:
+                    raise
+                continue
+            except BaseException:
+                self._outstanding[name] -= 1
+                raise
+            return connection, msg_id, call
+        raise AssertionError("unreachable")
 
     async def send(
         self,
@@ -347,10 +384,9 @@ class Node:
         capability: str | None = None,
     ) -> None:
         """One-way: deliver ``method(body)`` to the peer; no reply, no error from the handler."""
-        method = method or capability
-        if not method:
-            raise InvalidArgument("send needs a method (or a capability)")
-        connection = await self._resolve(peer, capability)
+        method = _method(method, capability)
+        name = peer if peer is not None else await self._choose(capability or "")
+        connection = await self._resolve(name)
         connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
 
     # ------------------------------------------------------------------ peers
@@ -377,13 +413,10 @@ class Node:
         self._peers.update(merged)
         return list(merged.values())
 
-    async def _resolve(self, peer: str | None, capability: str | None) -> Connection:
+    async def _resolve(self, peer: str) -> Connection:
+        """The open connection to ``peer``, made (once, however many callers wait) if needed."""
         if self._closed:
             raise NodeClosed("node is closed")
-        if peer is None:
-            if capability is None:
-                raise InvalidArgument("give a peer name or a capability")
-            peer = await self._choose(capability)
         connection = self._connections.get(peer)
         if connection is not None and not connection.closed:
             return connection
@@ -454,11 +487,7 @@ class Node:
         if not live:
             raise PeerNotFound(f"no live node offers {capability!r}")
 
-        def load(info: PeerInfo) -> int:
-            connection = self._connections.get(info.name)
-            return len(connection.calls) if connection is not None else 0
-
-        return min(live, key=load).name
+        return min(live, key=lambda info: self._outstanding[info.name]).name
 
     # ------------------------------------------------------------------ introspection
 

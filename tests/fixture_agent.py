@@ -1,0 +1,88 @@
+"""An agent for the process tests, run with ``mesh run tests.fixture_agent:FixtureAgent``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from mesh.node import Node
+
+
+class FixtureAgent:
+    """Handlers that let a test observe what happened inside the callee process."""
+
+    def __init__(self, node: Node) -> None:
+        self.received: list[Any] = []
+        self.runs: dict[str, int] = {}
+        self.active_streams = 0
+        self.in_flight = 0
+        for name in (
+            "pid",
+            "record",
+            "recorded",
+            "slow",
+            "count",
+            "boom",
+            "once",
+            "executions",
+            "active",
+            "blocking",
+            "call_peer",
+            "inflight",
+        ):
+            node.handler(name, getattr(self, name))
+        self.node = node
+
+    async def pid(self, body: Any) -> int:
+        return os.getpid()
+
+    async def record(self, body: Any) -> None:
+        self.received.append(body)
+
+    async def recorded(self, body: Any) -> list[Any]:
+        return self.received
+
+    async def slow(self, body: Any) -> int:
+        self.in_flight += 1
+        try:
+            await asyncio.sleep(float(body))
+        finally:
+            self.in_flight -= 1
+        return os.getpid()
+
+    async def inflight(self, body: Any) -> int:
+        return self.in_flight
+
+    async def count(self, body: dict[str, Any]) -> Any:
+        self.active_streams += 1
+        try:
+            for index in range(int(body["n"])):
+                await asyncio.sleep(float(body.get("delay", 0)))
+                yield index
+        finally:
+            self.active_streams -= 1
+
+    async def active(self, body: Any) -> int:
+        return self.active_streams
+
+    async def boom(self, body: Any) -> None:
+        raise ValueError(f"bad input {body!r}")
+
+    async def once(self, body: dict[str, Any]) -> int:
+        key = str(body["key"])
+        self.runs[key] = self.runs.get(key, 0) + 1
+        await asyncio.sleep(float(body["sleep"]))
+        return self.runs[key]
+
+    async def executions(self, body: Any) -> dict[str, int]:
+        return self.runs
+
+    def blocking(self, body: Any) -> str:
+        import time
+
+        time.sleep(float(body))
+        return "done"
+
+    async def call_peer(self, body: dict[str, Any]) -> Any:
+        return await self.node.request(body["peer"], body["method"], body.get("body"), timeout=5)

@@ -1,0 +1,268 @@
+"""The live mesh across real OS processes on loopback: calls, streams, faults, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from mesh import Authority, HandshakeRejected, Identity, Initiator, MeshDirectory, SessionTable
+from mesh.errors import (
+    DiscoveryUnavailable,
+    NoSuchMethod,
+    PeerLost,
+    PeerNotFound,
+    RemoteError,
+    Unauthorized,
+)
+from mesh.node import Node
+from tests.processes import Process
+
+pytestmark = pytest.mark.asyncio
+AGENT = "tests.fixture_agent:FixtureAgent"
+HEARTBEAT = 0.2
+
+
+@pytest.fixture
+def home(tmp_path):
+    path = tmp_path / "mesh"
+    MeshDirectory(path).create()
+    return path
+
+
+@pytest.fixture
+def spawn(home):
+    started: list[Process] = []
+
+    def start(*args: str, mesh=None) -> Process:
+        process = Process(*args, home=mesh or home)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+@pytest.fixture
+def discovery(spawn):
+    return spawn("discovery", "--bind", "tcp://127.0.0.1:0").endpoint()
+
+
+@pytest.fixture
+def agent(spawn, discovery):
+    def start(name: str, *extra: str) -> Process:
+        process = spawn(
+            "run",
+            AGENT,
+            "--name",
+            name,
+            "--discovery",
+            discovery,
+            "--heartbeat",
+            str(HEARTBEAT),
+            *extra,
+        )
+        process.endpoint()
+        return process
+
+    return start
+
+
+async def eventually(check, *, timeout: float = 20.0, interval: float = 0.05):
+    """Await ``check()`` until it returns a truthy value; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(PeerLost, DiscoveryUnavailable, PeerNotFound):
+            value = await check()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def test_request_reply_one_way_and_typed_errors(agent, discovery, home):
+    worker = agent("worker")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        assert await node.request("worker", "pid", timeout=10) == worker.pid
+        await node.send("worker", "record", {"n": 1})
+        await node.send("worker", "record", {"n": 2})
+        assert await node.request("worker", "recorded", timeout=10) == [{"n": 1}, {"n": 2}]
+        assert await node.request("worker", "blocking", 0.05, timeout=10) == "done"
+        with pytest.raises(RemoteError) as failed:
+            await node.request("worker", "boom", 5, timeout=10)
+        assert failed.value.remote_type == "ValueError"
+        assert "bad input 5" in str(failed.value)
+        assert "Traceback" not in str(failed.value)
+        with pytest.raises(NoSuchMethod):
+            await node.request("worker", "no-such-method", timeout=10)
+        with pytest.raises(PeerNotFound):
+            await node.request("ghost", "pid", timeout=10)
+        names = {peer.name for peer in await node.peers()}
+        assert {"worker", "caller"} <= names
+
+
+async def test_streams_and_cancel(agent, discovery, home):
+    agent("streamer")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        chunks = [c async for c in node.stream("streamer", "count", {"n": 50})]
+        assert chunks == list(range(50))
+        assert await node.request("streamer", "count", {"n": 3}, timeout=10) == [0, 1, 2]
+        async with contextlib.aclosing(
+            node.stream("streamer", "count", {"n": 100_000, "delay": 0.01})
+        ) as endless:
+            got = [await anext(endless) for _ in range(3)]
+            assert got == [0, 1, 2]
+            assert await node.request("streamer", "active", timeout=10) == 1
+        # leaving the stream sent CANCEL: the generator on the other side stops
+        assert await eventually(lambda: _equals(node.request("streamer", "active", timeout=10), 0))
+
+
+async def _equals(awaitable, expected) -> bool:
+    return (await awaitable) == expected
+
+
+async def test_capability_addressing_balances_and_skips_the_dead(agent, discovery, home):
+    replicas = [agent(f"replica-{i}", "--caps", "work") for i in range(3)]
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        pids = await asyncio.gather(
+            *(
+                node.request(capability="work", method="slow", body=2.0, timeout=30)
+                for _ in range(9)
+            )
+        )
+        assert collections.Counter(pids) == {r.pid: 3 for r in replicas}
+        dead = replicas[0]
+        dead.kill()
+        dead.popen.wait(10)
+        answers, lost = [], 0
+        for _ in range(6):
+            try:
+                answers.append(await node.request(capability="work", method="pid", timeout=10))
+            except PeerLost:
+                lost += 1  # at most once: the call that finds it down
+        assert lost <= 1
+        assert len(answers) >= 5
+        assert dead.pid not in answers
+
+
+async def test_kill_mid_request_fails_fast_with_peer_lost(agent, discovery, home):
+    victim = agent("victim")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        pending = asyncio.create_task(node.request("victim", "slow", 60, timeout=60))
+        await eventually(lambda: _equals(node.request("victim", "inflight", timeout=10), 1))
+        killed = time.monotonic()
+        victim.kill()
+        with pytest.raises(PeerLost):
+            await pending
+        assert time.monotonic() - killed < 10  # the timeout was 60 s: heartbeats caught it
+
+
+async def test_kill_mid_stream_fails_fast_with_peer_lost(agent, discovery, home):
+    victim = agent("victim")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        killed = None
+
+        async def read_until_lost():
+            nonlocal killed
+            async for chunk in node.stream(
+                "victim", "count", {"n": 100_000, "delay": 0.01}, timeout=60
+            ):
+                if chunk == 5:
+                    killed = time.monotonic()
+                    victim.kill()
+
+        with pytest.raises(PeerLost):
+            await read_until_lost()
+        assert killed is not None
+        assert time.monotonic() - killed < 10
+
+
+async def test_restarted_callee_is_reached_again(agent, discovery, home):
+    first = agent("bob")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        assert await node.request("bob", "pid", timeout=10) == first.pid
+        first.kill()
+        first.popen.wait(10)
+        second = agent("bob")
+        assert await eventually(lambda: _equals(node.request("bob", "pid", timeout=10), second.pid))
+
+
+async def test_retried_request_runs_once(agent, discovery, home):
+    agent("worker")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        count = await node.request(
+            "worker", "once", {"key": "k", "sleep": 0.6}, timeout=0.25, retries=8
+        )
+        assert count == 1
+        assert await node.request("worker", "executions", timeout=10) == {"k": 1}
+
+
+async def test_discovery_down_and_restarted(spawn, home):
+    discovery = spawn("discovery", "--bind", "tcp://127.0.0.1:0")
+    url = discovery.endpoint()
+    worker = spawn("run", AGENT, "--name", "worker", "--discovery", url, "--lease-ms", "1500")
+    worker.endpoint()
+    async with Node("caller", discovery=url, mesh=home, heartbeat=HEARTBEAT, lease_ms=1500) as node:
+        assert await node.request("worker", "pid", timeout=10) == worker.pid
+        discovery.kill()
+        discovery.popen.wait(10)
+        for _ in range(20):  # peers that know each other keep talking
+            assert await node.request("worker", "pid", timeout=10) == worker.pid
+        started = time.monotonic()
+        with pytest.raises(DiscoveryUnavailable):
+            await node.request("stranger", "pid", timeout=10)
+        assert time.monotonic() - started < 10
+        restarted = spawn("discovery", "--bind", url)
+        restarted.endpoint()
+
+        async def repopulated():
+            return {p.name for p in await node.peers()} >= {"worker", "caller"}
+
+        assert await eventually(repopulated)
+        assert await node.request("worker", "pid", timeout=10) == worker.pid
+
+
+async def test_foreign_authority_is_refused_everywhere(spawn, agent, discovery, home, tmp_path):
+    legit = agent("legit")
+    foreign_home = tmp_path / "other-mesh"
+    intruder = spawn(
+        "run", "echo", "--name", "intruder", "--discovery", discovery, mesh=foreign_home
+    )
+    assert intruder.popen.wait(30) == 1
+    stderr = intruder.popen.stderr.read()
+    assert stderr.count("\n") == 1
+    assert "another authority" in stderr
+    # a foreign node calling the legit node directly gets a REJECT for its HELLO
+    outsider = Authority.generate().issue_for(Identity.generate("outsider"), not_before=0)
+    legit_identity = MeshDirectory(home).load_identity("legit")
+    initiator = Initiator(
+        outsider,
+        Authority.generate().trust(),
+        legit_identity.require_certificate(),
+        SessionTable(),
+        time.time_ns() // 1_000_000,
+    )
+    context = zmq.asyncio.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(legit.endpoint_line)
+    try:
+        await dealer.send_multipart(initiator.hello_frames())
+        answer = await asyncio.wait_for(dealer.recv_multipart(), 10)
+    finally:
+        dealer.close(0)
+        context.term()
+    with pytest.raises(HandshakeRejected):
+        initiator.receive(answer, time.time_ns() // 1_000_000)
+    # and the legit side refuses a foreign node's certificate when it is the caller
+    foreign = spawn("run", "echo", "--name", "foreign", "--discovery", "", mesh=foreign_home)
+    foreign_endpoint = foreign.endpoint()
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        with pytest.raises(Unauthorized):
+            await node._open_connection(foreign_endpoint, 10)
