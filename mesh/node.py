@@ -144,7 +144,7 @@ class Node:
         self._lease_ms = lease_ms
         self._register = register
         self._urls = _discovery_urls(discovery)
-        self._context = context or zmq.asyncio.Context.instance()
+        self._context = context or sockets.shared_context()
         self._table = SessionTable()
         self.drops: Counter[str] = Counter()
         self._runner = HandlerRunner(self._send_to_peer)
@@ -390,6 +390,13 @@ class Node:
         connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
 
     # ------------------------------------------------------------------ peers
+
+    def add_peer(self, certificate: Certificate, endpoint: str) -> PeerInfo:
+        """Know a peer without discovery (a static mesh, or a test). The certificate must
+        verify against this node's authority; raises Unauthorized otherwise."""
+        info = PeerInfo(self.trust.verify(certificate, now_ms()), {"endpoint": endpoint})
+        self._peers[info.name] = info
+        return info
 
     async def peers(self, capability: str | None = None) -> list[PeerInfo]:
         """Every live node discovery knows (optionally only those offering ``capability``)."""

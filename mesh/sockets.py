@@ -36,6 +36,24 @@ DEALER_OPTIONS = {**COMMON_OPTIONS, zmq.IMMEDIATE: 1}
 PUB_OPTIONS = {zmq.LINGER: LINGER_MS, zmq.SNDHWM: HWM}
 
 
+MAX_SOCKETS = 16_384
+_shared: zmq.asyncio.Context | None = None
+
+
+def shared_context() -> zmq.asyncio.Context:
+    """The process-wide context every node uses unless given its own.
+
+    One context means one I/O thread however many nodes a process embeds. Its socket limit is
+    raised (libzmq's default is 1023) before the first socket exists, since a node keeps a
+    DEALER per peer.
+    """
+    global _shared
+    if _shared is None or _shared.closed:
+        _shared = zmq.asyncio.Context()
+        _shared.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
+    return _shared
+
+
 def _configure(socket: zmq.Socket, options: dict[int, int]) -> zmq.Socket:
     for option, value in options.items():
         socket.setsockopt(option, value)

@@ -1,0 +1,130 @@
+"""The live mesh inside one process: 50 nodes, socket options, hostile bytes, SyncNode."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from mesh import MeshDirectory
+from mesh.discovery import DiscoveryServer
+from mesh.errors import NodeClosed
+from mesh.node import Node
+from mesh.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
+from mesh.sync import SyncNode
+
+NODES = 50
+
+
+@pytest.fixture
+def mesh(tmp_path):
+    directory = MeshDirectory(tmp_path / "mesh")
+    directory.create()
+    return directory
+
+
+@pytest.mark.asyncio
+async def test_fifty_nodes_find_and_call_each_other(mesh):
+    async with DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery:
+        nodes = [Node(f"n{i:02d}", discovery=discovery.endpoint, mesh=mesh) for i in range(NODES)]
+        for node in nodes:
+            node.handler("whoami", lambda body, ctx, me=node.name: [me, ctx.peer])
+        await asyncio.gather(*(node.start() for node in nodes))
+        try:
+            assert len(await nodes[0].peers()) == NODES
+
+            async def call_everyone(caller: Node) -> list:
+                return await asyncio.gather(
+                    *(
+                        caller.request(other.name, "whoami", timeout=60)
+                        for other in nodes
+                        if other is not caller
+                    )
+                )
+
+            results = await asyncio.gather(*(call_everyone(node) for node in nodes))
+            for caller, answers in zip(nodes, results, strict=True):
+                assert sorted(answers) == sorted(
+                    [other.name, caller.name] for other in nodes if other is not caller
+                )
+        finally:
+            await asyncio.gather(*(node.close() for node in nodes))
+
+
+@pytest.mark.asyncio
+async def test_socket_options_are_set_on_purpose(mesh):
+    async with Node("a", mesh=mesh) as a, Node("b", mesh=mesh) as b:
+        b.handler("ping", lambda body: "pong")
+        connection = await a._open_connection(b.endpoint, 10)
+        try:
+            for socket, options in (
+                (a._inbound.socket, ROUTER_OPTIONS),
+                (connection._socket, DEALER_OPTIONS),
+            ):
+                for option, value in options.items():
+                    if option == zmq.ROUTER_MANDATORY:
+                        continue  # write-only in libzmq: checked by behaviour below
+                    assert socket.getsockopt(option) == value, option
+            # ROUTER_MANDATORY: a send to an unknown routing id fails instead of vanishing
+            with pytest.raises(zmq.ZMQError) as refused:
+                await a._inbound.socket.send_multipart([b"nobody", b"x"], flags=zmq.NOBLOCK)
+            assert refused.value.errno == zmq.EHOSTUNREACH
+        finally:
+            connection.close()
+
+
+@pytest.mark.asyncio
+async def test_garbage_from_strangers_leaves_no_state(mesh):
+    async with Node("target", mesh=mesh) as target, Node("friend", mesh=mesh) as friend:
+        friend._peers["target"] = PeerInfo(
+            target.identity.require_certificate(), {"endpoint": target.endpoint}
+        )
+        target.handler("echo", lambda body: body)
+        sessions_before = len(target._table)
+        context = zmq.asyncio.Context()
+        stranger = context.socket(zmq.DEALER)
+        stranger.connect(target.endpoint)
+        garbage = [
+            [b""],
+            [b"\x01"],
+            [b"\x01\x03" + bytes(100)],
+            [b"\x01\x01" + bytes(200)],
+            [b"\x09\x09"],
+            [b"\x01\x06", b"extra"],
+            [b"\x01\x02" + bytes(80)],
+        ]
+        try:
+            for frames in garbage * 20:
+                await stranger.send_multipart(frames)
+            deadline = time.monotonic() + 20
+            while sum(target.drops.values()) < len(garbage) * 20 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            stranger.close(0)
+            context.term()
+        assert sum(target.drops.values()) == len(garbage) * 20
+        assert len(target._table) == sessions_before
+        assert target._inbound._routes == {}
+        assert await friend.request(target.name, "echo", "still serving", timeout=10) == (
+            "still serving"
+        )
+
+
+def test_sync_node_from_several_threads(mesh, tmp_path):
+    with SyncNode("server", mesh=mesh) as server, SyncNode("client", mesh=mesh) as client:
+        server.handler("square", lambda body: body * body)
+        client.node._peers["server"] = PeerInfo(
+            server.node.identity.require_certificate(), {"endpoint": server.endpoint}
+        )
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            squares = list(
+                pool.map(lambda n: client.request("server", "square", n, timeout=10), range(100))
+            )
+        assert squares == [n * n for n in range(100)]
+        assert client.stats()["connections"]["server"]["calls"] == 0
+    with pytest.raises(NodeClosed):
+        client.request("server", "square", 2)
