@@ -80,9 +80,7 @@ async def test_socket_options_are_set_on_purpose(mesh):
 @pytest.mark.asyncio
 async def test_garbage_from_strangers_leaves_no_state(mesh):
     async with Node("target", mesh=mesh) as target, Node("friend", mesh=mesh) as friend:
-        friend._peers["target"] = PeerInfo(
-            target.identity.require_certificate(), {"endpoint": target.endpoint}
-        )
+        friend.add_peer(target.identity.require_certificate(), target.endpoint)
         target.handler("echo", lambda body: body)
         sessions_before = len(target._table)
         context = zmq.asyncio.Context()
@@ -117,9 +115,7 @@ async def test_garbage_from_strangers_leaves_no_state(mesh):
 def test_sync_node_from_several_threads(mesh, tmp_path):
     with SyncNode("server", mesh=mesh) as server, SyncNode("client", mesh=mesh) as client:
         server.handler("square", lambda body: body * body)
-        client.node._peers["server"] = PeerInfo(
-            server.node.identity.require_certificate(), {"endpoint": server.endpoint}
-        )
+        client.node.add_peer(server.node.identity.require_certificate(), server.endpoint)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             squares = list(
                 pool.map(lambda n: client.request("server", "square", n, timeout=10), range(100))
