@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(run=_cmd_selfcheck)
+    demo = commands.add_parser(
+        "demo",
+        help="start a local mesh and show it working",
+        description="Start a discovery node and three echo agents as "
+        "processes, call them, and stop them.",
+    )
+    demo.set_defaults(run=_cmd_demo)
     cli_live.add_commands(commands)
     return parser
 
@@ -162,6 +169,12 @@ def _certificate_info(cert: Certificate) -> dict[str, Any]:
         "not_after": stamp(cert.not_after),
         "authority_id": cert.authority_id.hex(),
     }
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(_mesh(args) if args.mesh else None)
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:

@@ -120,7 +120,8 @@ class DiscoveryClient:
         )
         answers = [r for r in results if isinstance(r, list)]
         if not answers:
-            raise DiscoveryUnavailable("no discovery node answered")
+            reasons = "; ".join(str(r) for r in results if isinstance(r, BaseException))
+            raise DiscoveryUnavailable(f"no discovery node answered ({reasons})")
         return [entry for answer in answers for entry in answer if isinstance(entry, dict)]
 
     async def unregister(self) -> None:

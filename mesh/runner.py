@@ -28,7 +28,12 @@ from .node import Node
 
 def install_echo(node: Node) -> None:
     """The built-in agent: ``echo`` returns its body; ``echo_stream`` yields each item of a
-    list body; ``sleep`` waits ``body`` seconds (at most 60) then returns it."""
+    list body; ``sleep`` waits ``body`` seconds (at most 60) then returns it; ``whoami``
+    returns the node's name."""
+
+    @node.handler("whoami")
+    async def whoami(body: Any) -> str:
+        return node.name
 
     @node.handler("echo")
     async def echo(body: Any) -> Any:

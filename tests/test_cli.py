@@ -81,3 +81,11 @@ def test_selfcheck_passes_and_reports_costs(tmp_path):
     assert all(report["checks"].values())
     assert [row["size"] for row in report["timing"]] == [64, 1024, 65536, 1048576]
     assert all(row["seal_open_us"] > 0 for row in report["timing"])
+
+
+def test_demo_runs_a_live_local_mesh(tmp_path):
+    out = mesh("demo", home=tmp_path).stdout
+    assert "mesh members: echo-1, echo-2, echo-3" in out
+    assert "least-busy routing: echo-1 x3, echo-2 x3, echo-3 x3" in out
+    assert "stream   demo-client -> echo-2.echo_stream: ['tok', 'en', 's']" in out
+    assert out.count("exit status 0") == 4
