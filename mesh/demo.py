@@ -77,7 +77,7 @@ async def _talk(discovery: str, mesh: MeshDirectory, say: Callable[[str], None])
         chunks = [c async for c in node.stream("echo-2", "echo_stream", ["tok", "en", "s"])]
         say(f"stream   demo-client -> echo-2.echo_stream: {chunks}")
         answered = await asyncio.gather(
-            *(node.request(capability="whoami", timeout=10) for _ in range(9))
+            *(node.request(capability="whoami", body=0.3, timeout=10) for _ in range(9))
         )
         spread = ", ".join(f"{name} x{count}" for name, count in sorted(Counter(answered).items()))
         say(f"capability 'whoami', 9 concurrent calls, least-busy routing: {spread}")

@@ -29,10 +29,12 @@ from .node import Node
 def install_echo(node: Node) -> None:
     """The built-in agent: ``echo`` returns its body; ``echo_stream`` yields each item of a
     list body; ``sleep`` waits ``body`` seconds (at most 60) then returns it; ``whoami``
-    returns the node's name."""
+    returns the node's name (after ``body`` seconds, if a number)."""
 
     @node.handler("whoami")
     async def whoami(body: Any) -> str:
+        if isinstance(body, int | float):  # optionally take a while, to show load balancing
+            await asyncio.sleep(min(max(float(body), 0.0), 60.0))
         return node.name
 
     @node.handler("echo")
