@@ -4,10 +4,13 @@ This module re-exports the public names; it defines nothing itself.
 """
 
 from .codec import Blob, Message
+from .discovery import DiscoveryServer
 from .errors import (
     AuthenticationFailed,
+    CallError,
     CertificateExpired,
     ClockSkew,
+    DiscoveryUnavailable,
     EnvelopeTooLarge,
     HandshakeFailed,
     HandshakeRejected,
@@ -20,18 +23,28 @@ from .errors import (
     LimitExceeded,
     MalformedEnvelope,
     MeshError,
+    NameConflict,
+    NodeClosed,
+    NoSuchMethod,
+    PeerLost,
+    PeerNotFound,
     ProtocolError,
+    RemoteError,
     ReplayDetected,
+    RequestTimeout,
     SessionExpired,
     Unauthorized,
     UnknownSession,
     UnsupportedAttachment,
     UnsupportedVersion,
 )
+from .handlers import CallContext
 from .handshake import Initiator, Responder
 from .identity import Authority, Certificate, Identity, Trust
 from .keystore import MeshDirectory
+from .node import Node, PeerInfo
 from .session import Session, SessionLimits, SessionTable
+from .sync import SyncNode
 from .wire import ErrorCode, Kind
 
 __version__ = "0.1.0"
@@ -40,9 +53,13 @@ __all__ = [
     "AuthenticationFailed",
     "Authority",
     "Blob",
+    "CallContext",
+    "CallError",
     "Certificate",
     "CertificateExpired",
     "ClockSkew",
+    "DiscoveryServer",
+    "DiscoveryUnavailable",
     "EnvelopeTooLarge",
     "ErrorCode",
     "HandshakeFailed",
@@ -61,13 +78,23 @@ __all__ = [
     "MeshDirectory",
     "MeshError",
     "Message",
+    "NameConflict",
+    "NoSuchMethod",
+    "Node",
+    "NodeClosed",
+    "PeerInfo",
+    "PeerLost",
+    "PeerNotFound",
     "ProtocolError",
+    "RemoteError",
     "ReplayDetected",
+    "RequestTimeout",
     "Responder",
     "Session",
     "SessionExpired",
     "SessionLimits",
     "SessionTable",
+    "SyncNode",
     "Trust",
     "Unauthorized",
     "UnknownSession",
