@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import zmq.asyncio
+import zmq
 
 from . import sockets
 from .codec import Message
@@ -32,6 +32,7 @@ from .errors import (
 from .handshake import Initiator
 from .identity import Certificate, Identity, Trust
 from .inbound import now_ms
+from .reactor import Reactor
 from .session import Session, SessionTable
 from .wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind
 
@@ -64,7 +65,7 @@ class Connection:
 
     def __init__(
         self,
-        context: zmq.asyncio.Context,
+        context: zmq.Context,
         identity: Identity,
         trust: Trust,
         table: SessionTable,
@@ -84,10 +85,12 @@ class Connection:
         self._heartbeat_s = heartbeat_s
         self._on_lost = on_lost
         self._socket = sockets.dealer(context, endpoint)
+        self._reactor: Reactor | None = None
         self._handshake_answer: asyncio.Future[list[bytes]] | None = None
         self.session: Session | None = None
         self.calls: dict[int, Call] = {}
         self.last_heard = 0.0
+        self._loop_time = asyncio.get_running_loop().time
         self.closed = False
         self._tasks: list[asyncio.Task] = []
 
@@ -100,7 +103,7 @@ class Connection:
     async def open(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
         """Fetch the certificate if needed, handshake, start reading. Raises PeerLost or a
         HandshakeFailed subclass; the connection is closed on failure."""
-        self._tasks.append(asyncio.create_task(self._read(), name=f"read {self.endpoint}"))
+        self._reactor = Reactor(self._socket, self._receive)
         try:
             async with asyncio.timeout(timeout):
                 if self.certificate is None:
@@ -121,7 +124,8 @@ class Connection:
         """Send a handshake-level frame (retrying until connected) and await the answer."""
         self._handshake_answer = asyncio.get_running_loop().create_future()
         delay = 0.002
-        while not sockets.try_send(self._socket, frames):  # IMMEDIATE: not connected yet
+        assert self._reactor is not None
+        while not self._reactor.send(frames):  # IMMEDIATE: not connected yet
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
         return await self._handshake_answer
@@ -140,29 +144,25 @@ class Connection:
 
     # ------------------------------------------------------------------ reading
 
-    async def _read(self) -> None:
-        recv = self._socket.recv_multipart
-        loop = asyncio.get_running_loop()
-        while True:
-            frames = await recv()
-            self.last_heard = loop.time()
-            if self.session is None or (frames[0][1:2] != b"\x03"):
-                answer = self._handshake_answer
-                if answer is not None and not answer.done():
-                    answer.set_result(frames)
-                else:
-                    self._drops["unexpected"] += 1
-                continue
-            try:
-                session, opened = self._table.open(frames, now_ms())
-            except ProtocolError as error:
-                self._drops[error.reason] += 1
-                continue
-            if not session.initiator or session.peer.node_id != self.session.peer.node_id:
-                self._drops["misrouted"] += 1
-                continue
-            for message in opened.messages:
-                self._dispatch(message)
+    def _receive(self, frames: list[bytes]) -> None:
+        self.last_heard = self._loop_time()
+        if self.session is None or frames[0][1:2] != b"\x03":
+            answer = self._handshake_answer
+            if answer is not None and not answer.done():
+                answer.set_result(frames)
+            else:
+                self._drops["unexpected"] += 1
+            return
+        try:
+            session, opened = self._table.open(frames, now_ms())
+        except ProtocolError as error:
+            self._drops[error.reason] += 1
+            return
+        if not session.initiator or session.peer.node_id != self.session.peer.node_id:
+            self._drops["misrouted"] += 1
+            return
+        for message in opened.messages:
+            self._dispatch(message)
 
     def _dispatch(self, message: Message) -> None:
         kind = message.kind
@@ -223,7 +223,7 @@ class Connection:
         if self.session is None or self.closed:
             raise PeerLost(f"connection to {self.name} is closed", peer=self.name)
         frames = self.session.seal(messages, now_ms())
-        if not sockets.try_send(self._socket, frames):
+        if self._reactor is None or not self._reactor.send(frames):
             self.lose(f"{self.name} is unreachable")
             raise PeerLost(f"{self.name} is unreachable", peer=self.name)
 
@@ -290,7 +290,10 @@ class Connection:
                 task.cancel()
         if self.session is not None:
             self._table.remove(self.session)
-        self._socket.close()
+        if self._reactor is not None:
+            self._reactor.close()
+        else:
+            self._socket.close()
 
     def say_goodbye(self) -> None:
         """Send BYE (best effort) before closing."""

@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-import zmq.asyncio
+import zmq
 
 from .codec import Message
 from .connection import next_msg_id
@@ -53,7 +53,7 @@ class DiscoveryServer:
         self.directory = Directory()
         self.drops: Counter[str] = Counter()
         self._bind = bind
-        self._context: zmq.asyncio.Context | None = None
+        self._context: zmq.Context | None = None
         self._inbound: Inbound | None = None
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
@@ -61,7 +61,7 @@ class DiscoveryServer:
     async def start(self) -> DiscoveryServer:
         from .session import SessionTable
 
-        self._context = zmq.asyncio.Context()
+        self._context = zmq.Context()
         self._inbound = Inbound(
             self._context,
             self.identity,
@@ -72,10 +72,8 @@ class DiscoveryServer:
             self.drops,
         )
         self.endpoint = self._inbound.endpoint
-        self._tasks = [
-            asyncio.create_task(self._inbound.run(), name="discovery inbound"),
-            asyncio.create_task(self._expire(), name="discovery leases"),
-        ]
+        self._inbound.start()
+        self._tasks = [asyncio.create_task(self._expire(), name="discovery leases")]
         log.info("discovery serving on %s", self.endpoint)
         return self
 

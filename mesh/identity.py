@@ -15,6 +15,7 @@ bytes, so verification never depends on re-encoding a structure the same way twi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class Certificate:
     body: bytes = field(repr=False)
     signature: bytes = field(repr=False)
 
-    @property
+    @functools.cached_property
     def node_id(self) -> bytes:
         return node_id_for(self.box_public, self.sign_public)
 

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-import zmq.asyncio
+import zmq
 
 from . import sockets
 from .codec import Message
@@ -21,6 +21,7 @@ from .envelope import Opened
 from .errors import MeshError, ProtocolError
 from .handshake import Responder
 from .identity import Identity, Trust
+from .reactor import Reactor
 from .session import Session, SessionTable
 from .wire import PROTOCOL_VERSION, FrameType
 
@@ -37,7 +38,7 @@ class Inbound:
 
     def __init__(
         self,
-        context: zmq.asyncio.Context,
+        context: zmq.Context,
         identity: Identity,
         trust: Trust,
         table: SessionTable,
@@ -52,20 +53,21 @@ class Inbound:
         self._on_messages = on_messages
         self._drops = drops
         self._routes: dict[bytes, bytes] = {}  # session recv id -> ROUTER routing id
+        self._reactor: Reactor | None = None
         self._certificate_frame = (
             bytes([PROTOCOL_VERSION, FrameType.CERTIFICATE])
             + identity.require_certificate().to_bytes()
         )
 
-    async def run(self) -> None:
-        """Receive until cancelled. Never raises for anything a peer sends."""
-        recv = self.socket.recv_multipart
-        while True:
-            frames = await recv()
-            try:
-                self.handle(frames)
-            except ProtocolError as error:
-                self._drops[error.reason] += 1
+    def start(self) -> None:
+        """Start reading (call from the event loop's thread)."""
+        self._reactor = Reactor(self.socket, self._receive)
+
+    def _receive(self, frames: list[bytes]) -> None:
+        try:
+            self.handle(frames)
+        except ProtocolError as error:
+            self._drops[error.reason] += 1
 
     def handle(self, frames: list[bytes]) -> None:
         if len(frames) < 2 or len(frames[1]) < 2:
@@ -115,13 +117,16 @@ class Inbound:
         self._table.remove(session)
 
     def _send_raw(self, frames: list) -> bool:
-        if sockets.try_send(self.socket, frames):
+        if self._reactor is not None and self._reactor.send(frames):
             return True
         self._drops["unroutable"] += 1  # EHOSTUNREACH (peer gone) or EAGAIN (queue full)
         return False
 
     def close(self) -> None:
-        self.socket.close()
+        if self._reactor is not None:
+            self._reactor.close()
+        else:
+            self.socket.close()
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task]) -> None:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-import zmq.asyncio
+import zmq
 
 from . import sockets
 from .codec import Message
@@ -121,7 +121,7 @@ class Node:
         heartbeat: float = DEFAULT_HEARTBEAT_S,
         lease_ms: int = DEFAULT_LEASE_MS,
         register: bool = True,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context | None = None,
     ) -> None:
         if identity is None or trust is None:
             directory = (
@@ -176,7 +176,7 @@ class Node:
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
         self.started_ms = now_ms()
-        self._tasks.append(asyncio.create_task(self._inbound.run(), name=f"{self.name} inbound"))
+        self._inbound.start()
         if self._urls:
             self._discovery = DiscoveryClient(self._urls, self._open_connection)
         if self._discovery is not None and self._register:
@@ -296,7 +296,8 @@ class Node:
                 if attempt:
                     _, call = connection.start_call(Kind.REQUEST, method, body, msg_id=msg_id)
                 try:
-                    return await asyncio.wait_for(call.future, timeout)
+                    async with asyncio.timeout(timeout):  # no extra task or loop trip
+                        return await call.future
                 except TimeoutError:
                     if attempt == retries:
                         connection.cancel_call(msg_id)
@@ -328,7 +329,8 @@ class Node:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(call.queue.get(), timeout)
+                    async with asyncio.timeout(timeout):
+                        item = await call.queue.get()
                 except TimeoutError:
                     raise RequestTimeout(
                         f"{connection.name}.{method}: no chunk within {timeout} s",

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import zmq
-import zmq.asyncio
 
 from .errors import InvalidArgument
 from .wire import MAC_SIZE, MAX_ATTACHMENT
@@ -37,10 +36,10 @@ PUB_OPTIONS = {zmq.LINGER: LINGER_MS, zmq.SNDHWM: HWM}
 
 
 MAX_SOCKETS = 16_384
-_shared: zmq.asyncio.Context | None = None
+_shared: zmq.Context | None = None
 
 
-def shared_context() -> zmq.asyncio.Context:
+def shared_context() -> zmq.Context:
     """The process-wide context every node uses unless given its own.
 
     One context means one I/O thread however many nodes a process embeds. Its socket limit is
@@ -49,7 +48,7 @@ def shared_context() -> zmq.asyncio.Context:
     """
     global _shared
     if _shared is None or _shared.closed:
-        _shared = zmq.asyncio.Context()
+        _shared = zmq.Context()
         _shared.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
     return _shared
 
@@ -60,18 +59,18 @@ def _configure(socket: zmq.Socket, options: dict[int, int]) -> zmq.Socket:
     return socket
 
 
-def router(context: zmq.asyncio.Context, bind: str) -> tuple[zmq.asyncio.Socket, str]:
+def router(context: zmq.Context, bind: str) -> tuple[zmq.Socket, str]:
     """A bound ROUTER and the endpoint it actually bound (the port filled in)."""
     socket = _configure(context.socket(zmq.ROUTER), ROUTER_OPTIONS)
     return socket, _bind(socket, bind)
 
 
-def publisher(context: zmq.asyncio.Context, bind: str) -> tuple[zmq.asyncio.Socket, str]:
+def publisher(context: zmq.Context, bind: str) -> tuple[zmq.Socket, str]:
     socket = _configure(context.socket(zmq.PUB), PUB_OPTIONS)
     return socket, _bind(socket, bind)
 
 
-def dealer(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+def dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
     """A DEALER connected to ``endpoint``."""
     socket = _configure(context.socket(zmq.DEALER), DEALER_OPTIONS)
     try:
@@ -108,12 +107,3 @@ def advertised(bound: str, advertise: str | None) -> str:
             "address peers can reach"
         )
     return bound
-
-
-def try_send(socket: zmq.asyncio.Socket, frames: list) -> bool:
-    """Send now or not at all: False when the peer is unreachable or its queue is full.
-
-    With NOBLOCK, pyzmq's asyncio socket completes the returned future at once, so the
-    outcome is known without a trip through the event loop.
-    """
-    return socket.send_multipart(frames, flags=zmq.NOBLOCK).exception() is None

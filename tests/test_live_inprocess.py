@@ -71,7 +71,7 @@ async def test_socket_options_are_set_on_purpose(mesh):
                     assert socket.getsockopt(option) == value, option
             # ROUTER_MANDATORY: a send to an unknown routing id fails instead of vanishing
             with pytest.raises(zmq.ZMQError) as refused:
-                await a._inbound.socket.send_multipart([b"nobody", b"x"], flags=zmq.NOBLOCK)
+                a._inbound.socket.send_multipart([b"nobody", b"x"], flags=zmq.NOBLOCK)
             assert refused.value.errno == zmq.EHOSTUNREACH
         finally:
             connection.close()

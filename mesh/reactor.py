@@ -1,0 +1,80 @@
+"""Drive a plain ZeroMQ socket from the asyncio loop, with no futures on the message path.
+
+pyzmq's asyncio sockets wrap every send and receive in a future and wake a task for each
+message: two trips through the event loop per message, and more in the round trip. Here the
+socket's file descriptor is watched with ``loop.add_reader``; when it signals, the callback
+reads every waiting message (up to a batch, then yields to other callbacks) and hands each
+to ``on_frames`` right there. Sends are immediate (NOBLOCK), so their outcome is known at once.
+
+ZeroMQ's descriptor is edge-triggered and any operation on the socket may consume the edge,
+so after every send the socket's EVENTS are checked and a read is scheduled if messages are
+waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import zmq
+
+log = logging.getLogger("mesh")
+MAX_READ_BATCH = 256
+_POLLIN = zmq.POLLIN
+_EVENTS = zmq.EVENTS
+_NOBLOCK = zmq.NOBLOCK
+
+
+class Reactor:
+    """One socket, one reader callback, immediate sends."""
+
+    def __init__(self, socket: zmq.Socket, on_frames: Callable[[list[bytes]], None]) -> None:
+        self.socket = socket
+        self._on_frames = on_frames
+        self._loop = asyncio.get_running_loop()
+        self._fd = socket.getsockopt(zmq.FD)
+        self._scheduled = False
+        self.closed = False
+        self._loop.add_reader(self._fd, self._drain)
+        self._schedule()  # messages may have arrived before the reader was added
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self.closed:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        socket = self.socket
+        handle = self._on_frames
+        for _ in range(MAX_READ_BATCH):
+            if self.closed or not socket.getsockopt(_EVENTS) & _POLLIN:
+                return
+            frames = socket.recv_multipart(_NOBLOCK)
+            try:
+                handle(frames)
+            except Exception:  # a bug in a handler must not stop the socket
+                log.exception("internal error handling an inbound message")
+        self._schedule()  # more are waiting: continue after other callbacks had a turn
+
+    def send(self, frames: list) -> bool:
+        """Send now or not at all: False when the peer is unreachable or its queue is full."""
+        if self.closed:
+            return False
+        socket = self.socket
+        try:
+            socket.send_multipart(frames, _NOBLOCK)
+            sent = True
+        except zmq.ZMQError:  # EAGAIN (no peer, or queue full) or EHOSTUNREACH
+            sent = False
+        if socket.getsockopt(_EVENTS) & _POLLIN:
+            self._schedule()
+        return sent
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._fd)
+        self.socket.close()
