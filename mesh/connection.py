@@ -87,6 +87,7 @@ class Connection:
         self._socket = sockets.dealer(context, endpoint)
         self._reactor: Reactor | None = None
         self._handshake_answer: asyncio.Future[list[bytes]] | None = None
+        self._rekeying: asyncio.Future[None] | None = None
         self.session: Session | None = None
         self.calls: dict[int, Call] = {}
         self.last_heard = 0.0
@@ -141,6 +142,27 @@ class Connection:
         initiator = Initiator(self._identity, self._trust, self.certificate, self._table, now_ms())
         answer = await self._exchange([initiator.hello])
         self.session = initiator.receive(answer, now_ms())
+
+    def needs_rekey(self) -> bool:
+        return self.session is not None and self.session.needs_rekey(now_ms())
+
+    async def rekey(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Replace the session by a fresh handshake on this connection (forward secrecy over
+        time, and never reaching the hard limits). The old session still opens late answers
+        for its grace period. Concurrent callers share one handshake."""
+        if self._rekeying is None:
+            self._rekeying = asyncio.ensure_future(self._rekey(timeout))
+        await asyncio.shield(self._rekeying)
+
+    async def _rekey(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._handshake()
+        except TimeoutError as exc:
+            self.lose(f"{self.name} did not answer a rekey")
+            raise PeerLost(f"{self.name} did not answer a rekey", peer=self.name) from exc
+        finally:
+            self._rekeying = None
 
     # ------------------------------------------------------------------ reading
 

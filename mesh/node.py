@@ -428,6 +428,8 @@ class Node:
             raise NodeClosed("node is closed")
         connection = self._connections.get(peer)
         if connection is not None and not connection.closed:
+            if connection.needs_rekey():
+                await connection.rekey()
             return connection
         pending = self._connecting.get(peer)
         if pending is not None:

@@ -10,7 +10,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mesh import MeshDirectory
+from mesh import MeshDirectory, SessionLimits
 from mesh.discovery import DiscoveryServer
 from mesh.errors import NodeClosed
 from mesh.node import Node
@@ -124,3 +124,20 @@ def test_sync_node_from_several_threads(mesh, tmp_path):
         assert client.stats()["connections"]["server"]["calls"] == 0
     with pytest.raises(NodeClosed):
         client.request("server", "square", 2)
+
+
+@pytest.mark.asyncio
+async def test_sessions_are_rekeyed_on_a_live_connection(mesh):
+    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+        server.handler("echo", lambda body: body)
+        client.add_peer(server.identity.require_certificate(), server.endpoint)
+        assert await client.request("server", "echo", 0, timeout=10) == 0
+        connection = client._connections["server"]
+        first = connection.session
+        first.limits = SessionLimits(rekey_after_frames=3)
+        answers = [await client.request("server", "echo", n, timeout=10) for n in range(10)]
+        assert answers == list(range(10))
+        assert connection.session is not first  # a new handshake replaced the key
+        assert first.retired_ms is not None  # the old one only opens late answers now
+        assert client.drops == {}
+        assert server.drops == {}
