@@ -282,6 +282,9 @@ class Connection:
             if not self.calls:
                 self.last_heard = loop.time()  # idle: nothing to lose, nothing to prove
                 continue
+            if self.needs_rekey() and self._rekeying is None:  # a long stream outlives a key
+                self._rekeying = asyncio.ensure_future(self._rekey(CONNECT_TIMEOUT_S))
+                self._rekeying.add_done_callback(_consume_outcome)
             silent = loop.time() - self.last_heard
             if silent > MISSED_HEARTBEATS * interval:
                 self.lose(f"{self.name} missed {MISSED_HEARTBEATS} heartbeats")
@@ -322,6 +325,12 @@ class Connection:
         if self.session is not None and not self.closed:
             with contextlib.suppress(PeerLost, MeshError):
                 self.send([Message(Kind.BYE, next_msg_id())])
+
+
+def _consume_outcome(future: asyncio.Future) -> None:
+    """A background rekey's failure already failed the calls (lose); nothing more to say."""
+    if not future.cancelled():
+        future.exception()
 
 
 def stream_end() -> object:

@@ -45,12 +45,14 @@ class Inbound:
         bind: str,
         on_messages: OnMessages,
         drops: Counter[str],
+        on_session: Callable[[Session], None] | None = None,
     ) -> None:
         self.socket, self.endpoint = sockets.router(context, bind)
         self._identity = identity
         self._table = table
         self._responder = Responder(identity, trust, table)
         self._on_messages = on_messages
+        self._on_session = on_session
         self._drops = drops
         self._routes: dict[bytes, bytes] = {}  # session recv id -> ROUTER routing id
         self._reactor: Reactor | None = None
@@ -99,6 +101,8 @@ class Inbound:
             raise
         self._routes[session.recv_id] = routing
         self._send_raw([routing, *welcome])
+        if self._on_session is not None:
+            self._on_session(session)
 
     def send(self, session: Session, messages: Sequence[Message]) -> bool:
         """Seal ``messages`` to an inbound session; False if the peer is gone."""

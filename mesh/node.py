@@ -173,6 +173,7 @@ class Node:
             self._bind,
             self._on_inbound,
             self.drops,
+            self._on_inbound_session,
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
         self.started_ms = now_ms()
@@ -237,9 +238,14 @@ class Node:
 
         return decorate
 
+    def _on_inbound_session(self, session: Session) -> None:
+        """A caller handshook (first contact, reconnect or rekey): answer on the new key."""
+        self._inbound_sessions[session.peer.node_id] = session
+
     def _on_inbound(self, session: Session, opened: Opened) -> None:
         peer_id = session.peer.node_id
-        self._inbound_sessions[peer_id] = session
+        if session.retired_ms is None:  # a late frame on a replaced key must not revive it
+            self._inbound_sessions[peer_id] = session
         for message in opened.messages:
             kind = message.kind
             if kind == Kind.REQUEST or kind == Kind.SEND:
