@@ -141,3 +141,24 @@ async def test_sessions_are_rekeyed_on_a_live_connection(mesh):
         assert first.retired_ms is not None  # the old one only opens late answers now
         assert client.drops == {}
         assert server.drops == {}
+
+
+@pytest.mark.asyncio
+async def test_several_discovery_nodes_are_merged_and_one_may_die(mesh):
+    first = await DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh).start()
+    second = await DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh).start()
+    both = [first.endpoint, second.endpoint]
+    try:
+        async with (
+            Node("a", discovery=both, mesh=mesh) as a,
+            Node("b", discovery=second.endpoint, mesh=mesh) as b,
+        ):
+            b.handler("hi", lambda body: "hi from b")
+            assert len(first.directory) == 1 and len(second.directory) == 2  # a in both
+            assert {p.name for p in await a.peers()} == {"a", "b"}  # merged by name
+            await first.close()
+            assert await a.request("b", "hi", timeout=10) == "hi from b"
+            assert {p.name for p in await a.peers()} == {"a", "b"}
+    finally:
+        await first.close()
+        await second.close()
