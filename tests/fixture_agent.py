@@ -86,3 +86,22 @@ class FixtureAgent:
 
     async def call_peer(self, body: dict[str, Any]) -> Any:
         return await self.node.request(body["peer"], body["method"], body.get("body"), timeout=5)
+
+
+class ReadmeBob:
+    """The peer the README's embedding sample talks to."""
+
+    def __init__(self, node: Node) -> None:
+        node.handler("echo", self.echo)
+        node.handler("generate", self.generate)
+        node.handler("event", self.event)
+
+    async def echo(self, body: Any) -> Any:
+        return body
+
+    async def generate(self, body: Any) -> Any:
+        for token in ("hello", "world"):
+            yield token
+
+    async def event(self, body: Any) -> None:
+        return None

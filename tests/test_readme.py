@@ -1,16 +1,56 @@
-"""The README's Python sample runs as written."""
+"""The README's Python samples run as written (against a real local mesh where they need one)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+from tests.processes import ROOT, Process
+
 README = Path(__file__).resolve().parent.parent / "README.md"
+SAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_python_sample_runs(tmp_path, monkeypatch):
-    samples = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert samples, "README has no python sample"
-    for sample in samples:
-        code = sample.replace('"/tmp/demo-mesh"', repr(str(tmp_path / "mesh")))
-        exec(compile(code, str(README), "exec"), {})
+def test_readme_has_both_samples():
+    assert any("discovery=" in s for s in SAMPLES)
+    assert any("SessionTable" in s for s in SAMPLES)
+
+
+def test_sans_io_sample_runs(tmp_path):
+    (sample,) = [s for s in SAMPLES if "SessionTable" in s]
+    exec(compile(sample.replace('"/tmp/demo-mesh"', repr(str(tmp_path))), "README", "exec"), {})
+
+
+def test_embedding_sample_runs_against_a_local_mesh(tmp_path):
+    (sample,) = [s for s in SAMPLES if "discovery=" in s]
+    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
+    bob = None
+    try:
+        url = discovery.endpoint()
+        bob = Process(
+            "run",
+            "tests.fixture_agent:ReadmeBob",
+            "--name",
+            "bob",
+            "--discovery",
+            url,
+            home=tmp_path,
+        )
+        bob.endpoint()
+        code = sample.replace("tcp://127.0.0.1:7700", url)
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "MESH_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["hello", "world"]
+    finally:
+        for process in (bob, discovery):
+            if process is not None:
+                process.close()
