@@ -16,19 +16,22 @@ from typing import Any
 
 import zmq
 
+from . import sockets
 from .codec import Message
 from .connection import next_msg_id
-from .directory import Directory, parse_registration
+from .directory import Directory, Entry, parse_registration
 from .envelope import Opened
 from .errors import InvalidArgument, NameConflict, PeerNotFound
 from .identity import Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
-from .keystore import MeshDirectory
-from .session import Session
+from .keystore import MeshDirectory, mesh_directory
+from .publish import TopicKey, seal_publish
+from .session import Session, SessionTable
 from .wire import ErrorCode, Kind
 
 log = logging.getLogger("mesh.discovery")
 EXPIRE_EVERY_S = 0.25
+EVENTS_TOPIC = "$directory"
 
 
 class DiscoveryServer:
@@ -42,26 +45,27 @@ class DiscoveryServer:
         identity: Identity | None = None,
         trust: Trust | None = None,
         name: str = "discovery",
+        events_bind: str | None = None,
     ) -> None:
-        directory = (
-            mesh
-            if isinstance(mesh, MeshDirectory)
-            else (MeshDirectory(mesh) if mesh else MeshDirectory.default())
-        )
+        directory = mesh_directory(mesh)
         self.identity = identity or directory.identity(name)
         self.trust = trust or directory.create().trust()
         self.directory = Directory()
         self.drops: Counter[str] = Counter()
         self._bind = bind
+        self._events_bind = events_bind or bind.rsplit(":", 1)[0] + ":0"
+        self._events_key = TopicKey.generate(EVENTS_TOPIC)
+        self._events_seq = 0
+        self._publisher: zmq.Socket | None = None
+        self.events_endpoint = ""
         self._context: zmq.Context | None = None
         self._inbound: Inbound | None = None
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
 
     async def start(self) -> DiscoveryServer:
-        from .session import SessionTable
-
         self._context = zmq.Context()
+        self._publisher, self.events_endpoint = sockets.publisher(self._context, self._events_bind)
         self._inbound = Inbound(
             self._context,
             self.identity,
@@ -81,6 +85,9 @@ class DiscoveryServer:
         await cancel_and_wait(self._tasks)
         if self._inbound is not None:
             self._inbound.close()
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         if self._context is not None:
             self._context.term()
             self._context = None
@@ -96,6 +103,7 @@ class DiscoveryServer:
             await asyncio.sleep(EXPIRE_EVERY_S)
             for entry in self.directory.expire(now_ms()):
                 log.info("lease of %s expired", entry.name)
+                self._publish("LEAVE", entry)
 
     def _on_messages(self, session: Session, opened: Opened) -> None:
         assert self._inbound is not None
@@ -110,14 +118,22 @@ class DiscoveryServer:
                 entry = parse_registration(session.peer, message.body, now_ms())
                 event = self.directory.register(entry)
                 log.info("%s %s at %s", event, entry.name, entry.endpoint)
-                return Message(Kind.REPLY, next_msg_id(), corr, body={"lease_ms": entry.lease_ms})
+                self._publish(event, entry)
+                return Message(
+                    Kind.REPLY,
+                    next_msg_id(),
+                    corr,
+                    body={"lease_ms": entry.lease_ms, "events": self._events_info()},
+                )
             if kind == Kind.RENEW:
                 entry = self.directory.renew(session.peer, now_ms())
                 return Message(Kind.REPLY, next_msg_id(), corr, body={"lease_ms": entry.lease_ms})
             if kind == Kind.LOOKUP:
                 return Message(Kind.ENTRIES, next_msg_id(), corr, body=self._lookup(message.body))
             if kind == Kind.UNREGISTER:
-                self.directory.unregister(session.peer)
+                gone = self.directory.unregister(session.peer)
+                if gone is not None:
+                    self._publish("LEAVE", gone)
                 return Message(Kind.REPLY, next_msg_id(), corr)
             if kind == Kind.PING:
                 return Message(Kind.PONG, next_msg_id(), corr)
@@ -132,6 +148,29 @@ class DiscoveryServer:
             return _error(corr, ErrorCode.NOT_FOUND, str(exc))
         except InvalidArgument as exc:
             return _error(corr, ErrorCode.BAD_REQUEST, str(exc))
+
+    def _events_info(self) -> dict[str, Any]:
+        """Where JOIN/LEAVE/UPDATE events are published, and the key to read them."""
+        key = self._events_key
+        return {"endpoint": self.events_endpoint, "key": key.key, "key_id": key.key_id}
+
+    def _publish(self, event: str, entry: Entry) -> None:
+        """Publish a directory change, sealed and signed; best effort (a PUB never blocks)."""
+        if self._publisher is None:
+            return
+        self._events_seq += 1
+        body = {"type": event, "entry": entry.to_wire()}
+        frames = seal_publish(
+            self.identity,
+            self._events_key,
+            self._events_seq,
+            now_ms(),
+            [Message(Kind.EVENT, next_msg_id(), name=event, body=body)],
+        )
+        try:
+            self._publisher.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.drops["event_dropped"] += 1
 
     def _lookup(self, body: Any) -> list[dict[str, Any]]:
         query = body if isinstance(body, dict) else {}

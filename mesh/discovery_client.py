@@ -14,9 +14,25 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import zmq
+
 from .connection import Connection
-from .errors import DiscoveryUnavailable, MeshError, NameConflict, PeerLost, RemoteError
-from .wire import ErrorCode, Kind
+from .errors import (
+    DiscoveryUnavailable,
+    MeshError,
+    NameConflict,
+    PeerLost,
+    ProtocolError,
+    RemoteError,
+)
+from .inbound import now_ms
+from .publish import TopicKey, open_publish
+from .reactor import Reactor
+from .replay import ReplayWindow
+from .wire import DEFAULT_REPLAY_WINDOW, ErrorCode, Kind
+
+EVENTS_TOPIC = "$directory"
+OnEvent = Callable[[Any], None]
 
 DISCOVERY_TIMEOUT_S = 2.0
 DISCOVERY_CONNECT_TIMEOUT_S = 1.0
@@ -30,6 +46,10 @@ class DiscoveryLink:
         self._connect = connect
         self._connection: Connection | None = None
         self._lock = asyncio.Lock()
+        self._events: Reactor | None = None
+        self._events_key: TopicKey | None = None
+        self._window = ReplayWindow(DEFAULT_REPLAY_WINDOW)
+        self.events_dropped = 0
 
     async def call(self, kind: int, body: Any, timeout: float = DISCOVERY_TIMEOUT_S) -> Any:
         """One request; a second try on a fresh connection if the first goes unanswered."""
@@ -61,15 +81,79 @@ class DiscoveryLink:
             self._connection.close()
             self._connection = None
 
+    def follow(self, info: Any, context: zmq.Context, on_event: OnEvent, max_skew_ms: int) -> None:
+        """Subscribe to the discovery node's JOIN/LEAVE/UPDATE events, as its REGISTER answer
+        described them (a restarted discovery node has a new key: follow it anew)."""
+        connection = self._connection
+        if not (
+            isinstance(info, dict)
+            and isinstance(info.get("key"), bytes)
+            and isinstance(info.get("key_id"), int)
+            and isinstance(info.get("endpoint"), str)
+            and connection is not None
+            and connection.certificate is not None
+        ):
+            return
+        key = TopicKey(EVENTS_TOPIC, info["key"], info["key_id"])
+        if key == self._events_key:
+            return
+        self._stop_events()
+        publisher = connection.certificate
+        socket = context.socket(zmq.SUB)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SUBSCRIBE, key.prefix)
+        socket.connect(_dialable(info["endpoint"], self.url))
+        self._events_key = key
+        self._window = ReplayWindow(DEFAULT_REPLAY_WINDOW)
+
+        def receive(frames: list[bytes]) -> None:
+            try:
+                opened = open_publish(frames, key, publisher, now_ms(), max_skew_ms)
+                self._window.accept(opened.seq)
+            except ProtocolError:
+                self.events_dropped += 1
+                return
+            for message in opened.messages:
+                if message.kind == Kind.EVENT:
+                    on_event(message.body)
+
+        self._events = Reactor(socket, receive)
+
+    def _stop_events(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+            self._events_key = None
+
     def close(self) -> None:
+        self._stop_events()
         self.drop()
+
+
+def _dialable(endpoint: str, via: str) -> str:
+    """A wildcard host in ``endpoint`` replaced by the host we reached discovery at."""
+    scheme, _, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    if host in ("0.0.0.0", "*", "[::]", "::"):
+        host = via.partition("://")[2].rpartition(":")[0]
+    return f"{scheme}://{host}:{port}"
 
 
 class DiscoveryClient:
     """Registration and lookups over every configured discovery link."""
 
-    def __init__(self, urls: list[str], connect: Callable[[str, float], Any]) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        connect: Callable[[str, float], Any],
+        context: zmq.Context,
+        on_event: OnEvent,
+        max_skew_ms: int,
+    ) -> None:
         self.links = [DiscoveryLink(url, connect) for url in urls]
+        self._context = context
+        self._on_event = on_event
+        self._max_skew_ms = max_skew_ms
         self.registration: dict[str, Any] | None = None
         self.lease_ms = 10_000
 
@@ -96,6 +180,8 @@ class DiscoveryClient:
             raise
         if isinstance(answer, dict) and isinstance(answer.get("lease_ms"), int):
             self.lease_ms = answer["lease_ms"]
+        if isinstance(answer, dict):
+            link.follow(answer.get("events"), self._context, self._on_event, self._max_skew_ms)
 
     async def renew_forever(self) -> None:
         """Renew every third of the lease; re-register where the entry was lost."""
@@ -126,7 +212,7 @@ class DiscoveryClient:
 
     async def unregister(self) -> None:
         await asyncio.gather(
-            *(link.call(Kind.UNREGISTER, None, timeout=0.5) for link in self.links),
+            *(link.call(Kind.UNREGISTER, None, timeout=1.0) for link in self.links),
             return_exceptions=True,
         )
 

@@ -95,6 +95,13 @@ def _hex_field(path: Path, data: dict[str, Any], key: str) -> bytes:
         raise KeyFileError(str(path), f"field {key!r} is missing or not hex") from exc
 
 
+def mesh_directory(mesh: MeshDirectory | str | os.PathLike[str] | None) -> MeshDirectory:
+    """A MeshDirectory from what a caller passed: one, a path, or None (the default)."""
+    if isinstance(mesh, MeshDirectory):
+        return mesh
+    return MeshDirectory(mesh) if mesh else MeshDirectory.default()
+
+
 class MeshDirectory:
     """One mesh's keys on this machine. Cheap to construct; touches disk on use."""
 

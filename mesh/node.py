@@ -38,7 +38,7 @@ from .errors import (
 from .handlers import Handler, HandlerRunner, error_message
 from .identity import Certificate, Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
-from .keystore import MeshDirectory
+from .keystore import MeshDirectory, mesh_directory
 from .session import Session, SessionTable
 from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 
@@ -124,11 +124,7 @@ class Node:
         context: zmq.Context | None = None,
     ) -> None:
         if identity is None or trust is None:
-            directory = (
-                mesh
-                if isinstance(mesh, MeshDirectory)
-                else (MeshDirectory(mesh) if mesh else MeshDirectory.default())
-            )
+            directory = mesh_directory(mesh)
             identity = identity or directory.identity(name)
             trust = trust or directory.create().trust()
         if heartbeat <= 0:
@@ -155,6 +151,7 @@ class Node:
         self._peers: dict[str, PeerInfo] = {}
         self._down_until: dict[str, float] = {}
         self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
+        self.events_seen = 0
         self._discovery: DiscoveryClient | None = None
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
@@ -179,7 +176,13 @@ class Node:
         self.started_ms = now_ms()
         self._inbound.start()
         if self._urls:
-            self._discovery = DiscoveryClient(self._urls, self._open_connection)
+            self._discovery = DiscoveryClient(
+                self._urls,
+                self._open_connection,
+                self._context,
+                self._on_directory_event,
+                self.trust.max_skew_ms,
+            )
         if self._discovery is not None and self._register:
             try:
                 await self._discovery.register(self._registration())
@@ -411,17 +414,47 @@ class Node:
         query = {"capability": capability} if capability else {}
         return await self._lookup(query)
 
+    def _on_directory_event(self, body: Any) -> None:
+        """Keep the peer cache current from discovery's JOIN/LEAVE/UPDATE events."""
+        if not isinstance(body, dict) or not isinstance(body.get("entry"), dict):
+            self.drops["bad_event"] += 1
+            return
+        info = self._verified(body["entry"])
+        if info is None:
+            return
+        current = self._peers.get(info.name)
+        if body.get("type") in ("JOIN", "UPDATE"):
+            if current is None or info.started_ms >= current.started_ms:
+                self._peers[info.name] = info
+                self._down_until.pop(info.name, None)
+        elif (
+            body.get("type") == "LEAVE"
+            and current is not None
+            and (
+                current.certificate.node_id == info.certificate.node_id
+                and current.started_ms <= info.started_ms
+            )
+        ):
+            del self._peers[info.name]
+        self.events_seen += 1
+
+    def _verified(self, entry: dict[str, Any]) -> PeerInfo | None:
+        """The entry as a PeerInfo if its certificate verifies; None (counted) if not."""
+        try:
+            cert = self.trust.verify(Certificate.from_bytes(entry["cert"]), now_ms())
+        except (ProtocolError, KeyError, TypeError):
+            self.drops["bad_entry"] += 1  # a discovery node cannot vouch for anyone
+            return None
+        return PeerInfo(cert, entry)
+
     async def _lookup(self, query: dict[str, str]) -> list[PeerInfo]:
         if self._discovery is None:
             raise DiscoveryUnavailable("this node was started without discovery")
         merged: dict[str, PeerInfo] = {}
         for entry in await self._discovery.lookup(query):
-            try:
-                cert = self.trust.verify(Certificate.from_bytes(entry["cert"]), now_ms())
-            except (ProtocolError, KeyError, TypeError):
-                self.drops["bad_entry"] += 1  # a discovery node cannot vouch for anyone
+            info = self._verified(entry)
+            if info is None:
                 continue
-            info = PeerInfo(cert, entry)
             current = merged.get(info.name)
             if current is None or info.started_ms > current.started_ms:
                 merged[info.name] = info
@@ -517,5 +550,6 @@ class Node:
             "connections": {name: {"calls": len(c.calls)} for name, c in self._connections.items()},
             "handler_failures": self._runner.failures,
             "duplicates": self._runner.duplicates,
+            "directory_events": self.events_seen,
             "drops": dict(self.drops),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 
 import pytest
@@ -162,3 +163,35 @@ async def test_several_discovery_nodes_are_merged_and_one_may_die(mesh):
     finally:
         await first.close()
         await second.close()
+
+
+async def until(check, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_directory_events_keep_peers_current_and_are_sealed(mesh):
+    async with DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery:
+        context = zmq.asyncio.Context()
+        eavesdropper = context.socket(zmq.SUB)
+        eavesdropper.setsockopt(zmq.SUBSCRIBE, b"")
+        eavesdropper.connect(discovery.events_endpoint)
+        try:
+            async with Node("watcher", discovery=discovery.endpoint, mesh=mesh) as watcher:
+                newcomer = await Node("newcomer-7", discovery=discovery.endpoint, mesh=mesh).start()
+                await until(lambda: "newcomer-7" in watcher._peers)  # JOIN, no lookup made
+                await newcomer.close()
+                await until(lambda: "newcomer-7" not in watcher._peers)  # LEAVE
+                assert watcher.stats()["directory_events"] >= 2
+            raw = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    raw.append(await asyncio.wait_for(eavesdropper.recv_multipart(), 1.0))
+        finally:
+            eavesdropper.close(0)
+            context.term()
+        assert raw  # the eavesdropper received the events...
+        assert not any(b"newcomer-7" in frame for frames in raw for frame in frames)  # sealed
