@@ -20,6 +20,7 @@ from .envelope import seal
 from .errors import Unauthorized
 from .handshake import Initiator, Responder
 from .identity import Authority, Identity
+from .publish import TopicKey, seal_publish
 from .session import SessionTable
 from .wire import Kind
 
@@ -129,6 +130,12 @@ def compute() -> dict[str, dict[str, bytes]]:
         _random=deterministic_random(b"blob"),
     )
     vectors["attachment"] = {"frame0": bytes(frames[0]), "frame1": bytes(frames[1])}
+    topic = TopicKey("$directory", _seed("topic key"), 0x0E0E0E0E)
+    event = Message(Kind.EVENT, 3, name="JOIN", body={"type": "JOIN"})
+    published = seal_publish(
+        alice, topic, 1, NOW_MS, [event], _random=deterministic_random(b"publish")
+    )
+    vectors["publish"] = {"topic_key": topic.key, "tag": topic.tag, "frame": bytes(published[0])}
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))
     assert rejected is not None
     vectors["reject"] = {"frame": bytes(rejected[0])}

@@ -10,6 +10,7 @@ import pytest
 from mesh import Certificate, Message, Trust
 from mesh._testvectors import NOW_MS, compute, parse
 from mesh.envelope import open_sealed
+from mesh.publish import TopicKey, open_publish
 from mesh.wire import Kind
 
 SPEC = Path(__file__).resolve().parent.parent / "protocol.md"
@@ -51,3 +52,12 @@ def test_documented_frames_open_with_the_documented_keys(documented):
     blob = open_sealed([attachment["frame0"], attachment["frame1"]], i2r).messages[0].body
     assert bytes(blob) == b"\x00\x01\x02\x03"
     assert documented["reject"]["frame"][:3] == b"\x01\x05\x02"
+
+
+def test_documented_publish_frame_opens_and_verifies(documented):
+    topic = TopicKey("$directory", documented["publish"]["topic_key"], 0x0E0E0E0E)
+    assert topic.tag == documented["publish"]["tag"]
+    alice = Certificate.from_bytes(documented["alice"]["certificate"])
+    opened = open_publish([documented["publish"]["frame"]], topic, alice, NOW_MS, 1000)
+    assert opened.seq == 1
+    assert opened.messages == [Message(Kind.EVENT, 3, name="JOIN", body={"type": "JOIN"})]
