@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import subprocess
+import sys
 import time
 
 import pytest
 import zmq
 import zmq.asyncio
 
-from mesh import MeshDirectory, SessionLimits
+from mesh import Identity, MeshDirectory, SessionLimits
 from mesh.discovery import DiscoveryServer
 from mesh.errors import NodeClosed
 from mesh.node import Node
@@ -195,3 +197,35 @@ async def test_directory_events_keep_peers_current_and_are_sealed(mesh):
             context.term()
         assert raw  # the eavesdropper received the events...
         assert not any(b"newcomer-7" in frame for frames in raw for frame in frames)  # sealed
+
+
+@pytest.mark.asyncio
+async def test_a_live_name_with_other_keys_is_refused(mesh):
+    from mesh import NameConflict
+
+    impostor = mesh.create().issue_for(Identity.generate("dup"), not_before=int(time.time()) - 60)
+    async with (
+        DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
+        Node("dup", discovery=discovery.endpoint, mesh=mesh),
+    ):
+        with pytest.raises(NameConflict):
+            await Node(
+                "dup", discovery=discovery.endpoint, identity=impostor, trust=mesh.trust()
+            ).start()
+        (entry,) = discovery.directory.lookup(name="dup")
+        assert entry.certificate.node_id == mesh.load_identity("dup").node_id
+
+
+def test_sync_node_closes_itself_at_interpreter_exit(mesh):
+    script = (
+        "from mesh import SyncNode\n"
+        f"node = SyncNode('forgotten', mesh={str(mesh.path)!r})\n"
+        "node.handler('x', lambda body: body)\n"
+        "print('started', flush=True)\n"  # and exits without close()
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == "started"
+    assert result.stderr == ""

@@ -266,3 +266,21 @@ async def test_foreign_authority_is_refused_everywhere(spawn, agent, discovery, 
     async with Node("caller", discovery=discovery, mesh=home) as node:
         with pytest.raises(Unauthorized):
             await node._open_connection(foreign_endpoint, 10)
+
+
+async def test_a_dead_node_leaves_the_directory_when_its_lease_runs_out(spawn, discovery, home):
+    doomed = spawn("run", AGENT, "--name", "doomed", "--discovery", discovery, "--lease-ms", "400")
+    doomed.endpoint()
+    async with Node("watcher", discovery=discovery, mesh=home) as node:
+        assert "doomed" in {p.name for p in await node.peers()}
+        doomed.kill()  # no UNREGISTER: only the lease can remove it
+
+        async def gone():
+            return "doomed" not in {p.name for p in await node.peers()}
+
+        assert await eventually(gone)
+        await eventually(lambda: _true("doomed" not in node._peers))  # the LEAVE event
+
+
+async def _true(value: bool) -> bool:
+    return value
