@@ -317,6 +317,9 @@ class Node:
                         ) from None
                     connection.calls.pop(msg_id, None)
             raise AssertionError("unreachable")
+        except asyncio.CancelledError:
+            connection.cancel_call(msg_id)  # the caller gave up: so should the callee
+            raise
         finally:
             self._outstanding[connection.name] -= 1
 

@@ -284,3 +284,14 @@ async def test_a_dead_node_leaves_the_directory_when_its_lease_runs_out(spawn, d
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_cancelling_a_request_cancels_the_remote_handler(agent, discovery, home):
+    agent("worker")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        pending = asyncio.create_task(node.request("worker", "slow", 60, timeout=60))
+        await eventually(lambda: _equals(node.request("worker", "inflight", timeout=10), 1))
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert await eventually(lambda: _equals(node.request("worker", "inflight", timeout=10), 0))
