@@ -42,7 +42,8 @@ from .handlers import CallContext
 from .handshake import Initiator, Responder
 from .identity import Authority, Certificate, Identity, Trust
 from .keystore import MeshDirectory
-from .node import Node, PeerInfo
+from .node import Node
+from .peers import PeerInfo
 from .session import Session, SessionLimits, SessionTable
 from .sync import SyncNode
 from .wire import ErrorCode, Kind

@@ -32,18 +32,17 @@ from .errors import (
     NodeClosed,
     PeerLost,
     PeerNotFound,
-    ProtocolError,
     RequestTimeout,
 )
 from .handlers import Handler, HandlerRunner, error_message
 from .identity import Certificate, Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
+from .peers import PeerDirectory, PeerInfo
 from .session import Session, SessionTable
 from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 
 ENV_DISCOVERY = "MESH_DISCOVERY"
-DOWN_FOR_S = 5.0  # a peer lost is skipped by capability routing for this long
 CAPABILITY_ATTEMPTS = 3
 
 
@@ -53,37 +52,6 @@ def _method(method: str | None, capability: str | None) -> str:
     if not chosen:
         raise InvalidArgument("give a method (or a capability whose name is the method)")
     return chosen
-
-
-class PeerInfo:
-    """A directory entry this node has verified: name, certificate, endpoint, capabilities."""
-
-    __slots__ = ("capabilities", "certificate", "endpoint", "meta", "started_ms")
-
-    def __init__(self, certificate: Certificate, entry: dict[str, Any]) -> None:
-        self.certificate = certificate
-        self.endpoint = str(entry.get("endpoint", ""))
-        caps = entry.get("capabilities")
-        self.capabilities = (
-            tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else ()
-        )
-        self.meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
-        started = entry.get("started_ms")
-        self.started_ms = started if isinstance(started, int) else 0
-
-    @property
-    def name(self) -> str:
-        return self.certificate.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "node_id": self.certificate.node_id.hex(),
-            "endpoint": self.endpoint,
-            "capabilities": list(self.capabilities),
-            "meta": self.meta,
-            "started_ms": self.started_ms,
-        }
 
 
 def _discovery_urls(discovery: str | list[str] | None) -> list[str]:
@@ -148,10 +116,8 @@ class Node:
         self._inbound_sessions: dict[bytes, Session] = {}
         self._connections: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
-        self._peers: dict[str, PeerInfo] = {}
-        self._down_until: dict[str, float] = {}
+        self.known = PeerDirectory(self.trust, self.drops)
         self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
-        self.events_seen = 0
         self._discovery: DiscoveryClient | None = None
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
@@ -180,7 +146,7 @@ class Node:
                 self._urls,
                 self._open_connection,
                 self._context,
-                self._on_directory_event,
+                self.known.on_event,
                 self.trust.max_skew_ms,
             )
         if self._discovery is not None and self._register:
@@ -408,61 +374,18 @@ class Node:
     def add_peer(self, certificate: Certificate, endpoint: str) -> PeerInfo:
         """Know a peer without discovery (a static mesh, or a test). The certificate must
         verify against this node's authority; raises Unauthorized otherwise."""
-        info = PeerInfo(self.trust.verify(certificate, now_ms()), {"endpoint": endpoint})
-        self._peers[info.name] = info
-        return info
+        return self.known.add(certificate, endpoint)
 
     async def peers(self, capability: str | None = None) -> list[PeerInfo]:
         """Every live node discovery knows (optionally only those offering ``capability``)."""
         query = {"capability": capability} if capability else {}
         return await self._lookup(query)
 
-    def _on_directory_event(self, body: Any) -> None:
-        """Keep the peer cache current from discovery's JOIN/LEAVE/UPDATE events."""
-        if not isinstance(body, dict) or not isinstance(body.get("entry"), dict):
-            self.drops["bad_event"] += 1
-            return
-        info = self._verified(body["entry"])
-        if info is None:
-            return
-        current = self._peers.get(info.name)
-        if body.get("type") in ("JOIN", "UPDATE"):
-            if current is None or info.started_ms >= current.started_ms:
-                self._peers[info.name] = info
-                self._down_until.pop(info.name, None)
-        elif (
-            body.get("type") == "LEAVE"
-            and current is not None
-            and (
-                current.certificate.node_id == info.certificate.node_id
-                and current.started_ms <= info.started_ms
-            )
-        ):
-            del self._peers[info.name]
-        self.events_seen += 1
-
-    def _verified(self, entry: dict[str, Any]) -> PeerInfo | None:
-        """The entry as a PeerInfo if its certificate verifies; None (counted) if not."""
-        try:
-            cert = self.trust.verify(Certificate.from_bytes(entry["cert"]), now_ms())
-        except (ProtocolError, KeyError, TypeError):
-            self.drops["bad_entry"] += 1  # a discovery node cannot vouch for anyone
-            return None
-        return PeerInfo(cert, entry)
-
     async def _lookup(self, query: dict[str, str]) -> list[PeerInfo]:
         if self._discovery is None:
             raise DiscoveryUnavailable("this node was started without discovery")
-        merged: dict[str, PeerInfo] = {}
-        for entry in await self._discovery.lookup(query):
-            info = self._verified(entry)
-            if info is None:
-                continue
-            current = merged.get(info.name)
-            if current is None or info.started_ms > current.started_ms:
-                merged[info.name] = info
-        self._peers.update(merged)
-        return list(merged.values())
+        asked_at = time.monotonic()
+        return self.known.merge(await self._discovery.lookup(query), query, asked_at)
 
     async def _resolve(self, peer: str) -> Connection:
         """The open connection to ``peer``, made (once, however many callers wait) if needed."""
@@ -490,7 +413,7 @@ class Node:
             del self._connecting[peer]
 
     async def _connect_peer(self, peer: str) -> Connection:
-        info = self._peers.get(peer)
+        info = self.known.get(peer)
         if info is None:
             found = await self._lookup({"name": peer})
             info = next((i for i in found if i.name == peer), None)
@@ -530,13 +453,11 @@ class Node:
     def _forget_peer(self, name: str) -> None:
         """Drop what we know of ``name``: the next call looks it up again (it may have
         restarted elsewhere), and capability routing skips it for a while."""
-        self._peers.pop(name, None)
-        self._down_until[name] = time.monotonic() + DOWN_FOR_S
+        self.known.mark_down(name)
 
     async def _choose(self, capability: str) -> str:
         candidates = await self._lookup({"capability": capability})
-        now = time.monotonic()
-        live = [c for c in candidates if self._down_until.get(c.name, 0) <= now] or candidates
+        live = self.known.up(candidates) or candidates
         if not live:
             raise PeerNotFound(f"no live node offers {capability!r}")
 
@@ -553,6 +474,6 @@ class Node:
             "connections": {name: {"calls": len(c.calls)} for name, c in self._connections.items()},
             "handler_failures": self._runner.failures,
             "duplicates": self._runner.duplicates,
-            "directory_events": self.events_seen,
+            "directory_events": self.known.events_seen,
             "drops": dict(self.drops),
         }

@@ -184,9 +184,9 @@ async def test_directory_events_keep_peers_current_and_are_sealed(mesh):
         try:
             async with Node("watcher", discovery=discovery.endpoint, mesh=mesh) as watcher:
                 newcomer = await Node("newcomer-7", discovery=discovery.endpoint, mesh=mesh).start()
-                await until(lambda: "newcomer-7" in watcher._peers)  # JOIN, no lookup made
+                await until(lambda: "newcomer-7" in watcher.known)  # JOIN, no lookup made
                 await newcomer.close()
-                await until(lambda: "newcomer-7" not in watcher._peers)  # LEAVE
+                await until(lambda: "newcomer-7" not in watcher.known)  # LEAVE
                 assert watcher.stats()["directory_events"] >= 2
             raw = []
             with contextlib.suppress(TimeoutError):

@@ -279,7 +279,7 @@ async def test_a_dead_node_leaves_the_directory_when_its_lease_runs_out(spawn, d
             return "doomed" not in {p.name for p in await node.peers()}
 
         assert await eventually(gone)
-        await eventually(lambda: _true("doomed" not in node._peers))  # the LEAVE event
+        await eventually(lambda: _true("doomed" not in node.known))  # the LEAVE event
 
 
 async def _true(value: bool) -> bool:
