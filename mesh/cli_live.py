@@ -116,6 +116,7 @@ async def _agent(args: argparse.Namespace) -> int:
         capabilities=caps,
         mesh=_mesh(args),
         heartbeat=args.heartbeat,
+        lease_ms=args.lease_ms,
     )
     agent = factory(node)
     try:
