@@ -22,13 +22,16 @@ import zmq
 from . import sockets
 from .codec import Message
 from .errors import (
+    FlowControlTimeout,
     MalformedEnvelope,
     MeshError,
+    NoCredit,
     NoSuchMethod,
     PeerLost,
     ProtocolError,
     RemoteError,
 )
+from .flow import ReceiveCredit, SendCredit, Window
 from .handshake import Initiator
 from .identity import Certificate, Identity, Trust
 from .inbound import now_ms
@@ -39,6 +42,7 @@ from .wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kin
 CONNECT_TIMEOUT_S = 5.0
 _CERT_REQUEST = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
 _END = object()  # marks the end of a stream in its queue
+_CREDITED = (Kind.REQUEST, Kind.SEND)
 
 # msg ids are unique per sender: a random 48-bit start per process, then a counter
 _ids = itertools.count(int.from_bytes(os.urandom(6), "big"))
@@ -49,14 +53,18 @@ def next_msg_id() -> int:
 
 
 class Call:
-    """One request or stream in flight: a future for a reply, or a queue of chunks."""
+    """One request or stream in flight: a future for a reply, or a queue of chunks.
 
-    __slots__ = ("chunks", "future", "method", "queue")
+    A stream's queue holds ``(chunk, size)``; ``credit`` is the reader's side of the
+    stream's window, granted back as the reader takes chunks."""
 
-    def __init__(self, method: str, *, streaming: bool) -> None:
+    __slots__ = ("chunks", "credit", "future", "method", "queue")
+
+    def __init__(self, method: str, *, window: Window | None = None) -> None:
         self.method = method
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue: asyncio.Queue[Any] | None = asyncio.Queue() if streaming else None
+        self.queue: asyncio.Queue[Any] | None = asyncio.Queue() if window else None
+        self.credit = ReceiveCredit(window) if window else None
         self.chunks: list[Any] = []
 
 
@@ -90,6 +98,8 @@ class Connection:
         self._rekeying: asyncio.Future[None] | None = None
         self.session: Session | None = None
         self.calls: dict[int, Call] = {}
+        self.credit = SendCredit((0, 0))  # for REQUEST and SEND; the peer grants it
+        self._credit_waiters: list[asyncio.Future[None]] = []
         self.last_heard = 0.0
         self._loop_time = asyncio.get_running_loop().time
         self.closed = False
@@ -142,6 +152,8 @@ class Connection:
         initiator = Initiator(self._identity, self._trust, self.certificate, self._table, now_ms())
         answer = await self._exchange([initiator.hello])
         self.session = initiator.receive(answer, now_ms())
+        self.credit = SendCredit(self.session.initial_credit)  # a new session: a fresh window
+        self._wake_credit_waiters()
 
     def needs_rekey(self) -> bool:
         return self.session is not None and self.session.needs_rekey(now_ms())
@@ -183,10 +195,13 @@ class Connection:
         if not session.initiator or session.peer.node_id != self.session.peer.node_id:
             self._drops["misrouted"] += 1
             return
+        if (opened.grant_messages or opened.grant_bytes) and session is self.session:
+            self.credit.grant(opened.grant_messages, opened.grant_bytes)
+            self._wake_credit_waiters()
         for message in opened.messages:
-            self._dispatch(message)
+            self._dispatch(message, opened.size)
 
-    def _dispatch(self, message: Message) -> None:
+    def _dispatch(self, message: Message, size: int) -> None:
         kind = message.kind
         call = self.calls.get(message.corr_id)
         if call is None:
@@ -194,10 +209,12 @@ class Connection:
                 self._drops["no_call"] += 1
             return
         if kind == Kind.STREAM:
-            if call.queue is not None:
-                call.queue.put_nowait(message.body)
-            else:
+            if call.queue is None:
                 call.chunks.append(message.body)
+            elif call.credit is not None and not call.credit.receive(size):
+                self._drops["no_credit"] += 1  # the callee ignored our window
+            else:
+                call.queue.put_nowait((message.body, size))
             return
         del self.calls[message.corr_id]
         if kind == Kind.ERROR:
@@ -212,8 +229,8 @@ class Connection:
     ) -> None:
         if call.queue is not None:
             if result is not None and result is not _END:
-                call.queue.put_nowait(result)
-            call.queue.put_nowait(error if error is not None else _END)
+                call.queue.put_nowait((result, 0))
+            call.queue.put_nowait((error if error is not None else _END, 0))
         elif not call.future.done():
             if error is not None:
                 call.future.set_exception(error)
@@ -248,6 +265,8 @@ class Connection:
         if self._reactor is None or not self._reactor.send(frames):
             self.lose(f"{self.name} is unreachable")
             raise PeerLost(f"{self.name} is unreachable", peer=self.name)
+        if messages[0].kind in _CREDITED:
+            self.credit.charge(sum(len(frame) for frame in frames))
 
     def start_call(
         self,
@@ -255,16 +274,58 @@ class Connection:
         method: str,
         body: Any,
         *,
-        streaming: bool = False,
+        window: Window | None = None,
         msg_id: int | None = None,
         ttl_ms: int = 0,
     ) -> tuple[int, Call]:
-        """Register a call and send its first message; returns (msg id, call)."""
+        """Send a call's first message (credit must be on hand: see :meth:`acquire`) and
+        register it; returns (msg id, call). ``window`` makes it a stream read under that
+        window, announced to the callee in the request's meta."""
         msg_id = next_msg_id() if msg_id is None else msg_id
-        self.send([Message(kind, msg_id, name=method, body=body, ttl_ms=ttl_ms)])
+        meta = {"window": list(window.as_grant)} if window else None
+        self.send([Message(kind, msg_id, name=method, body=body, ttl_ms=ttl_ms, meta=meta)])
         # registered after sending: no answer can be read before this coroutine yields
-        call = self.calls[msg_id] = Call(method, streaming=streaming)
+        call = self.calls[msg_id] = Call(method, window=window)
         return msg_id, call
+
+    async def acquire(self, timeout: float | None = None, block: bool = True) -> None:
+        """Wait until the peer's credit allows one more REQUEST or SEND.
+
+        Raises NoCredit at once when ``block`` is false, FlowControlTimeout after ``timeout``
+        seconds, PeerLost if the connection goes away meanwhile."""
+        if self.credit.can_send():
+            return
+        if not block:
+            raise NoCredit(f"{self.name} has granted no credit", peer=self.name)
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.credit.can_send():
+                    if self.closed:
+                        raise PeerLost(f"connection to {self.name} closed", peer=self.name)
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._credit_waiters.append(waiter)
+                    await waiter
+        except TimeoutError:
+            raise FlowControlTimeout(
+                f"{self.name} granted no credit within {timeout} s", peer=self.name
+            ) from None
+
+    def _wake_credit_waiters(self) -> None:
+        waiters, self._credit_waiters = self._credit_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def grant_stream(self, msg_id: int, call: Call, size: int) -> None:
+        """The reader took a chunk of ``size`` bytes: credit the callee when a batch is due."""
+        if call.credit is None:
+            return
+        call.credit.consume(size)
+        grant = call.credit.due()
+        if grant != (0, 0) and msg_id in self.calls:
+            call.credit.granted(grant)
+            with contextlib.suppress(MeshError):
+                self.send([Message(Kind.CREDIT, next_msg_id(), msg_id, body=list(grant))])
 
     def cancel_call(self, msg_id: int) -> None:
         """Forget a call and tell the peer to stop working on it."""
@@ -303,6 +364,7 @@ class Connection:
         for call in calls.values():
             self._finish(call, error=PeerLost(reason, peer=self.name, method=call.method))
         self.close()
+        self._wake_credit_waiters()  # they see the connection closed and raise PeerLost
         if self._on_lost is not None:
             self._on_lost(self)
 

@@ -21,7 +21,7 @@ from .codec import Message
 from .connection import next_msg_id
 from .directory import Directory, Entry, parse_registration
 from .envelope import Opened
-from .errors import InvalidArgument, NameConflict, PeerNotFound
+from .errors import InvalidArgument, MeshError, NameConflict, PeerNotFound
 from .identity import Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
@@ -109,7 +109,10 @@ class DiscoveryServer:
         assert self._inbound is not None
         answers = [a for m in opened.messages if (a := self._answer(session, m)) is not None]
         if answers:
-            self._inbound.send(session, answers)
+            try:
+                self._inbound.send(session, answers)
+            except MeshError:  # the session aged out under us: the node will handshake again
+                self.drops["unsendable"] += 1
 
     def _answer(self, session: Session, message: Message) -> Message | None:
         kind, corr = message.kind, message.msg_id

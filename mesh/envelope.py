@@ -62,6 +62,7 @@ class Opened(NamedTuple):
     grant_messages: int
     grant_bytes: int
     messages: list[Message]
+    size: int = 0  # bytes of all frames: what flow control charges
 
 
 def seal(
@@ -151,7 +152,8 @@ def open_sealed(frames: Sequence[Frame], key: bytes) -> Opened:
     body = memoryview(plain)
     attachments = _open_attachments(frames, body[INNER.size : nonces_end], key)
     messages = decode_payload(body[nonces_end:], attachments)
-    return Opened(seq, timestamp, grant_messages, grant_bytes, messages)
+    size = sum(len(frame) for frame in frames)
+    return Opened(seq, timestamp, grant_messages, grant_bytes, messages, size)
 
 
 def _open_attachments(frames: Sequence[Frame], nonces: memoryview, key: bytes) -> list[bytearray]:

@@ -238,3 +238,11 @@ class NameConflict(CallError):
 
 class NodeClosed(MeshError):
     """The node was closed while the call waited."""
+
+
+class NoCredit(CallError):
+    """The peer has granted no credit right now, and the call was asked not to wait."""
+
+
+class FlowControlTimeout(CallError, TimeoutError):
+    """The peer granted no credit within the timeout: it is not consuming fast enough."""

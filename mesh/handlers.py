@@ -23,9 +23,11 @@ from typing import Any
 from .codec import Message
 from .connection import next_msg_id
 from .errors import InvalidArgument
+from .flow import SendCredit, Window
 from .wire import ErrorCode, Kind
 
 REPLY_CACHE_SIZE = 4096
+STREAM_STALL_S = 60.0  # a stream whose reader grants nothing for this long is abandoned
 Handler = Callable[..., Any]
 
 
@@ -65,6 +67,37 @@ class HandlerSpec:
         )
 
 
+class StreamCredit:
+    """A streaming handler's credit: the window its reader announced, and a waiter."""
+
+    def __init__(self, meta: dict[str, object] | None) -> None:
+        announced = (meta or {}).get("window")
+        if not (
+            isinstance(announced, list)
+            and len(announced) == 2
+            and all(type(n) is int and 0 < n < 2**63 for n in announced)
+        ):
+            announced = list(Window().as_grant)
+        self.credit = SendCredit((announced[0], announced[1]))
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        """Until the reader grants credit; a reader silent for STREAM_STALL_S is gone."""
+        while not self.credit.can_send():
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(STREAM_STALL_S):
+                    await self._waiter
+            except TimeoutError:
+                raise asyncio.CancelledError from None
+            finally:
+                self._waiter = None
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
 def error_message(corr: int, code: int, text: str, remote_type: str | None = None) -> Message:
     details = {"type": remote_type} if remote_type else None
     return Message(Kind.ERROR, next_msg_id(), corr, body=[int(code), text, details])
@@ -73,10 +106,11 @@ def error_message(corr: int, code: int, text: str, remote_type: str | None = Non
 class HandlerRunner:
     """Runs handler tasks, remembers running and finished requests, applies CANCEL."""
 
-    def __init__(self, send: Callable[[bytes, list[Message]], bool]) -> None:
-        self._send = send  # (peer node id, messages) -> delivered
+    def __init__(self, send: Callable[[bytes, list[Message]], int]) -> None:
+        self._send = send  # (peer node id, messages) -> bytes sent, 0 if not delivered
         self.handlers: dict[str, HandlerSpec] = {}
         self._running: dict[tuple[bytes, int], asyncio.Task] = {}
+        self._streams: dict[tuple[bytes, int], StreamCredit] = {}
         self._replies: OrderedDict[tuple[bytes, int], list[Message]] = OrderedDict()
         self.failures = 0
         self.duplicates = 0
@@ -86,20 +120,40 @@ class HandlerRunner:
             raise InvalidArgument("a handler needs a non-empty method name")
         self.handlers[name] = HandlerSpec.of(function)
 
-    def start(self, peer_id: bytes, peer_name: str, message: Message) -> None:
-        """Begin serving a REQUEST or SEND (or answer a duplicate from the cache)."""
+    def start(
+        self, peer_id: bytes, peer_name: str, message: Message, on_done: Callable[[bool], None]
+    ) -> None:
+        """Begin serving a REQUEST or SEND (or answer a duplicate from the cache).
+
+        ``on_done(reply_follows)`` runs when the handler is finished with the message (the
+        application has consumed it: flow control grants credit then), just before any
+        reply is sent, so the grant rides on the reply."""
         key = (peer_id, message.msg_id)
         if key in self._running:
             self.duplicates += 1
+            on_done(False)
             return
         cached = self._replies.get(key)
         if cached is not None:
             self.duplicates += 1
+            on_done(True)
             self._send(peer_id, cached)
             return
         context = CallContext(peer_name, message.name, message.msg_id)
-        task = asyncio.create_task(self._serve(key, message, context))
+        task = asyncio.create_task(self._serve(key, message, context, on_done))
         self._running[key] = task
+
+    def grant(self, peer_id: bytes, stream_id: int, body: object) -> None:
+        """A CREDIT from a stream's reader: let its generator go on."""
+        stream = self._streams.get((peer_id, stream_id))
+        if (
+            stream is not None
+            and isinstance(body, list)
+            and len(body) == 2
+            and all(type(n) is int and 0 <= n < 2**63 for n in body)
+        ):
+            stream.credit.grant(body[0], body[1])
+            stream.wake()
 
     def cancel(self, peer_id: bytes, msg_id: int) -> None:
         task = self._running.get((peer_id, msg_id))
@@ -117,23 +171,31 @@ class HandlerRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, key: tuple[bytes, int], message: Message, context: CallContext) -> None:
+    async def _serve(
+        self,
+        key: tuple[bytes, int],
+        message: Message,
+        context: CallContext,
+        on_done: Callable[[bool], None],
+    ) -> None:
         peer_id, corr = key
         expects_reply = message.kind == Kind.REQUEST
         try:
-            reply = await self._run(peer_id, message, context, expects_reply)
+            reply = await self._run(key, message, context, expects_reply)
         except asyncio.CancelledError:
             reply = [error_message(corr, ErrorCode.CANCELLED, "cancelled")] if expects_reply else []
         finally:
             self._running.pop(key, None)
+            self._streams.pop(key, None)
+        on_done(bool(expects_reply and reply))
         if expects_reply and reply:
             self._remember(key, reply)
             self._send(peer_id, reply)
 
     async def _run(
-        self, peer_id: bytes, message: Message, context: CallContext, expects_reply: bool
+        self, key: tuple[bytes, int], message: Message, context: CallContext, expects_reply: bool
     ) -> list[Message]:
-        corr = message.msg_id
+        peer_id, corr = key
         spec = self.handlers.get(message.name)
         if spec is None:
             return [
@@ -142,11 +204,17 @@ class HandlerRunner:
         args = (message.body, context) if spec.takes_context else (message.body,)
         try:
             if spec.streaming:
+                stream = self._streams[key] = StreamCredit(message.meta)
                 async for item in spec.function(*args):
-                    if expects_reply and not self._send(
+                    if not expects_reply:
+                        continue
+                    await stream.wait()  # the generator is paused until the reader catches up
+                    sent = self._send(
                         peer_id, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
-                    ):
+                    )
+                    if not sent:
                         raise asyncio.CancelledError  # the caller is gone: stop generating
+                    stream.credit.charge(sent)
                 return [Message(Kind.STREAM_END, next_msg_id(), corr)]
             if spec.coroutine:
                 result = await spec.function(*args)

@@ -18,7 +18,8 @@ import zmq
 from . import sockets
 from .codec import Message
 from .envelope import Opened
-from .errors import MeshError, ProtocolError
+from .errors import ProtocolError
+from .flow import Window
 from .handshake import Responder
 from .identity import Identity, Trust
 from .reactor import Reactor
@@ -46,11 +47,12 @@ class Inbound:
         on_messages: OnMessages,
         drops: Counter[str],
         on_session: Callable[[Session], None] | None = None,
+        window: Window | None = None,
     ) -> None:
         self.socket, self.endpoint = sockets.router(context, bind)
         self._identity = identity
         self._table = table
-        self._responder = Responder(identity, trust, table)
+        self._responder = Responder(identity, trust, table, credit=(window or Window()).as_grant)
         self._on_messages = on_messages
         self._on_session = on_session
         self._drops = drops
@@ -104,17 +106,18 @@ class Inbound:
         if self._on_session is not None:
             self._on_session(session)
 
-    def send(self, session: Session, messages: Sequence[Message]) -> bool:
-        """Seal ``messages`` to an inbound session; False if the peer is gone."""
+    def send(
+        self, session: Session, messages: Sequence[Message], grant: tuple[int, int] = (0, 0)
+    ) -> int:
+        """Seal ``messages`` (and a credit ``grant``) to an inbound session; returns the bytes
+        sent, 0 if the peer is gone. Raises InvalidBody for what cannot be encoded."""
         routing = self._routes.get(session.recv_id)
         if routing is None:
-            return False
-        try:
-            frames = session.seal(messages, now_ms())
-        except MeshError:
-            self._drops["unsendable"] += 1
-            return False
-        return self._send_raw([routing, *frames])
+            return 0
+        frames = session.seal(messages, now_ms(), grant)
+        if not self._send_raw([routing, *frames]):
+            return 0
+        return sum(len(frame) for frame in frames)
 
     def forget(self, session: Session) -> None:
         self._routes.pop(session.recv_id, None)

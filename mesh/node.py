@@ -34,6 +34,7 @@ from .errors import (
     PeerNotFound,
     RequestTimeout,
 )
+from .flow import ReceiveCredit, Window
 from .handlers import Handler, HandlerRunner, error_message
 from .identity import Certificate, Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
@@ -44,6 +45,8 @@ from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
+DEFAULT_STREAM_WINDOW = 64
+DEFAULT_STREAM_BYTES = 16 * 1024 * 1024
 
 
 def _method(method: str | None, capability: str | None) -> str:
@@ -89,6 +92,7 @@ class Node:
         heartbeat: float = DEFAULT_HEARTBEAT_S,
         lease_ms: int = DEFAULT_LEASE_MS,
         register: bool = True,
+        window: Window | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         if identity is None or trust is None:
@@ -107,6 +111,8 @@ class Node:
         self._advertise = advertise
         self._lease_ms = lease_ms
         self._register = register
+        self.window = window or Window()
+        self._inflow: dict[bytes, ReceiveCredit] = {}  # per inbound session: what we grant
         self._urls = _discovery_urls(discovery)
         self._context = context or sockets.shared_context()
         self._table = SessionTable()
@@ -137,6 +143,7 @@ class Node:
             self._on_inbound,
             self.drops,
             self._on_inbound_session,
+            self.window,
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
         self.started_ms = now_ms()
@@ -208,8 +215,10 @@ class Node:
         return decorate
 
     def _on_inbound_session(self, session: Session) -> None:
-        """A caller handshook (first contact, reconnect or rekey): answer on the new key."""
+        """A caller handshook (first contact, reconnect or rekey): answer on the new key,
+        with a fresh credit window (credit never carries over between sessions)."""
         self._inbound_sessions[session.peer.node_id] = session
+        self._inflow[session.recv_id] = ReceiveCredit(self.window)
 
     def _on_inbound(self, session: Session, opened: Opened) -> None:
         peer_id = session.peer.node_id
@@ -218,32 +227,73 @@ class Node:
         for message in opened.messages:
             kind = message.kind
             if kind == Kind.REQUEST or kind == Kind.SEND:
-                self._runner.start(peer_id, session.peer.name, message)
+                self._start_handler(session, message, opened.size)
             elif kind == Kind.PING:
                 self._send_to_peer(peer_id, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
             elif kind == Kind.CANCEL:
                 self._runner.cancel(peer_id, message.corr_id)
+            elif kind == Kind.CREDIT:
+                if message.corr_id:
+                    self._runner.grant(peer_id, message.corr_id, message.body)
             elif kind == Kind.BYE:
                 self._runner.cancel_peer(peer_id)
                 self._inbound_sessions.pop(peer_id, None)
+                self._inflow.pop(session.recv_id, None)
                 assert self._inbound is not None
                 self._inbound.forget(session)
             else:
                 self.drops["unexpected_kind"] += 1
 
-    def _send_to_peer(self, peer_id: bytes, messages: list[Message]) -> bool:
+    def _start_handler(self, session: Session, message: Message, size: int) -> None:
+        """Run a REQUEST or SEND if the caller had credit for it; grant back when consumed."""
+        inflow = self._inflow.get(session.recv_id)
+        if inflow is None or not inflow.receive(size):
+            self.drops["no_credit"] += 1  # the caller ignored our window: refuse, visibly
+            if message.kind == Kind.REQUEST:
+                self._send_to_peer(
+                    session.peer.node_id,
+                    [error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")],
+                )
+            return
+
+        def consumed(reply_follows: bool) -> None:
+            inflow.consume(size)
+            if not reply_follows:  # nothing to carry the grant: send it alone when due
+                self._flush_grant(session)
+
+        self._runner.start(session.peer.node_id, session.peer.name, message, consumed)
+
+    def _flush_grant(self, session: Session) -> None:
+        inflow = self._inflow.get(session.recv_id)
+        if inflow is not None and inflow.due() != (0, 0):
+            self._send_on(session, [Message(Kind.CREDIT, next_msg_id())])
+
+    def _send_to_peer(self, peer_id: bytes, messages: list[Message]) -> int:
         """Send to the newest inbound session of a peer (it may have reconnected)."""
         session = self._inbound_sessions.get(peer_id)
-        if session is None or self._inbound is None:
-            return False
+        if session is None:
+            return 0
+        return self._send_on(session, messages)
+
+    def _send_on(self, session: Session, messages: list[Message]) -> int:
+        """Seal and send, with any credit grant that is due riding along; bytes sent."""
+        if self._inbound is None:
+            return 0
+        inflow = self._inflow.get(session.recv_id)
+        grant = inflow.due() if inflow is not None else (0, 0)
         try:
-            return self._inbound.send(session, messages)
+            sent = self._inbound.send(session, messages, grant)
         except MeshError as exc:  # a reply the codec cannot carry becomes an error
-            corr = messages[0].corr_id
             text = f"reply cannot be sent: {exc}"
-            return self._inbound.send(
-                session, [error_message(corr, ErrorCode.HANDLER_FAILED, text)]
-            )
+            error = error_message(messages[0].corr_id, ErrorCode.HANDLER_FAILED, text)
+            try:
+                sent = self._inbound.send(session, [error], grant)
+            except MeshError:
+                self.drops["unsendable"] += 1
+                return 0
+        if sent and inflow is not None and grant != (0, 0):
+            inflow.granted(grant)
+        return sent
 
     # ------------------------------------------------------------------ calling
 
@@ -256,19 +306,24 @@ class Node:
         capability: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
+        block: bool = True,
     ) -> Any:
         """Call ``method`` on ``peer`` (or on the least busy node offering ``capability``)
-        and return the reply. ``timeout`` applies to each attempt; ``retries`` resends the
-        same message id, so the callee runs it at most once.
+        and return the reply. ``timeout`` applies to each attempt (and to waiting for the
+        peer's credit); ``retries`` resends the same message id, so the callee runs it at
+        most once; ``block=False`` raises NoCredit instead of waiting for credit.
 
-        Raises PeerNotFound, DiscoveryUnavailable, RequestTimeout, PeerLost, NoSuchMethod,
-        RemoteError, Unauthorized.
+        Raises PeerNotFound, DiscoveryUnavailable, RequestTimeout, FlowControlTimeout,
+        NoCredit, PeerLost, NoSuchMethod, RemoteError, Unauthorized.
         """
         method = _method(method, capability)
-        connection, msg_id, call = await self._start(peer, capability, method, body)
+        connection, msg_id, call = await self._start(
+            peer, capability, method, body, timeout=timeout, block=block
+        )
         try:
             for attempt in range(retries + 1):
                 if attempt:
+                    await connection.acquire(timeout, block)
                     _, call = connection.start_call(Kind.REQUEST, method, body, msg_id=msg_id)
                 try:
                     async with asyncio.timeout(timeout):  # no extra task or loop trip
@@ -297,18 +352,29 @@ class Node:
         *,
         capability: str | None = None,
         timeout: float | None = None,
+        window: int = DEFAULT_STREAM_WINDOW,
     ) -> AsyncIterator[Any]:
         """Yield the chunks of a streamed reply. Leaving the loop early cancels the handler
-        on the other side. ``timeout`` bounds the wait for each chunk."""
+        on the other side. ``timeout`` bounds the wait for each chunk. The handler runs at
+        most ``window`` chunks ahead of this reader: credit is granted as chunks are taken
+        here, so a reader that stops reading pauses the generator."""
         method = _method(method, capability)
-        connection, msg_id, call = await self._start(peer, capability, method, body, True)
+        connection, msg_id, call = await self._start(
+            peer,
+            capability,
+            method,
+            body,
+            timeout=timeout,
+            block=True,
+            window=Window(window, DEFAULT_STREAM_BYTES),
+        )
         assert call.queue is not None
         end = stream_end()
         try:
             while True:
                 try:
                     async with asyncio.timeout(timeout):
-                        item = await call.queue.get()
+                        item, size = await call.queue.get()
                 except TimeoutError:
                     raise RequestTimeout(
                         f"{connection.name}.{method}: no chunk within {timeout} s",
@@ -319,6 +385,7 @@ class Node:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                connection.grant_stream(msg_id, call, size)  # taken by the reader: consumed
                 yield item
         finally:
             self._outstanding[connection.name] -= 1
@@ -331,19 +398,22 @@ class Node:
         capability: str | None,
         method: str,
         body: Any,
-        streaming: bool = False,
+        *,
+        timeout: float | None,
+        block: bool,
+        window: Window | None = None,
     ) -> tuple[Connection, int, Call]:
-        """Resolve the target and send the first message. Addressed by capability, a node
-        found unreachable before anything was sent is skipped and another one tried."""
+        """Resolve the target, wait for its credit, send the first message. Addressed by
+        capability, a node found unreachable before anything was sent is skipped and
+        another one tried."""
         attempts = 1 if peer is not None else CAPABILITY_ATTEMPTS
         for attempt in range(attempts):
             name = peer if peer is not None else await self._choose(capability)
             self._outstanding[name] += 1  # reserved now, so concurrent choices spread out
             try:
                 connection = await self._resolve(name)
-                msg_id, call = connection.start_call(
-                    Kind.REQUEST, method, body, streaming=streaming
-                )
+                await connection.acquire(timeout, block)
+                msg_id, call = connection.start_call(Kind.REQUEST, method, body, window=window)
             except PeerLost:
                 self._outstanding[name] -= 1
                 if attempt == attempts - 1:
@@ -362,11 +432,18 @@ class Node:
         body: Any = None,
         *,
         capability: str | None = None,
+        timeout: float | None = None,
+        block: bool = True,
     ) -> None:
-        """One-way: deliver ``method(body)`` to the peer; no reply, no error from the handler."""
+        """One-way: deliver ``method(body)`` to the peer; no reply, no error from the handler.
+
+        Waits for the peer's credit (its application consumes more slowly than we send):
+        ``timeout`` bounds that wait (FlowControlTimeout), ``block=False`` raises NoCredit
+        at once instead."""
         method = _method(method, capability)
         name = peer if peer is not None else await self._choose(capability or "")
         connection = await self._resolve(name)
+        await connection.acquire(timeout, block)
         connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
 
     # ------------------------------------------------------------------ peers
