@@ -340,7 +340,7 @@ class Connection:
         interval = self._heartbeat_s
         while not self.closed:
             await asyncio.sleep(interval)
-            if not self.calls:
+            if not self.calls and not self._credit_waiters:
                 self.last_heard = loop.time()  # idle: nothing to lose, nothing to prove
                 continue
             if self.needs_rekey() and self._rekeying is None:  # a long stream outlives a key

@@ -111,6 +111,7 @@ class HandlerRunner:
         self.handlers: dict[str, HandlerSpec] = {}
         self._running: dict[tuple[bytes, int], asyncio.Task] = {}
         self._streams: dict[tuple[bytes, int], StreamCredit] = {}
+        self._one_way: set[tuple[bytes, int]] = set()
         self._replies: OrderedDict[tuple[bytes, int], list[Message]] = OrderedDict()
         self.failures = 0
         self.duplicates = 0
@@ -142,6 +143,8 @@ class HandlerRunner:
         context = CallContext(peer_name, message.name, message.msg_id)
         task = asyncio.create_task(self._serve(key, message, context, on_done))
         self._running[key] = task
+        if message.kind == Kind.SEND:
+            self._one_way.add(key)
 
     def grant(self, peer_id: bytes, stream_id: int, body: object) -> None:
         """A CREDIT from a stream's reader: let its generator go on."""
@@ -161,8 +164,10 @@ class HandlerRunner:
             task.cancel()
 
     def cancel_peer(self, peer_id: bytes) -> None:
-        for (owner, _), task in list(self._running.items()):
-            if owner == peer_id:
+        """The caller left (BYE): stop work whose answer nobody will read. One-way messages
+        already accepted are the callee's work now and run to the end."""
+        for key, task in list(self._running.items()):
+            if key[0] == peer_id and key not in self._one_way:
                 task.cancel()
 
     async def close(self) -> None:
@@ -187,6 +192,7 @@ class HandlerRunner:
         finally:
             self._running.pop(key, None)
             self._streams.pop(key, None)
+            self._one_way.discard(key)
         on_done(bool(expects_reply and reply))
         if expects_reply and reply:
             self._remember(key, reply)

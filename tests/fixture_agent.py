@@ -17,6 +17,9 @@ class FixtureAgent:
         self.runs: dict[str, int] = {}
         self.active_streams = 0
         self.in_flight = 0
+        self.consume_lock = asyncio.Lock()
+        self.consumed_ids: list[int] = []
+        self.produced_count = 0
         for name in (
             "pid",
             "record",
@@ -30,6 +33,10 @@ class FixtureAgent:
             "blocking",
             "call_peer",
             "inflight",
+            "consume",
+            "consumed",
+            "tokens",
+            "produced",
         ):
             node.handler(name, getattr(self, name))
         self.node = node
@@ -86,6 +93,26 @@ class FixtureAgent:
 
     async def call_peer(self, body: dict[str, Any]) -> Any:
         return await self.node.request(body["peer"], body["method"], body.get("body"), timeout=5)
+
+    async def consume(self, body: dict[str, Any]) -> None:
+        """A slow application: one message at a time, ``delay`` seconds each."""
+        async with self.consume_lock:
+            await asyncio.sleep(float(body.get("delay", 0.001)))
+            self.consumed_ids.append(int(body["i"]))
+
+    async def consumed(self, body: Any) -> dict[str, int]:
+        ids = self.consumed_ids
+        return {"count": len(ids), "unique": len(set(ids)), "in_order": ids == sorted(ids)}
+
+    async def tokens(self, body: dict[str, Any]) -> Any:
+        """A fast generator (a small model emitting tokens): counts what it produced."""
+        for index in range(int(body["n"])):
+            self.produced_count += 1
+            yield index
+            await asyncio.sleep(0)
+
+    async def produced(self, body: Any) -> int:
+        return self.produced_count
 
 
 class ReadmeBob:

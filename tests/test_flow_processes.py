@@ -1,0 +1,166 @@
+"""Flow control across processes: bounded memory, no loss, throttled generators, fairness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mesh import FlowControlTimeout, MeshDirectory, NoCredit
+from mesh.flow import Window
+from mesh.node import Node
+from tests.processes import ROOT, Process
+from tests.test_live_processes import AGENT, eventually
+
+pytestmark = pytest.mark.asyncio
+# The issue asks for 200 000 messages at 1 ms each (over three minutes); the suite runs a
+# tenth of that by default. MESH_FLOW_MESSAGES=200000 runs the full measurement.
+MESSAGES = int(os.environ.get("MESH_FLOW_MESSAGES", "20000"))
+
+
+@pytest.fixture
+def home(tmp_path):
+    path = tmp_path / "mesh"
+    MeshDirectory(path).create()
+    return path
+
+
+@pytest.fixture
+def mesh_processes(home):
+    started: list[Process] = []
+
+    def start(*args: str) -> Process:
+        process = Process(*args, home=home)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+@pytest.fixture
+def discovery(mesh_processes):
+    return mesh_processes("discovery", "--bind", "tcp://127.0.0.1:0").endpoint()
+
+
+async def test_fast_producer_slow_consumer_memory_flat_nothing_lost(
+    mesh_processes, discovery, home
+):
+    mesh_processes("run", AGENT, "--name", "consumer", "--discovery", discovery).endpoint()
+    env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "tests" / "flow_producer.py"),
+        discovery,
+        "consumer",
+        str(MESSAGES),
+        "0.001",
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    output, _ = await asyncio.wait_for(producer.communicate(), MESSAGES * 0.01 + 120)
+    assert producer.returncode == 0
+    report = json.loads(output)
+    growth = report["rss_end_mb"] - report["rss_start_mb"]
+    print(
+        f"\nproducer: {MESSAGES} messages in {report['seconds']:.1f} s, "
+        f"RSS {report['rss_start_mb']:.1f} -> {report['rss_end_mb']:.1f} MB"
+    )
+    assert growth < 20, f"producer memory grew by {growth:.1f} MB"
+    # the producer could not outrun the consumer by more than the window
+    assert report["seconds"] >= (MESSAGES - Window().messages) * 0.001 * 0.9
+    async with Node("checker", discovery=discovery, mesh=home, register=False) as node:
+
+        async def all_consumed():
+            done = await node.request("consumer", "consumed", timeout=10)
+            return done if done["count"] >= MESSAGES else None
+
+        done = await eventually(all_consumed, timeout=120)
+        assert done == {"count": MESSAGES, "unique": MESSAGES, "in_order": True}
+
+
+async def test_a_slow_reader_pauses_the_generator(mesh_processes, discovery, home):
+    mesh_processes("run", AGENT, "--name", "model", "--discovery", discovery).endpoint()
+    async with Node("reader", discovery=discovery, mesh=home) as node:
+        stream = node.stream("model", "tokens", {"n": 10_000}, window=8)
+        got = [await anext(stream) for _ in range(5)]
+        # stop reading: the generator may run at most one window (plus the one it holds) ahead
+        await asyncio.sleep(0.5)
+        produced = await node.request("model", "produced", timeout=10)
+        assert produced <= len(got) + 8 + 1, produced
+        rest = [chunk async for chunk in stream]
+        assert got + rest == list(range(10_000))
+        assert await node.request("model", "produced", timeout=10) == 10_000
+
+
+async def test_a_slow_peer_does_not_slow_a_fast_one(mesh_processes, discovery, home):
+    for name in ("slow", "fast"):
+        mesh_processes("run", AGENT, "--name", name, "--discovery", discovery).endpoint()
+    async with Node("producer", discovery=discovery, mesh=home, register=False) as node:
+
+        async def flood_slow():
+            for i in range(100_000):
+                await node.send("slow", "consume", {"i": i, "delay": 0.05})
+
+        flooding = asyncio.create_task(flood_slow())
+        await eventually(lambda: _no_credit(node, "slow"))  # the slow peer's window is full
+        started = time.monotonic()
+        answers = [await node.request("fast", "pid", timeout=10) for _ in range(200)]
+        elapsed = time.monotonic() - started
+        assert len(set(answers)) == 1
+        assert not flooding.done()  # still blocked on the slow peer's credit, as it should be
+        assert elapsed < 20  # 200 round trips; they would need ~10 s if they queued behind
+        flooding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flooding
+
+
+async def _no_credit(node: Node, name: str) -> bool:
+    connection = node._connections.get(name)
+    return connection is not None and not connection.credit.can_send()
+
+
+async def test_no_credit_and_flow_control_timeout(mesh_processes, discovery, home):
+    mesh_processes("run", AGENT, "--name", "slow", "--discovery", discovery).endpoint()
+    async with Node("producer", discovery=discovery, mesh=home, register=False) as node:
+        for i in range(Window().messages):
+            await node.send("slow", "consume", {"i": i, "delay": 0.5}, block=False)
+        with pytest.raises(NoCredit):
+            await node.send("slow", "consume", {"i": -1}, block=False)
+        with pytest.raises(FlowControlTimeout):
+            await node.send("slow", "consume", {"i": -1}, timeout=0.2)
+        with pytest.raises(FlowControlTimeout):
+            await node.request("slow", "pid", timeout=0.2)
+
+
+async def test_credit_is_fresh_after_the_consumer_restarts(mesh_processes, discovery, home):
+    first = mesh_processes(
+        "run", AGENT, "--name", "consumer", "--discovery", discovery, "--heartbeat", "0.2"
+    )
+    first.endpoint()
+    async with Node(
+        "producer", discovery=discovery, mesh=home, register=False, heartbeat=0.2
+    ) as node:
+        for i in range(Window().messages):  # use up the whole window on a consumer...
+            await node.send("consumer", "consume", {"i": i, "delay": 10}, block=False)
+        first.kill()  # ...that dies with all of it unconsumed
+        first.popen.wait(10)
+        second = mesh_processes("run", AGENT, "--name", "consumer", "--discovery", discovery)
+        second.endpoint()
+
+        async def delivered_again():
+            await node.send("consumer", "consume", {"i": 0, "delay": 0}, timeout=5)
+            return True
+
+        assert await eventually(delivered_again, timeout=30)
+
+        async def consumed_by_the_new_one():
+            return (await node.request("consumer", "consumed", timeout=10))["count"] >= 1
+
+        assert await eventually(consumed_by_the_new_one)
