@@ -310,6 +310,10 @@ class Connection:
                 f"{self.name} granted no credit within {timeout} s", peer=self.name
             ) from None
 
+    @property
+    def waiting_for_credit(self) -> int:
+        return sum(1 for waiter in self._credit_waiters if not waiter.done())
+
     def _wake_credit_waiters(self) -> None:
         waiters, self._credit_waiters = self._credit_waiters, []
         for waiter in waiters:

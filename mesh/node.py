@@ -46,6 +46,7 @@ from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
 DEFAULT_STREAM_WINDOW = 64
+HOUSEKEEPING_S = 5.0
 DEFAULT_STREAM_BYTES = 16 * 1024 * 1024
 
 
@@ -148,6 +149,7 @@ class Node:
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
         self.started_ms = now_ms()
         self._inbound.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"{self.name} gc"))
         if self._urls:
             self._discovery = DiscoveryClient(
                 self._urls,
@@ -543,14 +545,49 @@ class Node:
     # ------------------------------------------------------------------ introspection
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot: drops by reason, sessions, connections, calls in flight."""
+        """A snapshot: drops by reason, sessions, and per peer the calls in flight and credit.
+
+        ``connections`` (peers we call): ``calls`` in flight, ``credit_messages`` and
+        ``credit_bytes`` the peer has granted us and we have not used, ``waiting`` sends
+        queued for credit. ``callers`` (peers calling us): ``held_*`` received and not yet
+        consumed by our handlers, ``granted_*`` the totals granted on the current session.
+        """
+        callers = {}
+        for session in self._inbound_sessions.values():
+            inflow = self._inflow.get(session.recv_id)
+            if inflow is not None:
+                held_messages, held_bytes = inflow.held()
+                callers[session.peer.name] = {
+                    "held_messages": held_messages,
+                    "held_bytes": held_bytes,
+                    "granted_messages": inflow.granted_messages,
+                    "granted_bytes": inflow.granted_bytes,
+                }
         return {
             "name": self.name,
             "endpoint": self.endpoint,
             "sessions": len(self._table),
-            "connections": {name: {"calls": len(c.calls)} for name, c in self._connections.items()},
+            "connections": {
+                name: {
+                    "calls": len(c.calls),
+                    "credit_messages": c.credit.messages,
+                    "credit_bytes": c.credit.bytes,
+                    "waiting": c.waiting_for_credit,
+                }
+                for name, c in self._connections.items()
+            },
+            "callers": callers,
             "handler_failures": self._runner.failures,
             "duplicates": self._runner.duplicates,
             "directory_events": self.known.events_seen,
             "drops": dict(self.drops),
         }
+
+    async def _housekeeping(self) -> None:
+        """Forget sessions retired long enough ago, and their credit state."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            for session in self._table.expire(now_ms()):
+                self._inflow.pop(session.recv_id, None)
+                if self._inbound is not None:
+                    self._inbound.forget(session)

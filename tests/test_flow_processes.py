@@ -133,6 +133,7 @@ async def test_no_credit_and_flow_control_timeout(mesh_processes, discovery, hom
             await node.send("slow", "consume", {"i": i, "delay": 0.5}, block=False)
         with pytest.raises(NoCredit):
             await node.send("slow", "consume", {"i": -1}, block=False)
+        assert node.stats()["connections"]["slow"]["credit_messages"] == 0
         with pytest.raises(FlowControlTimeout):
             await node.send("slow", "consume", {"i": -1}, timeout=0.2)
         with pytest.raises(FlowControlTimeout):

@@ -229,3 +229,29 @@ def test_sync_node_closes_itself_at_interpreter_exit(mesh):
     assert result.returncode == 0
     assert result.stdout.strip() == "started"
     assert result.stderr == ""
+
+
+@pytest.mark.asyncio
+async def test_stats_show_credit_held_and_waiting(mesh):
+    from mesh.flow import Window
+
+    release = asyncio.Event()
+    async with (
+        Node("server", mesh=mesh, window=Window(4, 10**6)) as server,
+        Node("client", mesh=mesh) as client,
+    ):
+
+        async def hold(body):
+            await release.wait()
+
+        server.handler("hold", hold)
+        client.add_peer(server.identity.require_certificate(), server.endpoint)
+        for i in range(4):
+            await client.send("server", "hold", i)
+        blocked = asyncio.create_task(client.send("server", "hold", 4))
+        await until(lambda: client.stats()["connections"]["server"]["waiting"] == 1)
+        assert client.stats()["connections"]["server"]["credit_messages"] == 0
+        await until(lambda: server.stats()["callers"].get("client", {}).get("held_messages") == 4)
+        release.set()
+        await asyncio.wait_for(blocked, 10)  # consumed: credit came back, the send went out
+        await until(lambda: server.stats()["callers"]["client"]["held_messages"] == 0)
