@@ -17,6 +17,7 @@ from typing import Any
 from .codec import Blob
 from .discovery import DiscoveryServer
 from .errors import InvalidArgument
+from .flow import Window
 from .keystore import MeshDirectory
 from .node import ENV_DISCOVERY, Node
 from .runner import close_agent, load_target
@@ -48,6 +49,12 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--caps", default="", help="extra comma-separated capabilities")
     run.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
     run.add_argument("--lease-ms", type=int, default=10_000, help="discovery lease (ms)")
+    run.add_argument(
+        "--window",
+        type=int,
+        default=1024,
+        help="messages a caller may have unconsumed here (flow control)",
+    )
     run.set_defaults(run=lambda args: asyncio.run(_agent(args)))
 
     call = commands.add_parser(
@@ -117,6 +124,7 @@ async def _agent(args: argparse.Namespace) -> int:
         mesh=_mesh(args),
         heartbeat=args.heartbeat,
         lease_ms=args.lease_ms,
+        window=Window(args.window),
     )
     agent = factory(node)
     try:

@@ -331,14 +331,15 @@ class Responder:
         trust: Trust,
         table: SessionTable,
         *,
-        credit: tuple[int, int] = DEFAULT_CREDIT,
+        credit: tuple[int, int] | Callable[[Certificate], tuple[int, int]] = DEFAULT_CREDIT,
         limits: SessionLimits | None = None,
         _random: Random = os.urandom,
     ) -> None:
         self._identity = identity
         self._trust = trust
         self._table = table
-        self._credit = credit
+        # the window granted to each caller, or a function choosing it per caller
+        self._credit = credit if callable(credit) else (lambda _peer, fixed=credit: fixed)
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
         self._random = _random
         self._last_hello: OrderedDict[bytes, int] = OrderedDict()
@@ -396,7 +397,8 @@ class Responder:
         clear = WELCOME_CLEAR.pack(
             PROTOCOL_VERSION, FrameType.WELCOME, bytes(ephemeral.public_key), send_id
         )
-        fields = [self._identity.require_certificate().to_bytes(), now_ms, recv_id, *self._credit]
+        window = self._credit(certificate)
+        fields = [self._identity.require_certificate().to_bytes(), now_ms, recv_id, *window]
         transcript_hash = hashlib.blake2b(hello, digest_size=32).digest()
         plaintext = _signed_fields(fields, WELCOME_CONTEXT, transcript_hash + clear, self._identity)
         nonce = self._random(NONCE_SIZE)

@@ -21,7 +21,7 @@ from .envelope import Opened
 from .errors import ProtocolError
 from .flow import Window
 from .handshake import Responder
-from .identity import Identity, Trust
+from .identity import Certificate, Identity, Trust
 from .reactor import Reactor
 from .session import Session, SessionTable
 from .wire import PROTOCOL_VERSION, FrameType
@@ -47,12 +47,15 @@ class Inbound:
         on_messages: OnMessages,
         drops: Counter[str],
         on_session: Callable[[Session], None] | None = None,
-        window: Window | None = None,
+        window_for: Callable[[Certificate], Window] | None = None,
     ) -> None:
         self.socket, self.endpoint = sockets.router(context, bind)
         self._identity = identity
         self._table = table
-        self._responder = Responder(identity, trust, table, credit=(window or Window()).as_grant)
+        choose = window_for or (lambda _certificate: Window())
+        self._responder = Responder(
+            identity, trust, table, credit=lambda certificate: choose(certificate).as_grant
+        )
         self._on_messages = on_messages
         self._on_session = on_session
         self._drops = drops

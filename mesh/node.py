@@ -75,7 +75,9 @@ class Node:
     ``advertise`` (the address peers should dial, required for wildcard binds),
     ``capabilities`` and ``meta`` (published in discovery), ``mesh`` (the mesh directory)
     or ``identity`` and ``trust`` directly, ``heartbeat`` (seconds; a silent peer is lost
-    after three), ``register`` (False: use discovery for lookups only, as ``mesh call`` does).
+    after three), ``register`` (False: use discovery for lookups only, as ``mesh call`` does),
+    ``window`` (how much each caller may have unconsumed here; flow control) and
+    ``peer_windows`` (the same, per caller name).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Node:
         lease_ms: int = DEFAULT_LEASE_MS,
         register: bool = True,
         window: Window | None = None,
+        peer_windows: dict[str, Window] | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         if identity is None or trust is None:
@@ -113,6 +116,7 @@ class Node:
         self._lease_ms = lease_ms
         self._register = register
         self.window = window or Window()
+        self.peer_windows = dict(peer_windows or {})
         self._inflow: dict[bytes, ReceiveCredit] = {}  # per inbound session: what we grant
         self._urls = _discovery_urls(discovery)
         self._context = context or sockets.shared_context()
@@ -144,7 +148,7 @@ class Node:
             self._on_inbound,
             self.drops,
             self._on_inbound_session,
-            self.window,
+            self.window_for,
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
         self.started_ms = now_ms()
@@ -216,11 +220,15 @@ class Node:
 
         return decorate
 
+    def window_for(self, peer: Certificate) -> Window:
+        """The credit window this node grants ``peer``: its own entry, or the default."""
+        return self.peer_windows.get(peer.name, self.window)
+
     def _on_inbound_session(self, session: Session) -> None:
         """A caller handshook (first contact, reconnect or rekey): answer on the new key,
         with a fresh credit window (credit never carries over between sessions)."""
         self._inbound_sessions[session.peer.node_id] = session
-        self._inflow[session.recv_id] = ReceiveCredit(self.window)
+        self._inflow[session.recv_id] = ReceiveCredit(self.window_for(session.peer))
 
     def _on_inbound(self, session: Session, opened: Opened) -> None:
         peer_id = session.peer.node_id

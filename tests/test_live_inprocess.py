@@ -255,3 +255,22 @@ async def test_stats_show_credit_held_and_waiting(mesh):
         release.set()
         await asyncio.wait_for(blocked, 10)  # consumed: credit came back, the send went out
         await until(lambda: server.stats()["callers"]["client"]["held_messages"] == 0)
+
+
+@pytest.mark.asyncio
+async def test_windows_are_configurable_per_peer(mesh):
+    from mesh.flow import Window
+
+    async with (
+        Node(
+            "server", mesh=mesh, window=Window(100, 10**6), peer_windows={"small": Window(3, 10**6)}
+        ) as server,
+        Node("small", mesh=mesh) as small,
+        Node("big", mesh=mesh) as big,
+    ):
+        server.handler("echo", lambda body: body)
+        for client in (small, big):
+            client.add_peer(server.identity.require_certificate(), server.endpoint)
+            assert await client.request("server", "echo", 1, timeout=10) == 1
+        assert small._connections["server"].session.initial_credit[0] == 3
+        assert big._connections["server"].session.initial_credit[0] == 100
