@@ -205,7 +205,7 @@ class Connection:
         kind = message.kind
         call = self.calls.get(message.corr_id)
         if call is None:
-            if kind != Kind.PONG:
+            if kind != Kind.PONG and kind != Kind.CREDIT:  # a grant rides in the frame header
                 self._drops["no_call"] += 1
             return
         if kind == Kind.STREAM:

@@ -274,3 +274,21 @@ async def test_windows_are_configurable_per_peer(mesh):
             assert await client.request("server", "echo", 1, timeout=10) == 1
         assert small._connections["server"].session.initial_credit[0] == 3
         assert big._connections["server"].session.initial_credit[0] == 100
+
+
+@pytest.mark.asyncio
+async def test_one_way_floods_are_credited_without_drops(mesh):
+    from mesh.flow import Window
+
+    async with (
+        Node("server", mesh=mesh, window=Window(8, 10**6)) as server,
+        Node("client", mesh=mesh) as client,
+    ):
+        got = []
+        server.handler("take", lambda body: got.append(body))
+        client.add_peer(server.identity.require_certificate(), server.endpoint)
+        for i in range(200):  # 25 windows' worth: every grant must come back as CREDIT
+            await client.send("server", "take", i, timeout=10)
+        await until(lambda: len(got) == 200)
+        assert sorted(got) == list(range(200))
+        assert client.drops == {} and server.drops == {}
