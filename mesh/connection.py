@@ -2,7 +2,8 @@
 
 A :class:`Connection` is created on first use of a peer. ``open()`` fetches the peer's
 certificate if it is not known yet (CERT_REQUEST, verified against the authority), runs the
-handshake, then starts a reader task and a heartbeat task. Calls (requests, streams) are
+handshake; its socket is read by a :class:`Reactor` callback and a heartbeat task watches
+the peer. Calls (requests, streams) are
 tracked here, so when the peer stops answering heartbeats every call in flight fails with
 :class:`PeerLost` within ``MISSED_HEARTBEATS`` intervals instead of at its own timeout.
 """
@@ -43,6 +44,7 @@ CONNECT_TIMEOUT_S = 5.0
 _CERT_REQUEST = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
 _END = object()  # marks the end of a stream in its queue
 _CREDITED = (Kind.REQUEST, Kind.SEND)
+_SEALED = bytes([FrameType.SEALED])
 
 # msg ids are unique per sender: a random 48-bit start per process, then a counter
 _ids = itertools.count(int.from_bytes(os.urandom(6), "big"))
@@ -59,12 +61,14 @@ class Call:
     stream's window, granted back as the reader takes chunks."""
 
     __slots__ = ("chunks", "credit", "future", "method", "queue")
+    credit: ReceiveCredit
 
     def __init__(self, method: str, *, window: Window | None = None) -> None:
         self.method = method
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.queue: asyncio.Queue[Any] | None = asyncio.Queue() if window else None
-        self.credit = ReceiveCredit(window) if window else None
+        # a plain request to a streaming handler collects every chunk: consumed on arrival
+        self.credit = ReceiveCredit(window or Window())
         self.chunks: list[Any] = []
 
 
@@ -85,7 +89,6 @@ class Connection:
     ) -> None:
         self.endpoint = endpoint
         self.certificate = certificate
-        self._context = context
         self._identity = identity
         self._trust = trust
         self._table = table
@@ -180,7 +183,7 @@ class Connection:
 
     def _receive(self, frames: list[bytes]) -> None:
         self.last_heard = self._loop_time()
-        if self.session is None or frames[0][1:2] != b"\x03":
+        if self.session is None or frames[0][1:2] != _SEALED:
             answer = self._handshake_answer
             if answer is not None and not answer.done():
                 answer.set_result(frames)
@@ -209,12 +212,13 @@ class Connection:
                 self._drops["no_call"] += 1
             return
         if kind == Kind.STREAM:
-            if call.queue is None:
-                call.chunks.append(message.body)
-            elif call.credit is not None and not call.credit.receive(size):
+            if not call.credit.receive(size):
                 self._drops["no_credit"] += 1  # the callee ignored our window
-            else:
+            elif call.queue is not None:
                 call.queue.put_nowait((message.body, size))
+            else:
+                call.chunks.append(message.body)
+                self.grant_stream(message.corr_id, call, size)
             return
         del self.calls[message.corr_id]
         if kind == Kind.ERROR:
@@ -322,8 +326,6 @@ class Connection:
 
     def grant_stream(self, msg_id: int, call: Call, size: int) -> None:
         """The reader took a chunk of ``size`` bytes: credit the callee when a batch is due."""
-        if call.credit is None:
-            return
         call.credit.consume(size)
         grant = call.credit.due()
         if grant != (0, 0) and msg_id in self.calls:

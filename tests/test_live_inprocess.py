@@ -292,3 +292,17 @@ async def test_one_way_floods_are_credited_without_drops(mesh):
         await until(lambda: len(got) == 200)
         assert sorted(got) == list(range(200))
         assert client.drops == {} and server.drops == {}
+
+
+@pytest.mark.asyncio
+async def test_a_plain_request_collects_a_long_stream(mesh):
+    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+
+        async def many(body):
+            for index in range(body):
+                yield index
+
+        server.handler("many", many)
+        client.add_peer(server.identity.require_certificate(), server.endpoint)
+        # more chunks than the default stream window: request() credits them as they come
+        assert await client.request("server", "many", 3000, timeout=30) == list(range(3000))
