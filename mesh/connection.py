@@ -152,7 +152,14 @@ class Connection:
 
     async def _handshake(self) -> None:
         assert self.certificate is not None
-        initiator = Initiator(self._identity, self._trust, self.certificate, self._table, now_ms())
+        initiator = Initiator(
+            self._identity,
+            self._trust,
+            self.certificate,
+            self._table,
+            now_ms(),
+            replaces=self.session,
+        )  # a rekey retires the old session
         answer = await self._exchange([initiator.hello])
         self.session = initiator.receive(answer, now_ms())
         self.credit = SendCredit(self.session.initial_credit)  # a new session: a fresh window

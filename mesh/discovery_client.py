@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from .replay import ReplayWindow
 from .wire import DEFAULT_REPLAY_WINDOW, ErrorCode, Kind
 
 EVENTS_TOPIC = "$directory"
+log = logging.getLogger("mesh.discovery")
 OnEvent = Callable[[Any], None]
 
 DISCOVERY_TIMEOUT_S = 2.0
@@ -55,7 +57,15 @@ class DiscoveryLink:
         """One request; a second try on a fresh connection if the first goes unanswered."""
         for attempt in (1, 2):
             connection = await self._connection_or_raise()
-            _, call = connection.start_call(kind, "", body)
+            try:
+                if connection.needs_rekey():
+                    await connection.rekey()
+                _, call = connection.start_call(kind, "", body)
+            except PeerLost:
+                self.drop()
+                if attempt == 2:
+                    raise DiscoveryUnavailable(f"discovery {self.url} is unreachable") from None
+                continue
             try:
                 return await asyncio.wait_for(call.future, timeout)
             except (TimeoutError, PeerLost) as exc:
@@ -184,10 +194,16 @@ class DiscoveryClient:
             link.follow(answer.get("events"), self._context, self._on_event, self._max_skew_ms)
 
     async def renew_forever(self) -> None:
-        """Renew every third of the lease; re-register where the entry was lost."""
+        """Renew every third of the lease; re-register where the entry was lost. Never
+        stops on a failure: a node that stopped renewing would silently leave the mesh."""
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
-            await asyncio.gather(*(self._renew(link) for link in self.links))
+            results = await asyncio.gather(
+                *(self._renew(link) for link in self.links), return_exceptions=True
+            )
+            for link, result in zip(self.links, results, strict=True):
+                if isinstance(result, Exception):
+                    log.warning("renewing with discovery %s failed: %s", link.url, result)
 
     async def _renew(self, link: DiscoveryLink) -> None:
         with contextlib.suppress(DiscoveryUnavailable, NameConflict, RemoteError):

@@ -13,9 +13,10 @@ Steal a long-term key later and past sessions stay closed (forward secrecy).
 * WELCOME (responder to initiator) carries the responder's ephemeral key, and, boxed
   between the two ephemeral keys, its certificate, timestamp and receive id, signed over
   a hash of the HELLO: a WELCOME cannot be replayed into another handshake.
-* A responder accepts a HELLO from a node only if its timestamp is within the clock-skew
-  bound and later than the last HELLO it accepted from that node (as WireGuard does), so
-  a captured HELLO cannot be replayed. Nothing is stored for a HELLO that fails.
+* A responder accepts a HELLO only if its timestamp is within the clock-skew bound and it
+  has not accepted that same HELLO (the same ephemeral key) before, so a captured HELLO
+  cannot be replayed; two processes sharing one identity do not get in each other's way.
+  Nothing is stored for a HELLO that fails.
 
 Both sides then derive one key per direction from the ephemeral shared secret and a hash
 of both handshake frames. Separate keys mean a frame cannot be reflected back to its sender.
@@ -71,7 +72,7 @@ HELLO_CLEAR = struct.Struct(">BBB32s16s")  # version, type, suite, ephemeral key
 WELCOME_CLEAR = struct.Struct(">BB32s8s")  # version, type, ephemeral key, initiator's recv id
 REJECT = struct.Struct(">BBB32s")  # version, type, code, initiator's ephemeral key
 DEFAULT_CREDIT = (1024, 64 * 1024 * 1024)
-MAX_REMEMBERED_PEERS = 65536
+MAX_REMEMBERED_HELLOS = 65536
 
 Random = Callable[[int], bytes]
 
@@ -184,8 +185,10 @@ def _establish(
     recv_id: bytes,
     credit: tuple[int, int],
     now_ms: int,
+    replaces: Session | None,
 ) -> Session:
-    """Create the session from the derived keys and register it (retiring its predecessor)."""
+    """Create the session from the derived keys and register it (retiring the session it
+    replaces on the same connection, if any)."""
     i2r, r2i = keys
     send_key, recv_key = (i2r, r2i) if initiator else (r2i, i2r)
     session = Session(
@@ -199,7 +202,7 @@ def _establish(
         initial_credit=credit,
         limits=limits,
     )
-    table.add(session, now_ms)
+    table.add(session, now_ms, replaces)
     return session
 
 
@@ -219,11 +222,13 @@ class Initiator:
         *,
         credit: tuple[int, int] = DEFAULT_CREDIT,
         limits: SessionLimits | None = None,
+        replaces: Session | None = None,
         _random: Random = os.urandom,
     ) -> None:
         self._identity = identity
         self._trust = trust
         self._peer = peer
+        self._replaces = replaces
         self._table = table
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
         self._ephemeral = PrivateKey(_random(KEY_SIZE))
@@ -299,6 +304,7 @@ class Initiator:
             self.recv_id,
             credit,
             now_ms,
+            self._replaces,
         )
 
 
@@ -321,8 +327,9 @@ def _rejection(data: bytes, ephemeral_public: bytes) -> HandshakeFailed:
 class Responder:
     """The answering side: turns each valid HELLO into a session and a WELCOME.
 
-    One per node. Its only state is, per authenticated peer, the timestamp of the last
-    HELLO accepted (bounded to ``MAX_REMEMBERED_PEERS``).
+    One per node. Its only state is the ephemeral keys of the HELLOs it accepted within the
+    clock-skew bound (at most ``MAX_REMEMBERED_HELLOS``): a HELLO seen before is a replay.
+    Older HELLOs fail the skew check, so nothing older needs remembering.
     """
 
     def __init__(
@@ -342,9 +349,11 @@ class Responder:
         self._credit = credit if callable(credit) else (lambda _peer, fixed=credit: fixed)
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
         self._random = _random
-        self._last_hello: OrderedDict[bytes, int] = OrderedDict()
+        self._seen: OrderedDict[bytes, int] = OrderedDict()  # ephemeral key -> forget after
 
-    def receive(self, frames: Sequence[Frame], now_ms: int) -> tuple[Session, list[Frame]]:
+    def receive(
+        self, frames: Sequence[Frame], now_ms: int, replaces: Session | None = None
+    ) -> tuple[Session, list[Frame]]:
         """Accept a HELLO: return the new session (already in the table) and the WELCOME.
 
         Raises only :class:`ProtocolError` subclasses; :meth:`reject_frames` says whether
@@ -369,19 +378,21 @@ class Responder:
         self._trust.verify(certificate, now_ms)
         _verify_signature(certificate, signed)
         _check_skew(timestamp, now_ms, self._trust)
-        peer_id = certificate.node_id
-        if timestamp <= self._last_hello.get(peer_id, -1):
-            raise ReplayDetected(
-                "HELLO is not newer than the last one from this node", reason="replay_hello"
-            )
-        self._remember(peer_id, timestamp)
-        return self._welcome(data, their_ephemeral, certificate, send_id, credit, now_ms)
+        self._forget_old(now_ms)
+        if their_ephemeral in self._seen:
+            raise ReplayDetected("this HELLO was already accepted", reason="replay_hello")
+        self._seen[their_ephemeral] = now_ms + 2 * self._trust.max_skew_ms
+        while len(self._seen) > MAX_REMEMBERED_HELLOS:
+            self._seen.popitem(last=False)
+        return self._welcome(data, their_ephemeral, certificate, send_id, credit, now_ms, replaces)
 
-    def _remember(self, peer_id: bytes, timestamp: int) -> None:
-        self._last_hello[peer_id] = timestamp
-        self._last_hello.move_to_end(peer_id)
-        while len(self._last_hello) > MAX_REMEMBERED_PEERS:
-            self._last_hello.popitem(last=False)
+    def _forget_old(self, now_ms: int) -> None:
+        seen = self._seen
+        while seen:
+            key, forget_after = next(iter(seen.items()))
+            if forget_after > now_ms:
+                return
+            del seen[key]
 
     def _welcome(
         self,
@@ -391,6 +402,7 @@ class Responder:
         send_id: bytes,
         credit: tuple[int, int],
         now_ms: int,
+        replaces: Session | None,
     ) -> tuple[Session, list[Frame]]:
         ephemeral = PrivateKey(self._random(KEY_SIZE))
         recv_id = self._table.new_id()
@@ -406,7 +418,16 @@ class Responder:
         welcome = clear + nonce + box.encrypt(plaintext, nonce).ciphertext
         keys = _session_keys(box.shared_key(), hello + welcome)
         session = _establish(
-            self._table, self._limits, certificate, False, keys, send_id, recv_id, credit, now_ms
+            self._table,
+            self._limits,
+            certificate,
+            False,
+            keys,
+            send_id,
+            recv_id,
+            credit,
+            now_ms,
+            replaces,
         )
         return session, [welcome]
 

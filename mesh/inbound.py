@@ -61,6 +61,7 @@ class Inbound:
         self._drops = drops
         self._routes: dict[bytes, bytes] = {}  # session recv id -> ROUTER routing id
         self._reactor: Reactor | None = None
+        self._by_routing: dict[bytes, Session] = {}  # newest session per connection
         self._certificate_frame = (
             bytes([PROTOCOL_VERSION, FrameType.CERTIFICATE])
             + identity.require_certificate().to_bytes()
@@ -97,14 +98,16 @@ class Inbound:
             self._drops["frame_type"] += 1
 
     def _hello(self, routing: bytes, frames: Sequence[bytes]) -> None:
+        previous = self._by_routing.get(routing)  # a rekey on the same connection
         try:
-            session, welcome = self._responder.receive(frames, now_ms())
+            session, welcome = self._responder.receive(frames, now_ms(), previous)
         except ProtocolError as error:
             reject = Responder.reject_frames(frames, error)
             if reject is not None:
                 self._send_raw([routing, *reject])
             raise
         self._routes[session.recv_id] = routing
+        self._by_routing[routing] = session
         self._send_raw([routing, *welcome])
         if self._on_session is not None:
             self._on_session(session)
@@ -123,7 +126,9 @@ class Inbound:
         return sum(len(frame) for frame in frames)
 
     def forget(self, session: Session) -> None:
-        self._routes.pop(session.recv_id, None)
+        routing = self._routes.pop(session.recv_id, None)
+        if routing is not None and self._by_routing.get(routing) is session:
+            del self._by_routing[routing]
         self._table.remove(session)
 
     def _send_raw(self, frames: list) -> bool:

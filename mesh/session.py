@@ -16,8 +16,9 @@ Theory of operation, the freshness rules in one place:
 * A frame's sequence number must pass the session's :class:`ReplayWindow`, and its
   timestamp must be within ``max_skew_ms`` of ours.
 * A sealing side rekeys (a fresh handshake) after ``REKEY_AFTER_*``; it refuses to seal past
-  ``REJECT_AFTER_*``. When a new session with the same peer and role is added, the old one
-  is retired: it still opens frames for ``RETIRED_GRACE_MS`` (those in flight), then goes.
+  ``REJECT_AFTER_*``. A session replaced on its connection (rekey, reconnect) is retired: it
+  still opens frames for ``RETIRED_GRACE_MS`` (those in flight), then goes; a session past
+  the hard age limit goes too, since no peer may use it any more.
 """
 
 from __future__ import annotations
@@ -156,15 +157,12 @@ class SessionTable:
         self._issued += 1
         return _SESSION_ID.pack(self.epoch, self._issued)
 
-    def add(self, session: Session, now_ms: int) -> None:
-        """Register ``session``; retire older ones with the same peer and role."""
-        for other in self._sessions.values():
-            if (
-                other.retired_ms is None
-                and other.initiator == session.initiator
-                and other.peer.node_id == session.peer.node_id
-            ):
-                other.retired_ms = now_ms
+    def add(self, session: Session, now_ms: int, replaces: Session | None = None) -> None:
+        """Register ``session``; the session it ``replaces`` (a rekey or a reconnect of the
+        same connection) is retired. Other sessions with the same peer stay: two processes
+        may share one identity."""
+        if replaces is not None and replaces.retired_ms is None:
+            replaces.retired_ms = now_ms
         self._sessions[session.recv_id] = session
 
     def remove(self, session: Session) -> None:
@@ -194,11 +192,13 @@ class SessionTable:
         return session, session.open(frames, now_ms)
 
     def expire(self, now_ms: int) -> list[Session]:
-        """Drop retired sessions whose grace has passed; return them."""
+        """Drop sessions whose retirement grace has passed, and sessions too old for anyone
+        to use (past the hard age limit: the peer must rekey first); return them."""
         gone = [
             s
             for s in self._sessions.values()
-            if s.retired_ms is not None and now_ms - s.retired_ms > s.limits.retired_grace_ms
+            if (s.retired_ms is not None and now_ms - s.retired_ms > s.limits.retired_grace_ms)
+            or now_ms - s.created_ms > s.limits.reject_after_ms + s.limits.retired_grace_ms
         ]
         for session in gone:
             del self._sessions[session.recv_id]

@@ -40,12 +40,13 @@ def handshake(
     callee_table: SessionTable | None = None,
     responder: Responder | None = None,
     now_ms: int = NOW_MS,
+    replaces: Session | None = None,
 ) -> Pair:
     caller_table = caller_table or SessionTable()
     callee_table = callee_table or SessionTable()
     responder = responder or Responder(callee, trust, callee_table)
     initiator = Initiator(caller, trust, callee.require_certificate(), caller_table, now_ms)
-    bob, welcome = responder.receive(initiator.hello_frames(), now_ms)
+    bob, welcome = responder.receive(initiator.hello_frames(), now_ms, replaces)
     alice = initiator.receive(welcome, now_ms)
     return Pair(alice, bob, caller_table, callee_table)
 

@@ -306,3 +306,18 @@ async def test_a_plain_request_collects_a_long_stream(mesh):
         client.add_peer(server.identity.require_certificate(), server.endpoint)
         # more chunks than the default stream window: request() credits them as they come
         assert await client.request("server", "many", 3000, timeout=30) == list(range(3000))
+
+
+@pytest.mark.asyncio
+async def test_the_discovery_session_is_rekeyed_too(mesh):
+    async with (
+        DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
+        Node("long-lived", discovery=discovery.endpoint, mesh=mesh) as node,
+    ):
+        (link,) = node._discovery.links
+        first = link._connection.session
+        first.limits = SessionLimits(rekey_after_frames=2)
+        for _ in range(5):
+            assert {p.name for p in await node.peers()} == {"long-lived"}
+        assert link._connection.session is not first
+        assert node.drops == {} and discovery.drops == {}

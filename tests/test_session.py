@@ -9,6 +9,7 @@ from mesh import (
     ClockSkew,
     Message,
     ReplayDetected,
+    Responder,
     SessionExpired,
     SessionLimits,
     SessionTable,
@@ -50,27 +51,44 @@ def test_replay_after_the_sender_restarts(alice, bob, trust):
     pair = handshake(alice, bob, trust)
     captured = pair.alice.seal(PING, NOW_MS)
     pair.bob_table.open(captured, NOW_MS)
-    # alice restarts and handshakes again with the same bob: her old session is retired
-    handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
+    # alice restarts and connects again: a new connection, a new session beside the old one
+    restarted = handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
+    assert pair.bob.retired_ms is None
     with pytest.raises(ReplayDetected):
-        pair.bob_table.open(captured, NOW_MS + 1)  # within grace: the window still refuses it
-    later = NOW_MS + pair.bob.limits.retired_grace_ms + 10
-    with pytest.raises(ReplayDetected) as caught:
+        pair.bob_table.open(captured, NOW_MS + 1)  # the old session's window refuses it
+    assert pair.bob_table.open(restarted.alice.seal(PING, NOW_MS + 2), NOW_MS + 2)
+    # the old session is dropped once it is too old for anyone to use...
+    later = NOW_MS + pair.bob.limits.reject_after_ms + pair.bob.limits.retired_grace_ms + 10
+    assert pair.bob in pair.bob_table.expire(later)
+    with pytest.raises(ReplayDetected) as caught:  # ...and its frames are then known replays
         pair.bob_table.open(captured, later)
     assert caught.value.reason == "replay_retired"
 
 
-def test_old_session_opens_in_flight_frames_during_grace_only(alice, bob, trust):
+def test_a_rekey_retires_the_old_session_after_a_grace(alice, bob, trust):
     pair = handshake(alice, bob, trust)
     in_flight = pair.alice.seal(PING, NOW_MS)
     late = pair.alice.seal(PING, NOW_MS)
-    fresh = handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
+    fresh = handshake(
+        alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1, replaces=pair.bob
+    )
     session, _ = pair.bob_table.open(in_flight, NOW_MS + 5)
     assert session is pair.bob
     assert session.retired_ms == NOW_MS + 1
     with pytest.raises(ReplayDetected):
         pair.bob_table.open(late, NOW_MS + 1 + pair.bob.limits.retired_grace_ms + 1)
     assert pair.bob_table.open(fresh.alice.seal(PING, NOW_MS + 2), NOW_MS + 2)[0] is fresh.bob
+
+
+def test_two_processes_sharing_an_identity_both_work(alice, bob, trust):
+    """Same identity, same instant, one responder: neither session pushes the other out."""
+    table = SessionTable()
+    responder = Responder(bob, trust, table)
+    first = handshake(alice, bob, trust, callee_table=table, responder=responder)
+    second = handshake(alice, bob, trust, callee_table=table, responder=responder)
+    for pair in (first, second, first):
+        frames = pair.alice.seal(PING, NOW_MS)
+        assert table.open(frames, NOW_MS)[0] is pair.bob
 
 
 def test_never_issued_session_is_unknown(pair):
@@ -106,7 +124,7 @@ def test_rekey_and_hard_limits(alice, bob, trust):
 
 def test_expire_drops_retired_sessions(alice, bob, trust):
     pair = handshake(alice, bob, trust)
-    handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1)
+    handshake(alice, bob, trust, callee_table=pair.bob_table, now_ms=NOW_MS + 1, replaces=pair.bob)
     assert len(pair.bob_table) == 2
     assert pair.bob_table.expire(NOW_MS + 1 + pair.bob.limits.retired_grace_ms + 1) == [pair.bob]
     assert len(pair.bob_table) == 1
