@@ -27,11 +27,10 @@ from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
 from .publish import TopicKey, seal_publish
 from .session import Session, SessionTable
-from .wire import ErrorCode, Kind
+from .wire import DIRECTORY_TOPIC, ErrorCode, Kind
 
 log = logging.getLogger("mesh.discovery")
 EXPIRE_EVERY_S = 0.25
-EVENTS_TOPIC = "$directory"
 
 
 class DiscoveryServer:
@@ -54,7 +53,7 @@ class DiscoveryServer:
         self.drops: Counter[str] = Counter()
         self._bind = bind
         self._events_bind = events_bind or bind.rsplit(":", 1)[0] + ":0"
-        self._events_key = TopicKey.generate(EVENTS_TOPIC)
+        self._events_key = TopicKey.generate(DIRECTORY_TOPIC)
         self._events_seq = 0
         self._publisher: zmq.Socket | None = None
         self.events_endpoint = ""

@@ -30,9 +30,8 @@ from .inbound import now_ms
 from .publish import TopicKey, open_publish
 from .reactor import Reactor
 from .replay import ReplayWindow
-from .wire import DEFAULT_REPLAY_WINDOW, ErrorCode, Kind
+from .wire import DEFAULT_REPLAY_WINDOW, DIRECTORY_TOPIC, ErrorCode, Kind
 
-EVENTS_TOPIC = "$directory"
 log = logging.getLogger("mesh.discovery")
 OnEvent = Callable[[Any], None]
 
@@ -104,7 +103,7 @@ class DiscoveryLink:
             and connection.certificate is not None
         ):
             return
-        key = TopicKey(EVENTS_TOPIC, info["key"], info["key_id"])
+        key = TopicKey(DIRECTORY_TOPIC, info["key"], info["key_id"])
         if key == self._events_key:
             return
         self._stop_events()
