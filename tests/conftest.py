@@ -1,4 +1,4 @@
-"""Shared fixtures: an authority, certified identities, and established session pairs."""
+"""Shared fixtures: an authority, certified identities, session pairs, and real processes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import settings
 
-from mesh import Authority, Identity, Initiator, Responder, Session, SessionTable, Trust
+from mesh import (
+    Authority,
+    Identity,
+    Initiator,
+    MeshDirectory,
+    Responder,
+    Session,
+    SessionTable,
+    Trust,
+)
+from tests.processes import Process
 
 # No per-example deadline: timing on a shared 2-core machine is not what these tests check.
 settings.register_profile("mesh", deadline=None)
@@ -79,3 +89,35 @@ def carol(authority: Authority) -> Identity:
 @pytest.fixture
 def pair(alice: Identity, bob: Identity, trust: Trust) -> Pair:
     return handshake(alice, bob, trust)
+
+
+# ----------------------------------------------------------------- real processes (live tests)
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A fresh mesh directory with its authority, shared by the test and its processes."""
+    path = tmp_path / "mesh"
+    MeshDirectory(path).create()
+    return path
+
+
+@pytest.fixture
+def spawn(home):
+    """Start ``mesh`` commands as processes; every one is killed when the test ends."""
+    started: list[Process] = []
+
+    def start(*args: str, mesh=None) -> Process:
+        process = Process(*args, home=mesh or home)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+@pytest.fixture
+def discovery(spawn):
+    """A discovery node process; its URL."""
+    return spawn("discovery", "--bind", "tcp://127.0.0.1:0").endpoint()

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from mesh import FlowControlTimeout, MeshDirectory, NoCredit
+from mesh import FlowControlTimeout, NoCredit
 from mesh.flow import Window
 from mesh.node import Node
-from tests.processes import ROOT, Process
+from tests.processes import ROOT
 from tests.test_live_processes import AGENT, eventually
 
 pytestmark = pytest.mark.asyncio
@@ -23,36 +23,8 @@ pytestmark = pytest.mark.asyncio
 MESSAGES = int(os.environ.get("MESH_FLOW_MESSAGES", "20000"))
 
 
-@pytest.fixture
-def home(tmp_path):
-    path = tmp_path / "mesh"
-    MeshDirectory(path).create()
-    return path
-
-
-@pytest.fixture
-def mesh_processes(home):
-    started: list[Process] = []
-
-    def start(*args: str) -> Process:
-        process = Process(*args, home=home)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.close()
-
-
-@pytest.fixture
-def discovery(mesh_processes):
-    return mesh_processes("discovery", "--bind", "tcp://127.0.0.1:0").endpoint()
-
-
-async def test_fast_producer_slow_consumer_memory_flat_nothing_lost(
-    mesh_processes, discovery, home
-):
-    mesh_processes("run", AGENT, "--name", "consumer", "--discovery", discovery).endpoint()
+async def test_fast_producer_slow_consumer_memory_flat_nothing_lost(spawn, discovery, home):
+    spawn("run", AGENT, "--name", "consumer", "--discovery", discovery).endpoint()
     env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
     producer = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -85,8 +57,8 @@ async def test_fast_producer_slow_consumer_memory_flat_nothing_lost(
         assert done == {"count": MESSAGES, "unique": MESSAGES, "in_order": True}
 
 
-async def test_a_slow_reader_pauses_the_generator(mesh_processes, discovery, home):
-    mesh_processes("run", AGENT, "--name", "model", "--discovery", discovery).endpoint()
+async def test_a_slow_reader_pauses_the_generator(spawn, discovery, home):
+    spawn("run", AGENT, "--name", "model", "--discovery", discovery).endpoint()
     async with Node("reader", discovery=discovery, mesh=home) as node:
         stream = node.stream("model", "tokens", {"n": 10_000}, window=8)
         got = [await anext(stream) for _ in range(5)]
@@ -99,9 +71,9 @@ async def test_a_slow_reader_pauses_the_generator(mesh_processes, discovery, hom
         assert await node.request("model", "produced", timeout=10) == 10_000
 
 
-async def test_a_slow_peer_does_not_slow_a_fast_one(mesh_processes, discovery, home):
+async def test_a_slow_peer_does_not_slow_a_fast_one(spawn, discovery, home):
     for name in ("slow", "fast"):
-        mesh_processes("run", AGENT, "--name", name, "--discovery", discovery).endpoint()
+        spawn("run", AGENT, "--name", name, "--discovery", discovery).endpoint()
     async with Node("producer", discovery=discovery, mesh=home, register=False) as node:
 
         async def flood_slow():
@@ -126,8 +98,8 @@ async def _no_credit(node: Node, name: str) -> bool:
     return connection is not None and not connection.credit.can_send()
 
 
-async def test_no_credit_and_flow_control_timeout(mesh_processes, discovery, home):
-    mesh_processes("run", AGENT, "--name", "slow", "--discovery", discovery).endpoint()
+async def test_no_credit_and_flow_control_timeout(spawn, discovery, home):
+    spawn("run", AGENT, "--name", "slow", "--discovery", discovery).endpoint()
     async with Node("producer", discovery=discovery, mesh=home, register=False) as node:
         for i in range(Window().messages):
             await node.send("slow", "consume", {"i": i, "delay": 0.5}, block=False)
@@ -140,8 +112,8 @@ async def test_no_credit_and_flow_control_timeout(mesh_processes, discovery, hom
             await node.request("slow", "pid", timeout=0.2)
 
 
-async def test_credit_is_fresh_after_the_consumer_restarts(mesh_processes, discovery, home):
-    first = mesh_processes(
+async def test_credit_is_fresh_after_the_consumer_restarts(spawn, discovery, home):
+    first = spawn(
         "run", AGENT, "--name", "consumer", "--discovery", discovery, "--heartbeat", "0.2"
     )
     first.endpoint()
@@ -152,7 +124,7 @@ async def test_credit_is_fresh_after_the_consumer_restarts(mesh_processes, disco
             await node.send("consumer", "consume", {"i": i, "delay": 10}, block=False)
         first.kill()  # ...that dies with all of it unconsumed
         first.popen.wait(10)
-        second = mesh_processes("run", AGENT, "--name", "consumer", "--discovery", discovery)
+        second = spawn("run", AGENT, "--name", "consumer", "--discovery", discovery)
         second.endpoint()
 
         async def delivered_again():

@@ -29,32 +29,6 @@ HEARTBEAT = 0.2
 
 
 @pytest.fixture
-def home(tmp_path):
-    path = tmp_path / "mesh"
-    MeshDirectory(path).create()
-    return path
-
-
-@pytest.fixture
-def spawn(home):
-    started: list[Process] = []
-
-    def start(*args: str, mesh=None) -> Process:
-        process = Process(*args, home=mesh or home)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.close()
-
-
-@pytest.fixture
-def discovery(spawn):
-    return spawn("discovery", "--bind", "tcp://127.0.0.1:0").endpoint()
-
-
-@pytest.fixture
 def agent(spawn, discovery):
     def start(name: str, *extra: str) -> Process:
         process = spawn(
