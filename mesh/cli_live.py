@@ -90,26 +90,34 @@ def _mesh(args: argparse.Namespace) -> MeshDirectory:
     return MeshDirectory(args.mesh) if args.mesh else MeshDirectory.default()
 
 
-async def _until_stopped() -> int:
-    """Wait for SIGINT (exit status 130) or SIGTERM (0)."""
-    loop = asyncio.get_running_loop()
-    stopped = asyncio.Event()
-    status = {"code": 0}
+class StopSignals:
+    """SIGINT (exit status 130) and SIGTERM (0) request a clean stop.
 
-    def stop(code: int) -> None:
-        status["code"] = code
-        stopped.set()
+    Installed before the command announces itself, so a signal sent as soon as the
+    "serving on" line appears is never met by the default handler (which would kill the
+    process without unregistering)."""
 
-    loop.add_signal_handler(signal.SIGINT, stop, 130)
-    loop.add_signal_handler(signal.SIGTERM, stop, 0)
-    await stopped.wait()
-    return status["code"]
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+        self.code = 0
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._stop, 130)
+        loop.add_signal_handler(signal.SIGTERM, self._stop, 0)
+
+    def _stop(self, code: int) -> None:
+        self.code = code
+        self._stopped.set()
+
+    async def wait(self) -> int:
+        await self._stopped.wait()
+        return self.code
 
 
 async def _discovery(args: argparse.Namespace) -> int:
+    signals = StopSignals()
     async with DiscoveryServer(bind=args.bind, mesh=_mesh(args)) as server:
         print(f"discovery serving on {server.endpoint}", flush=True)
-        return await _until_stopped()
+        return await signals.wait()
 
 
 async def _agent(args: argparse.Namespace) -> int:
@@ -127,10 +135,11 @@ async def _agent(args: argparse.Namespace) -> int:
         window=Window(args.window),
     )
     agent = factory(node)
+    signals = StopSignals()
     try:
         await node.start()
         print(f"{args.name} serving on {node.endpoint}", flush=True)
-        return await _until_stopped()
+        return await signals.wait()
     finally:
         await close_agent(agent)
         await node.close()
