@@ -360,6 +360,9 @@ class Connection:
                 self._rekeying = asyncio.ensure_future(self._rekey(CONNECT_TIMEOUT_S))
                 self._rekeying.add_done_callback(_consume_outcome)
             silent = loop.time() - self.last_heard
+            if silent > MISSED_HEARTBEATS * interval and self._reactor is not None:
+                self._reactor.read_now()  # silence must not be our own backlog
+                silent = loop.time() - self.last_heard
             if silent > MISSED_HEARTBEATS * interval:
                 self.lose(f"{self.name} missed {MISSED_HEARTBEATS} heartbeats")
                 return

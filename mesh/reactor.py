@@ -58,6 +58,11 @@ class Reactor:
                 log.exception("internal error handling an inbound message")
         self._schedule()  # more are waiting: continue after other callbacks had a turn
 
+    def read_now(self) -> None:
+        """Handle whatever has already arrived (a busy loop may not have called us yet)."""
+        if not self.closed:
+            self._drain()
+
     def send(self, frames: list) -> bool:
         """Send now or not at all: False when the peer is unreachable or its queue is full."""
         if self.closed:
