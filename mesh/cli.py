@@ -17,7 +17,7 @@ from typing import Any
 from . import cli_live
 from .errors import MeshError
 from .identity import Certificate, Identity
-from .keystore import MeshDirectory, default_mesh_dir
+from .keystore import default_mesh_dir, mesh_directory
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -101,12 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mesh(args: argparse.Namespace) -> MeshDirectory:
-    return MeshDirectory(args.mesh) if args.mesh else MeshDirectory.default()
-
-
 def _cmd_init(args: argparse.Namespace) -> int:
-    mesh = _mesh(args)
+    mesh = mesh_directory(args.mesh)
     existed = mesh.authority_file.exists()
     authority = mesh.create()
     state = "exists" if existed else "created"
@@ -115,7 +111,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_issue(args: argparse.Namespace) -> int:
-    mesh = _mesh(args)
+    mesh = mesh_directory(args.mesh)
     caps = tuple(c.strip() for c in args.caps.split(",") if c.strip())
     if mesh.identity_file(args.name).exists() and not args.force:
         print(
@@ -136,7 +132,7 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    mesh = _mesh(args)
+    mesh = mesh_directory(args.mesh)
     if args.name is None:
         trust = mesh.trust()
         info: dict[str, Any] = {
@@ -174,13 +170,13 @@ def _certificate_info(cert: Certificate) -> dict[str, Any]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(_mesh(args) if args.mesh else None)
+    return run_demo(mesh_directory(args.mesh) if args.mesh else None)
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
     from .selfcheck import run_selfcheck
 
-    report = run_selfcheck(_mesh(args))
+    report = run_selfcheck(mesh_directory(args.mesh))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

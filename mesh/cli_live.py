@@ -18,7 +18,7 @@ from .codec import Blob
 from .discovery import DiscoveryServer
 from .errors import InvalidArgument
 from .flow import Window
-from .keystore import MeshDirectory
+from .keystore import mesh_directory
 from .node import ENV_DISCOVERY, Node
 from .runner import close_agent, load_target
 
@@ -86,10 +86,6 @@ def _discovery_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _mesh(args: argparse.Namespace) -> MeshDirectory:
-    return MeshDirectory(args.mesh) if args.mesh else MeshDirectory.default()
-
-
 class StopSignals:
     """SIGINT (exit status 130) and SIGTERM (0) request a clean stop.
 
@@ -115,7 +111,7 @@ class StopSignals:
 
 async def _discovery(args: argparse.Namespace) -> int:
     signals = StopSignals()
-    async with DiscoveryServer(bind=args.bind, mesh=_mesh(args)) as server:
+    async with DiscoveryServer(bind=args.bind, mesh=mesh_directory(args.mesh)) as server:
         print(f"discovery serving on {server.endpoint}", flush=True)
         return await signals.wait()
 
@@ -129,7 +125,7 @@ async def _agent(args: argparse.Namespace) -> int:
         bind=args.bind,
         advertise=args.advertise,
         capabilities=caps,
-        mesh=_mesh(args),
+        mesh=mesh_directory(args.mesh),
         heartbeat=args.heartbeat,
         lease_ms=args.lease_ms,
         window=Window(args.window),
@@ -151,7 +147,7 @@ async def _call(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InvalidArgument(f"body is not valid JSON: {exc}") from exc
     async with Node(
-        CLI_IDENTITY, discovery=args.discovery, mesh=_mesh(args), register=False
+        CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
     ) as node:
         if args.stream:
             async for chunk in node.stream(args.name, args.method, body, timeout=args.timeout):
@@ -163,7 +159,7 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _peers(args: argparse.Namespace) -> int:
     async with Node(
-        CLI_IDENTITY, discovery=args.discovery, mesh=_mesh(args), register=False
+        CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
     ) as node:
         peers = [p.to_dict() for p in await node.peers() if p.name != CLI_IDENTITY]
     peers.sort(key=lambda p: p["name"])
