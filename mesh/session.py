@@ -103,10 +103,6 @@ class Session:
         self._next_seq = 0
         self.retired_ms: int | None = None
 
-    @property
-    def frames_sent(self) -> int:
-        return self._next_seq
-
     def needs_rekey(self, now_ms: int) -> bool:
         """True once the key has carried enough frames or lived long enough to replace it."""
         return (
@@ -167,9 +163,6 @@ class SessionTable:
 
     def remove(self, session: Session) -> None:
         self._sessions.pop(session.recv_id, None)
-
-    def sessions(self) -> list[Session]:
-        return list(self._sessions.values())
 
     def find(self, session_id: bytes, now_ms: int) -> Session:
         """The live session named ``session_id``, or a typed error saying why there is none."""
