@@ -21,9 +21,13 @@ import zmq
 
 log = logging.getLogger("mesh")
 MAX_READ_BATCH = 256
-_POLLIN = zmq.POLLIN
-_EVENTS = zmq.EVENTS
-_NOBLOCK = zmq.NOBLOCK
+# plain ints: pyzmq's enum constants cost an enum construction per bitwise operation, and
+# this is the per-message path
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 
 
 class Reactor:
@@ -51,7 +55,9 @@ class Reactor:
         for _ in range(MAX_READ_BATCH):
             if self.closed or not socket.getsockopt(_EVENTS) & _POLLIN:
                 return
-            frames = socket.recv_multipart(_NOBLOCK)
+            frames = [socket.recv(_NOBLOCK)]
+            while socket.getsockopt(_RCVMORE):
+                frames.append(socket.recv(_NOBLOCK))
             try:
                 handle(frames)
             except Exception:  # a bug in a handler must not stop the socket
@@ -68,8 +74,11 @@ class Reactor:
         if self.closed:
             return False
         socket = self.socket
+        last = len(frames) - 1
         try:
-            socket.send_multipart(frames, _NOBLOCK)
+            # only the first part can be refused: ZeroMQ takes a message whole or not at all
+            for index, frame in enumerate(frames):
+                socket.send(frame, _NOBLOCK_MORE if index < last else _NOBLOCK)
             sent = True
         except zmq.ZMQError:  # EAGAIN (no peer, or queue full) or EHOSTUNREACH
             sent = False
