@@ -4,9 +4,11 @@ A thin I/O layer over the sans-IO core: :mod:`mesh.inbound` and :mod:`mesh.conne
 move bytes and apply what sessions decide; this module adds the API (request, stream,
 send, handlers), peer resolution by name or capability, and registration.
 
-Per message, a request costs one seal, one ``send_multipart`` with NOBLOCK (its outcome is
-known at once), and on the way back one ``recv_multipart``, one open and one
-``future.set_result``: no logging, no extra task, no queue between the socket and the caller.
+Per message, a request costs a credit check, one seal, one NOBLOCK send through the
+:class:`~mesh.reactor.Reactor` (its outcome is known at once), and on the way back one read
+in the reactor's callback, one open and one ``future.set_result``: no logging, no extra task,
+no queue between the socket and the caller. Flow control (:mod:`mesh.flow`) grants credit to
+callers as handlers finish and to streams as their readers take chunks.
 """
 
 from __future__ import annotations
