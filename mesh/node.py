@@ -453,7 +453,7 @@ class Node:
         ``timeout`` bounds that wait (FlowControlTimeout), ``block=False`` raises NoCredit
         at once instead."""
         method = _method(method, capability)
-        name = peer if peer is not None else await self._choose(capability or "")
+        name = peer if peer is not None else await self._choose(capability)
         connection = await self._resolve(name)
         await connection.acquire(timeout, block)
         connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
@@ -544,12 +544,14 @@ class Node:
         restarted elsewhere), and capability routing skips it for a while."""
         self.known.mark_down(name)
 
-    async def _choose(self, capability: str) -> str:
+    async def _choose(self, capability: str | None) -> str:
+        """The least busy live node offering ``capability``."""
+        if not capability:  # without it, a lookup would list every node: never call "anyone"
+            raise InvalidArgument("give a peer name or a capability")
         candidates = await self._lookup({"capability": capability})
         live = self.known.up(candidates) or candidates
         if not live:
             raise PeerNotFound(f"no live node offers {capability!r}")
-
         return min(live, key=lambda info: self._outstanding[info.name]).name
 
     # ------------------------------------------------------------------ introspection

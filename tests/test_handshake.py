@@ -197,17 +197,20 @@ class HandshakeMachine(RuleBasedStateMachine):
         self.now += 1
         return self.now
 
+    def initiator(self, caller, callee, table, now):
+        return Initiator(
+            self.identities[caller],
+            self.trust,
+            self.identities[callee].require_certificate(),
+            table,
+            now,
+        )
+
     @rule(a=st.sampled_from([0, 1, 2]), b=st.sampled_from([0, 1, 2]))
     def connect(self, a, b):
         caller, callee = self.names[a], self.names[b]
         now = self.tick()
-        initiator = Initiator(
-            self.identities[caller],
-            self.trust,
-            self.identities[callee].require_certificate(),
-            self.tables[caller],
-            now,
-        )
+        initiator = self.initiator(caller, callee, self.tables[caller], now)
         callee_session, welcome = self.responders[callee].receive(initiator.hello_frames(), now)
         caller_session = initiator.receive(welcome, now)
         self.links.append((caller, callee, caller_session, callee_session))
@@ -221,13 +224,7 @@ class HandshakeMachine(RuleBasedStateMachine):
     def tamper(self, a, b, where, index):
         caller, callee = self.names[a], self.names[b]
         now = self.tick()
-        initiator = Initiator(
-            self.identities[caller],
-            self.trust,
-            self.identities[callee].require_certificate(),
-            SessionTable(),
-            now,
-        )
+        initiator = self.initiator(caller, callee, SessionTable(), now)
         hello = bytearray(initiator.hello)
         if where == "hello":
             hello[index % len(hello)] ^= 0x01

@@ -323,3 +323,17 @@ async def test_the_discovery_session_is_rekeyed_too(mesh):
             assert {p.name for p in await node.peers()} == {"long-lived"}
         assert link._connection.session is not first
         assert node.drops == {} and discovery.drops == {}
+
+
+@pytest.mark.asyncio
+async def test_a_call_needs_a_peer_or_a_capability(mesh):
+    from mesh import InvalidArgument
+
+    async with (
+        DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
+        Node("lonely", discovery=discovery.endpoint, mesh=mesh) as node,
+    ):
+        node.handler("echo", lambda body: body)
+        for call in (node.request(method="echo", timeout=5), node.send(method="echo")):
+            with pytest.raises(InvalidArgument):  # never "whichever node discovery lists"
+                await call
