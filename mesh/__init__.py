@@ -47,7 +47,8 @@ from .keystore import MeshDirectory
 from .node import Node
 from .peers import PeerInfo
 from .session import Session, SessionLimits, SessionTable
-from .sync import SyncNode
+from .subscription import Subscription, TopicMessage
+from .sync import SyncNode, SyncSubscription
 from .wire import ErrorCode, Kind
 
 __version__ = "0.1.0"
@@ -99,7 +100,10 @@ __all__ = [
     "SessionExpired",
     "SessionLimits",
     "SessionTable",
+    "Subscription",
     "SyncNode",
+    "SyncSubscription",
+    "TopicMessage",
     "Trust",
     "Unauthorized",
     "UnknownSession",

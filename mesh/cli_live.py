@@ -12,11 +12,13 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import sys
 from typing import Any
 
 from .codec import Blob
 from .discovery import DiscoveryServer
-from .errors import InvalidArgument
+from .errors import InvalidArgument, KeyFileError
 from .flow import Window
 from .keystore import mesh_directory
 from .node import ENV_DISCOVERY, Node
@@ -70,6 +72,38 @@ def add_commands(commands: Any) -> None:
     call.add_argument("--stream", action="store_true", help="print one JSON line per chunk")
     call.set_defaults(run=lambda args: asyncio.run(_call(args)))
 
+    publish = commands.add_parser(
+        "publish",
+        help="publish a JSON message on a topic",
+        description="Publish to every subscriber of TOPIC, waiting (bounded) until the ones "
+        "that subscribed before are connected. Example: mesh publish orders.new '{\"id\": 7}'",
+    )
+    publish.add_argument("topic", help="a concrete topic such as orders.new")
+    publish.add_argument("body", nargs="?", default="null", help="JSON body (default null)")
+    _discovery_option(publish)
+    _name_option(publish, "pub")
+    publish.add_argument("--count", type=int, default=1, help="publish it N times (default 1)")
+    publish.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between messages (default 0)"
+    )
+    publish.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to wait for subscribers (default 2)"
+    )
+    publish.set_defaults(run=lambda args: asyncio.run(_publish(args)))
+
+    subscribe = commands.add_parser(
+        "subscribe",
+        help="print messages on matching topics, one JSON line each",
+        description="Print {topic, publisher, seq, body} as one JSON line per message until "
+        "Ctrl-C. Patterns: orders.new, orders.* (one token), orders.> (the rest). "
+        "Example: mesh subscribe 'orders.>'",
+    )
+    subscribe.add_argument("pattern", help="topic or pattern")
+    _discovery_option(subscribe)
+    _name_option(subscribe, "sub")
+    subscribe.add_argument("--count", type=int, default=0, help="exit after N messages")
+    subscribe.set_defaults(run=lambda args: asyncio.run(_subscribe(args)))
+
     peers = commands.add_parser(
         "peers", help="list the live nodes", description="Example: mesh peers --json"
     )
@@ -84,6 +118,32 @@ def _discovery_option(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(ENV_DISCOVERY) or DEFAULT_DISCOVERY,
         help=f"discovery URL(s), comma-separated (default: $MESH_DISCOVERY or {DEFAULT_DISCOVERY})",
     )
+
+
+def _name_option(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument(
+        "--name",
+        default=None,
+        help=f"identity to use (default: a fresh one, {prefix}-HOST-PID, issued in memory by "
+        "this host's authority)",
+    )
+
+
+def _identity_for(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """Node arguments for a short-lived command: the named identity, or a fresh in-memory
+    one, so that two such commands at once never share a name in discovery."""
+    directory = mesh_directory(args.mesh)
+    if args.name:
+        return {"name": args.name, "mesh": directory}
+    name = f"{prefix}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    try:
+        identity = directory.ephemeral_identity(name)
+    except KeyFileError as exc:
+        raise InvalidArgument(
+            f"no authority secret on this host to issue {name!r} ({exc}); pass --name with an "
+            "identity issued for this host"
+        ) from exc
+    return {"name": name, "identity": identity, "trust": directory.trust()}
 
 
 class StopSignals:
@@ -142,10 +202,7 @@ async def _agent(args: argparse.Namespace) -> int:
 
 
 async def _call(args: argparse.Namespace) -> int:
-    try:
-        body = json.loads(args.body)
-    except ValueError as exc:
-        raise InvalidArgument(f"body is not valid JSON: {exc}") from exc
+    body = _json_argument(args.body)
     async with Node(
         CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
     ) as node:
@@ -155,6 +212,57 @@ async def _call(args: argparse.Namespace) -> int:
         else:
             print(_json(await node.request(args.name, args.method, body, timeout=args.timeout)))
     return 0
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    body = _json_argument(args.body)
+    if args.count < 1:
+        raise InvalidArgument("--count must be at least 1")
+    async with Node(discovery=args.discovery, register=False, **_identity_for(args, "pub")) as node:
+        for index in range(args.count):
+            if index and args.interval:
+                await asyncio.sleep(args.interval)
+            await node.publish(args.topic, body, timeout=args.timeout)
+        stats = node.stats()["topics"]
+    unconfirmed = stats.get("offers_unconfirmed", 0)
+    if unconfirmed:
+        print(
+            f"mesh: warning: {unconfirmed} subscriber(s) did not confirm in time", file=sys.stderr
+        )
+    return 0
+
+
+async def _subscribe(args: argparse.Namespace) -> int:
+    signals = StopSignals()
+    async with Node(discovery=args.discovery, **_identity_for(args, "sub")) as node:
+        subscription = await node.subscribe(args.pattern)
+        print(f"subscribed to {args.pattern} as {node.name}", file=sys.stderr, flush=True)
+        stopped = asyncio.ensure_future(signals.wait())
+        received = 0
+        try:
+            while not args.count or received < args.count:
+                message = asyncio.ensure_future(subscription.get())
+                await asyncio.wait([message, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not message.done():
+                    message.cancel()
+                    return stopped.result()
+                item = message.result()
+                record = {"topic": item.topic, "publisher": item.publisher, "seq": item.seq}
+                print(_json({**record, "body": item.body}), flush=True)
+                received += 1
+        finally:
+            stopped.cancel()
+        gaps = node.stats()["topics"]["gaps"]
+    if gaps:
+        print(f"mesh: warning: {gaps} message(s) were lost in transit", file=sys.stderr)
+    return 0
+
+
+def _json_argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"body is not valid JSON: {exc}") from exc
 
 
 async def _peers(args: argparse.Namespace) -> int:

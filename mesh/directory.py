@@ -13,7 +13,8 @@ from typing import Any
 
 from .errors import InvalidArgument, NameConflict, PeerNotFound
 from .identity import Certificate
-from .wire import MAX_CAPABILITIES, MAX_CAPABILITY_LEN
+from .subjects import matches, validate_pattern, validate_topic
+from .wire import MAX_CAPABILITIES, MAX_CAPABILITY_LEN, MAX_TOPICS
 
 MAX_ENDPOINT_LEN = 256
 MAX_LEASE_MS = 300_000
@@ -31,6 +32,9 @@ class Entry:
     started_ms: int
     lease_ms: int
     expires_ms: int = field(default=0)
+    topics: tuple[str, ...] = ()
+    subscriptions: tuple[str, ...] = ()
+    topics_endpoint: str = ""
 
     @property
     def name(self) -> str:
@@ -43,6 +47,9 @@ class Entry:
             "capabilities": list(self.capabilities),
             "meta": self.meta,
             "started_ms": self.started_ms,
+            "topics": list(self.topics),
+            "subscriptions": list(self.subscriptions),
+            "topics_endpoint": self.topics_endpoint,
         }
 
 
@@ -70,7 +77,29 @@ def parse_registration(certificate: Certificate, body: Any, now_ms: int) -> Entr
     if type(lease) is not int or type(started) is not int:
         raise InvalidArgument("lease_ms and started_ms must be integers")
     lease = min(max(lease, MIN_LEASE_MS), MAX_LEASE_MS)
-    return Entry(certificate, endpoint, tuple(caps), meta, started, lease, now_ms + lease)
+    topics = _names(body.get("topics", []), validate_topic, "topics")
+    subscriptions = _names(body.get("subscriptions", []), validate_pattern, "subscriptions")
+    topics_endpoint = body.get("topics_endpoint", "")
+    if not (isinstance(topics_endpoint, str) and len(topics_endpoint) <= MAX_ENDPOINT_LEN):
+        raise InvalidArgument("topics_endpoint must be a ZeroMQ address")
+    return Entry(
+        certificate,
+        endpoint,
+        tuple(caps),
+        meta,
+        started,
+        lease,
+        now_ms + lease,
+        topics,
+        subscriptions,
+        topics_endpoint,
+    )
+
+
+def _names(value: Any, validate: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_TOPICS:
+        raise InvalidArgument(f"{what} must be a list of at most {MAX_TOPICS} names")
+    return tuple(validate(v) for v in value)
 
 
 class Directory:
@@ -103,13 +132,27 @@ class Directory:
             return self._entries.pop(certificate.name)
         return None
 
-    def lookup(self, *, name: str | None = None, capability: str | None = None) -> list[Entry]:
+    def lookup(
+        self,
+        *,
+        name: str | None = None,
+        capability: str | None = None,
+        publishers: str | None = None,
+        subscribers: str | None = None,
+    ) -> list[Entry]:
+        """Entries by name, by capability, publishing a topic matching the pattern
+        ``publishers``, subscribed to a pattern matching the topic ``subscribers``; or all."""
         if name is not None:
             entry = self._entries.get(name)
             return [entry] if entry is not None else []
+        entries = self._entries.values()
         if capability is not None:
-            return [e for e in self._entries.values() if capability in e.capabilities]
-        return list(self._entries.values())
+            return [e for e in entries if capability in e.capabilities]
+        if publishers is not None:
+            return [e for e in entries if any(matches(publishers, t) for t in e.topics)]
+        if subscribers is not None:
+            return [e for e in entries if any(matches(p, subscribers) for p in e.subscriptions)]
+        return list(entries)
 
     def expire(self, now_ms: int) -> list[Entry]:
         """Remove and return the entries whose lease ran out."""

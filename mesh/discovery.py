@@ -27,6 +27,7 @@ from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
 from .publish import TopicKey, seal_publish
 from .session import Session, SessionTable
+from .subjects import validate_pattern, validate_topic
 from .wire import DIRECTORY_TOPIC, ErrorCode, Kind
 
 log = logging.getLogger("mesh.discovery")
@@ -176,12 +177,13 @@ class DiscoveryServer:
 
     def _lookup(self, body: Any) -> list[dict[str, Any]]:
         query = body if isinstance(body, dict) else {}
-        name, capability = query.get("name"), query.get("capability")
-        entries = self.directory.lookup(
-            name=name if isinstance(name, str) else None,
-            capability=capability if isinstance(capability, str) else None,
-        )
-        return [entry.to_wire() for entry in entries]
+        fields = ("name", "capability", "publishers", "subscribers")
+        asked = {f: query[f] for f in fields if isinstance(query.get(f), str)}
+        if "publishers" in asked:
+            validate_pattern(asked["publishers"])
+        if "subscribers" in asked:
+            validate_topic(asked["subscribers"])
+        return [entry.to_wire() for entry in self.directory.lookup(**asked)]
 
 
 def _error(corr: int, code: ErrorCode, text: str) -> Message:

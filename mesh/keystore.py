@@ -35,6 +35,7 @@ AUTHORITY_KIND = "agent-mesh authority"
 AUTHORITY_PUBLIC_KIND = "agent-mesh authority public key"
 IDENTITY_KIND = "agent-mesh identity"
 NOT_BEFORE_SLACK_S = 300  # certificates start a little in the past, for skewed peers
+EPHEMERAL_LIFETIME_S = 24 * 3600
 
 
 def default_mesh_dir() -> Path:
@@ -178,6 +179,18 @@ class MeshDirectory:
             )
             self.save_identity(fresh)
         return self.load_identity(name)
+
+    def ephemeral_identity(self, name: str, *, lifetime_s: int = EPHEMERAL_LIFETIME_S) -> Identity:
+        """A fresh identity certified by this mesh's authority and never written to disk.
+
+        For short-lived processes such as ``mesh subscribe``: each gets keys of its own, so two
+        of them never collide in discovery, and nothing accumulates in the directory. Needs the
+        authority secret here (KeyFileError otherwise: use a stored identity instead)."""
+        return self.authority().issue_for(
+            Identity.generate(name),
+            not_before=int(time.time()) - NOT_BEFORE_SLACK_S,
+            lifetime_s=lifetime_s,
+        )
 
     def save_identity(self, identity: Identity, *, replace: bool = False) -> bool:
         """Write ``identity`` (with its certificate); True if this call wrote it."""

@@ -14,6 +14,7 @@ callers as handlers finish and to streams as their readers take chunks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import Counter
@@ -43,8 +44,12 @@ from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
 from .peers import PeerDirectory, PeerInfo
 from .session import Session, SessionTable
+from .subjects import validate_pattern
+from .subscription import DEFAULT_QUEUE, Subscription
+from .topics import ANNOUNCE_TIMEOUT_S, Topics
 from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 
+log = logging.getLogger("mesh")
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
 DEFAULT_STREAM_WINDOW = 64
@@ -132,6 +137,8 @@ class Node:
         self.known = PeerDirectory(self.trust, self.drops)
         self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
         self._discovery: DiscoveryClient | None = None
+        self._topics: Topics | None = None
+        self._topic_handlers: list[tuple[str, Handler]] = []
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
         self.started_ms = 0
@@ -154,6 +161,18 @@ class Node:
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
         self.started_ms = now_ms()
+        self._topics = Topics(
+            self._context,
+            self.identity,
+            self.trust.max_skew_ms,
+            self.drops,
+            bind=self._inbound.endpoint,
+            advertise=self._advertise,
+            resolve=self._resolve,
+            lookup=self._lookup if self._urls else None,
+            reregister=self._reregister,
+            reply=self._send_to_peer,
+        )
         self._inbound.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"{self.name} gc"))
         if self._urls:
@@ -161,7 +180,7 @@ class Node:
                 self._urls,
                 self._open_connection,
                 self._context,
-                self.known.on_event,
+                self._on_directory_event,
                 self.trust.max_skew_ms,
             )
         if self._discovery is not None and self._register:
@@ -173,6 +192,8 @@ class Node:
             self._tasks.append(
                 asyncio.create_task(self._discovery.renew_forever(), name=f"{self.name} renew")
             )
+        for pattern, function in self._topic_handlers:
+            self._run_topic_handler(pattern, function)
         return self
 
     async def close(self) -> None:
@@ -184,6 +205,8 @@ class Node:
             if self._register:
                 await self._discovery.unregister()
             self._discovery.close()
+        if self._topics is not None:
+            await self._topics.close()
         await self._runner.close()
         for connection in list(self._connections.values()):
             connection.say_goodbye()
@@ -206,7 +229,18 @@ class Node:
             "meta": self.meta,
             "started_ms": self.started_ms,
             "lease_ms": self._lease_ms,
+            **(self._topics.registration() if self._topics is not None else {}),
         }
+
+    async def _reregister(self) -> None:
+        """Tell discovery what changed (topics published, patterns subscribed)."""
+        if self._discovery is not None and self._register and not self._closed:
+            await self._discovery.register(self._registration())
+
+    def _on_directory_event(self, body: Any) -> None:
+        applied = self.known.on_event(body)
+        if applied is not None and self._topics is not None:
+            self._topics.on_directory_event(*applied)
 
     # ------------------------------------------------------------------ handlers
 
@@ -247,7 +281,13 @@ class Node:
             elif kind == Kind.CREDIT:
                 if message.corr_id:
                     self._runner.grant(peer_id, message.corr_id, message.body)
+            elif kind == Kind.SUBSCRIBE and self._topics is not None:
+                self._send_on(session, [self._topics.answer_subscribe(message)])
+            elif kind == Kind.TOPIC_OFFER and self._topics is not None:
+                self._topics.on_offer(session, message)
             elif kind == Kind.BYE:
+                if self._topics is not None:
+                    self._topics.on_goodbye(session)
                 self._runner.cancel_peer(peer_id)
                 self._inbound_sessions.pop(peer_id, None)
                 self._inflow.pop(session.recv_id, None)
@@ -458,6 +498,66 @@ class Node:
         await connection.acquire(timeout, block)
         connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
 
+    # ------------------------------------------------------------------ topics
+
+    async def publish(
+        self, topic: str, body: Any = None, *, timeout: float = ANNOUNCE_TIMEOUT_S
+    ) -> int:
+        """Publish ``body`` on ``topic`` (a concrete name such as ``orders.eu.new``) to every
+        subscriber; returns the message's sequence number on this topic.
+
+        The first publish of a topic registers it and waits (at most ``timeout`` seconds)
+        until the nodes that subscribed before are connected; later ones never wait: a
+        subscriber too slow to keep up loses messages, which it counts as gaps.
+        Raises InvalidArgument (bad topic or body), DiscoveryUnavailable (first publish).
+        """
+        if self._topics is None:
+            raise NodeClosed("start the node before publishing")
+        return await self._topics.publish(topic, body, timeout)
+
+    def subscribe(self, pattern: str, *, maxsize: int = DEFAULT_QUEUE) -> Subscription:
+        """Subscribe to topics matching ``pattern`` (``a.b``, ``a.*``, ``a.>``).
+
+        Use ``sub = await node.subscribe(...)`` (returns once every current publisher of a
+        matching topic is connected: nothing published after that is missed) or ``async for
+        message in node.subscribe(...)``. At most ``maxsize`` messages wait unread; beyond
+        that they are dropped and counted (``overflow``).
+        """
+        if self._topics is None:
+            raise NodeClosed("start the node before subscribing")
+        return self._topics.subscribe(pattern, maxsize)
+
+    def on_topic(self, pattern: str) -> Any:
+        """Decorator: call the function with every :class:`TopicMessage` matching
+        ``pattern``, in order (``async def`` on the loop, a plain function in a thread)."""
+        validate_pattern(pattern)
+
+        def decorate(function: Handler) -> Handler:
+            if self._topics is None:
+                self._topic_handlers.append((pattern, function))
+            else:
+                self._run_topic_handler(pattern, function)
+            return function
+
+        return decorate
+
+    def _run_topic_handler(self, pattern: str, function: Handler) -> None:
+        subscription = self.subscribe(pattern)
+        is_async = asyncio.iscoroutinefunction(function)
+
+        async def run() -> None:
+            async for message in subscription:
+                try:
+                    if is_async:
+                        await function(message)
+                    else:
+                        await asyncio.to_thread(function, message)
+                except Exception:
+                    self._runner.failures += 1
+                    log.exception("topic handler for %s failed", pattern)
+
+        self._tasks.append(asyncio.create_task(run(), name=f"{self.name} on {pattern}"))
+
     # ------------------------------------------------------------------ peers
 
     def add_peer(self, certificate: Certificate, endpoint: str) -> PeerInfo:
@@ -592,6 +692,7 @@ class Node:
             "handler_failures": self._runner.failures,
             "duplicates": self._runner.duplicates,
             "directory_events": self.known.events_seen,
+            "topics": self._topics.stats() if self._topics is not None else {},
             "drops": dict(self.drops),
         }
 

@@ -23,7 +23,16 @@ DOWN_FOR_S = 5.0
 class PeerInfo:
     """A directory entry this node has verified: name, certificate, endpoint, capabilities."""
 
-    __slots__ = ("capabilities", "certificate", "endpoint", "meta", "started_ms")
+    __slots__ = (
+        "capabilities",
+        "certificate",
+        "endpoint",
+        "meta",
+        "started_ms",
+        "subscriptions",
+        "topics",
+        "topics_endpoint",
+    )
 
     def __init__(self, certificate: Certificate, entry: dict[str, Any]) -> None:
         self.certificate = certificate
@@ -35,6 +44,10 @@ class PeerInfo:
         self.meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
         started = entry.get("started_ms")
         self.started_ms = started if isinstance(started, int) else 0
+        self.topics = _strings(entry.get("topics"))
+        self.subscriptions = _strings(entry.get("subscriptions"))
+        endpoint = entry.get("topics_endpoint")
+        self.topics_endpoint = endpoint if isinstance(endpoint, str) else ""
 
     @property
     def name(self) -> str:
@@ -48,7 +61,13 @@ class PeerInfo:
             "capabilities": list(self.capabilities),
             "meta": self.meta,
             "started_ms": self.started_ms,
+            "topics": list(self.topics),
+            "subscriptions": list(self.subscriptions),
         }
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 class PeerDirectory:
@@ -113,28 +132,33 @@ class PeerDirectory:
         self._entries.update(merged)
         return list(merged.values())
 
-    def on_event(self, body: Any) -> None:
-        """Apply a discovery JOIN/LEAVE/UPDATE event."""
+    def on_event(self, body: Any) -> tuple[str, PeerInfo] | None:
+        """Apply a discovery JOIN/LEAVE/UPDATE event; returns (type, verified entry) or None
+        if it was dropped."""
         if not isinstance(body, dict) or not isinstance(body.get("entry"), dict):
             self._drops["bad_event"] += 1
-            return
+            return None
         info = self.verified(body["entry"])
         if info is None:
-            return
+            return None
+        kind = body.get("type")
+        if kind not in ("JOIN", "UPDATE", "LEAVE"):
+            self._drops["bad_event"] += 1
+            return None
         self.events_seen += 1
         current = self._entries.get(info.name)
-        kind = body.get("type")
-        if kind in ("JOIN", "UPDATE"):
+        if kind != "LEAVE":
             if current is None or info.started_ms >= current.started_ms:
                 self._entries[info.name] = info
                 self._down_until.pop(info.name, None)
-        elif kind == "LEAVE":
+        else:
             self._left_at[info.name] = time.monotonic()
             if current is not None and (
                 current.certificate.node_id == info.certificate.node_id
                 and current.started_ms <= info.started_ms
             ):
                 del self._entries[info.name]
+        return kind, info
 
     def mark_down(self, name: str) -> None:
         self._entries.pop(name, None)

@@ -15,6 +15,7 @@ Layout (protocol.md, 7.8)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
@@ -65,17 +66,23 @@ class TopicKey:
     def generate(cls, topic: str) -> TopicKey:
         return cls(topic, os.urandom(KEY_SIZE), int.from_bytes(os.urandom(4), "big"))
 
-    @property
+    @functools.cached_property
     def tag(self) -> bytes:
         """The keyed hash of the topic name that subscribers filter on."""
         return hashlib.blake2b(
             self.topic.encode(), digest_size=16, key=self.key, person=b"agent-mesh topic"
         ).digest()
 
-    @property
+    @functools.cached_property
     def prefix(self) -> bytes:
         """The SUB subscription prefix for this topic and key."""
         return bytes([PROTOCOL_VERSION, FrameType.PUBLISH]) + self.tag
+
+
+@functools.lru_cache(maxsize=1024)
+def _verify_key(sign_public: bytes) -> VerifyKey:
+    """A publisher's verify key, built once (every message from it is checked with it)."""
+    return VerifyKey(sign_public)
 
 
 def seal_publish(
@@ -144,13 +151,17 @@ def open_publish(
         raise AuthenticationFailed("PUBLISH frame does not open under the topic key")
     unsigned, signature = bytes(plain[:-SIGNATURE_SIZE]), bytes(plain[-SIGNATURE_SIZE:])
     try:
-        VerifyKey(publisher.sign_public).verify(CONTEXT + unsigned, signature)
+        _verify_key(publisher.sign_public).verify(CONTEXT + unsigned, signature)
     except BadSignatureError as exc:
-        raise AuthenticationFailed("PUBLISH signature is not the publisher's") from exc
+        raise AuthenticationFailed(
+            "PUBLISH signature is not the publisher's", reason="bad_signature"
+        ) from exc
     _, seq, timestamp, attachments = INNER.unpack_from(unsigned)
     if attachments:
         raise MalformedEnvelope("attachments on topics are not supported yet")
     if abs(timestamp - now_ms) > max_skew_ms:
         raise ClockSkew(timestamp - now_ms, max_skew_ms)
     messages = decode_payload(memoryview(unsigned)[INNER.size :], [])
+    if not messages:
+        raise MalformedEnvelope("a PUBLISH frame carries at least one message")
     return Opened(seq, timestamp, 0, 0, messages)

@@ -52,3 +52,45 @@ class ReplayWindow:
         if self._bitmap & bit:
             raise ReplayDetected(f"sequence {seq} was already received", reason="replay")
         self._bitmap |= bit
+
+
+class TopicSequence:
+    """One publisher's sequence numbers on one topic key, as a subscriber sees them.
+
+    A PUB/SUB connection keeps order, so numbers must rise strictly: one at or below the last
+    is a replay (or a duplicate) and is refused. A number more than one above the last means
+    messages were lost (the publisher's queue for us overflowed, or we reconnected): the
+    missing count is added to ``gaps``, never hidden. A *probe* (protocol.md, section 10)
+    carries the publisher's last number without being a message; it sets the starting point
+    of a fresh subscription, and reveals a loss at the tail that no later message would.
+    """
+
+    __slots__ = ("gaps", "last", "received")
+
+    def __init__(self) -> None:
+        self.last: int | None = None  # None: nothing seen yet, so nothing can be missing
+        self.gaps = 0
+        self.received = 0
+
+    def probe(self, seq: int) -> int:
+        """The publisher had published up to ``seq`` when it sent the probe; returns how
+        many of those never arrived here (0 for the first probe: nothing was promised)."""
+        last = self.last
+        if last is not None and seq <= last:
+            return 0
+        missed = 0 if last is None else seq - last
+        self.gaps += missed
+        self.last = seq
+        return missed
+
+    def accept(self, seq: int) -> int:
+        """Record message ``seq``; return how many were missed just before it, or raise
+        :class:`ReplayDetected` if it is not newer than the last."""
+        last = self.last
+        if last is not None and seq <= last:
+            raise ReplayDetected(f"topic sequence {seq} is not above {last}", reason="replay")
+        missed = 0 if last is None else seq - last - 1
+        self.gaps += missed
+        self.last = seq
+        self.received += 1
+        return missed

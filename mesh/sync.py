@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import NodeClosed
 from .node import Node
+from .subscription import Subscription, TopicMessage
 
 CLOSE_TIMEOUT_S = 10.0
 
@@ -78,6 +79,27 @@ class SyncNode:
             if not self._closed:
                 self._run(chunks.aclose())
 
+    def subscribe(self, pattern: str, **options: Any) -> SyncSubscription:
+        """As :meth:`Node.subscribe`; returns once the subscription is confirmed."""
+
+        async def confirm() -> Subscription:
+            return await self.node.subscribe(pattern, **options)
+
+        return SyncSubscription(self, self._run(confirm()))
+
+    def on_topic(self, pattern: str) -> Any:
+        """As :meth:`Node.on_topic` (plain functions run in a worker thread)."""
+        decorate = self.node.on_topic(pattern)
+
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            async def on_loop() -> None:
+                decorate(function)
+
+            self._run(on_loop())
+            return function
+
+        return register
+
     def stats(self) -> dict[str, Any]:
         """As :meth:`Node.stats`, read on the node's own thread."""
 
@@ -122,7 +144,39 @@ def _blocking(name: str) -> Callable[..., Any]:
     return method
 
 
-for _name in ("request", "send", "peers"):
+class SyncSubscription:
+    """A :class:`Subscription` read from blocking code: iterate it, or ``get(timeout)``."""
+
+    def __init__(self, node: SyncNode, subscription: Subscription) -> None:
+        self._node = node
+        self.subscription = subscription
+
+    def get(self, timeout: float | None = None) -> TopicMessage:
+        """The next message; TimeoutError after ``timeout`` seconds."""
+        return self._node._run(self.subscription.get(timeout))
+
+    def __iter__(self) -> Iterator[TopicMessage]:
+        while True:
+            try:
+                yield self._node._run(self.subscription.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        async def close() -> None:
+            self.subscription.close()
+
+        if not self._node._closed:
+            self._node._run(close())
+
+    def __enter__(self) -> SyncSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+for _name in ("request", "send", "peers", "publish"):
     setattr(SyncNode, _name, _blocking(_name))
 
 

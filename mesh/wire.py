@@ -53,6 +53,8 @@ class Kind(IntEnum):
     PUBLISH = 30
     SUBSCRIBE = 31
     TOPIC_KEY = 32
+    TOPIC_PROBE = 33
+    TOPIC_OFFER = 34
 
 
 KIND_VALUES = frozenset(int(k) for k in Kind)
@@ -114,6 +116,7 @@ MAX_HANDSHAKE_FRAME = 8192
 MAX_CERT_SIZE = 4096
 MAX_CAPABILITIES = 64
 MAX_CAPABILITY_LEN = 128
+MAX_TOPICS = 256  # topics a node publishes, and patterns it subscribes to
 MAX_TTL_MS = 2**32 - 1
 MAX_U64 = 2**64 - 1
 
