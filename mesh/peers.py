@@ -63,6 +63,7 @@ class PeerInfo:
             "started_ms": self.started_ms,
             "topics": list(self.topics),
             "subscriptions": list(self.subscriptions),
+            "topics_endpoint": self.topics_endpoint,
         }
 
 

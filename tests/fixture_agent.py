@@ -132,3 +132,18 @@ class ReadmeBob:
 
     async def event(self, body: Any) -> None:
         return None
+
+
+class Ticker:
+    """A registered publisher for the topic process tests: ``publish`` sends ``count``
+    messages ``{"i": 0..count-1}`` on ``topic`` and returns the last sequence number."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        node.handler("publish", self.publish)
+
+    async def publish(self, body: Any) -> int:
+        seq = 0
+        for i in range(body["count"]):
+            seq = await self.node.publish(body["topic"], {"i": i})
+        return seq

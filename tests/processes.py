@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,24 +32,61 @@ class Process:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        self._stdout: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
 
-    def wait_line(self, needle: str, timeout: float = 30.0) -> str:
-        """The first stdout line containing ``needle``; fails if the process dies or times out."""
+    def _read_stdout(self) -> None:
         assert self.popen.stdout is not None
+        with contextlib.suppress(ValueError, OSError):  # closed under us: the test is over
+            for line in self.popen.stdout:
+                self._stdout.put(line.strip())
+        self._stdout.put(None)
+
+    def _next_stdout(self, deadline: float) -> str | None:
+        """The next stdout line; None at end of output or at the deadline."""
+        try:
+            return self._stdout.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+
+    def wait_line(self, needle: str, timeout: float = 30.0, *, stderr: bool = False) -> str:
+        """The first stdout (or stderr) line containing ``needle``; fails if the process
+        dies or times out."""
         deadline = time.monotonic() + timeout
+        if stderr:
+            found = self._wait_stderr_line(needle, deadline)
+        else:
+            found = None
+            while found is None and (line := self._next_stdout(deadline)) is not None:
+                found = line if needle in line else None
+        if found is not None:
+            return found
+        self.kill()
+        rest = "" if stderr or not self.popen.stderr else self.popen.stderr.read()
+        raise AssertionError(f"{self.args}: no line with {needle!r}; stderr: {rest[-2000:]}")
+
+    def _wait_stderr_line(self, needle: str, deadline: float) -> str | None:
+        assert self.popen.stderr is not None
         with selectors.DefaultSelector() as selector:
-            selector.register(self.popen.stdout, selectors.EVENT_READ)
+            selector.register(self.popen.stderr, selectors.EVENT_READ)
             while time.monotonic() < deadline:
                 if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
                     continue
-                line = self.popen.stdout.readline()
+                line = self.popen.stderr.readline()
                 if not line:
-                    break
+                    return None
                 if needle in line:
                     return line.strip()
-        self.kill()
-        stderr = self.popen.stderr.read() if self.popen.stderr else ""
-        raise AssertionError(f"{self.args}: no line with {needle!r}; stderr: {stderr[-2000:]}")
+        return None
+
+    def lines(self, count: int, timeout: float = 60.0) -> list[str]:
+        """The next ``count`` stdout lines (fewer if the process ends or time runs out)."""
+        deadline = time.monotonic() + timeout
+        taken: list[str] = []
+        while len(taken) < count and (line := self._next_stdout(deadline)) is not None:
+            taken.append(line)
+        return taken
 
     def endpoint(self) -> str:
         """Wait for the "... serving on ENDPOINT" line and return (and remember) ENDPOINT."""
@@ -76,6 +116,7 @@ class Process:
         self.kill()
         try:
             self.popen.wait(10)
+            self._reader.join(5)  # output ends with the process
         finally:
             for stream in (self.popen.stdout, self.popen.stderr):
                 if stream:
