@@ -136,6 +136,18 @@ def compute() -> dict[str, dict[str, bytes]]:
         alice, topic, 1, NOW_MS, [event], _random=deterministic_random(b"publish")
     )
     vectors["publish"] = {"topic_key": topic.key, "tag": topic.tag, "frame": bytes(published[0])}
+    orders = TopicKey("orders.new", _seed("orders key"), 0x0A0B0C0D)
+    draw = deterministic_random(b"topic")
+    message = Message(Kind.PUBLISH, 4, name="orders.new", body={"id": 7})
+    topic_message = seal_publish(alice, orders, 42, NOW_MS + 3, [message], _random=draw)
+    probe = Message(Kind.TOPIC_PROBE, 5, name="orders.new")
+    topic_probe = seal_publish(alice, orders, 42, NOW_MS + 4, [probe], _random=draw)
+    vectors["topic"] = {
+        "topic_key": orders.key,
+        "tag": orders.tag,
+        "message": bytes(topic_message[0]),
+        "probe": bytes(topic_probe[0]),
+    }
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))
     assert rejected is not None
     vectors["reject"] = {"frame": bytes(rejected[0])}

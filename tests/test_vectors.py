@@ -61,3 +61,16 @@ def test_documented_publish_frame_opens_and_verifies(documented):
     opened = open_publish([documented["publish"]["frame"]], topic, alice, NOW_MS, 1000)
     assert opened.seq == 1
     assert opened.messages == [Message(Kind.EVENT, 3, name="JOIN", body={"type": "JOIN"})]
+
+
+def test_documented_topic_message_and_probe(documented):
+    vector = documented["topic"]
+    orders = TopicKey("orders.new", vector["topic_key"], 0x0A0B0C0D)
+    assert orders.tag == vector["tag"]
+    alice = Certificate.from_bytes(documented["alice"]["certificate"])
+    message = open_publish([vector["message"]], orders, alice, NOW_MS, 1000)
+    probe = open_publish([vector["probe"]], orders, alice, NOW_MS, 1000)
+    assert (message.seq, message.timestamp_ms) == (42, NOW_MS + 3)
+    assert message.messages == [Message(Kind.PUBLISH, 4, name="orders.new", body={"id": 7})]
+    assert (probe.seq, probe.timestamp_ms) == (42, NOW_MS + 4)
+    assert probe.messages == [Message(Kind.TOPIC_PROBE, 5, name="orders.new")]
