@@ -22,9 +22,9 @@ from .inbound import now_ms
 from .publish import TopicKey, open_publish
 from .reactor import Reactor
 from .replay import TopicSequence
-from .sockets import HWM, LINGER_MS, MAX_ZMQ_MESSAGE
+from .sockets import HWM, LINGER_MS
 from .subscription import TopicMessage
-from .wire import Kind
+from .wire import MAX_FIRST_FRAME, Kind
 
 Deliver = Callable[[TopicMessage], None]
 _PUBLISH = int(Kind.PUBLISH)
@@ -65,7 +65,7 @@ class Feed:
         socket = context.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, LINGER_MS)
         socket.setsockopt(zmq.RCVHWM, HWM)
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_ZMQ_MESSAGE)
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FIRST_FRAME)  # a PUBLISH is one frame
         socket.connect(endpoint)
         self._reactor = Reactor(socket, self._receive)
 

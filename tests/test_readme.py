@@ -14,9 +14,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 SAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_has_both_samples():
-    assert any("discovery=" in s for s in SAMPLES)
+def test_readme_has_its_samples():
+    assert any("node.request(" in s for s in SAMPLES)
     assert any("SessionTable" in s for s in SAMPLES)
+    assert any(".subscribe(" in s for s in SAMPLES)
 
 
 def test_sans_io_sample_runs(tmp_path):
@@ -25,7 +26,7 @@ def test_sans_io_sample_runs(tmp_path):
 
 
 def test_embedding_sample_runs_against_a_local_mesh(tmp_path):
-    (sample,) = [s for s in SAMPLES if "discovery=" in s]
+    (sample,) = [s for s in SAMPLES if "node.request(" in s]
     discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
     bob = None
     try:
@@ -54,3 +55,21 @@ def test_embedding_sample_runs_against_a_local_mesh(tmp_path):
         for process in (bob, discovery):
             if process is not None:
                 process.close()
+
+
+def test_topics_sample_runs_against_a_local_mesh(tmp_path):
+    (sample,) = [s for s in SAMPLES if ".subscribe(" in s]
+    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
+    try:
+        code = sample.replace("tcp://127.0.0.1:7700", discovery.endpoint())
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "MESH_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["news.eu", "newsroom", "1", "hello"]
+    finally:
+        discovery.close()

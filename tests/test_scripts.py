@@ -15,11 +15,12 @@ from tests.processes import ROOT
     [
         ("rtt", "200", ["raw pyzmq sync", "raw pyzmq asyncio", "mesh Node.request (sealed)"]),
         ("flow-bench", "500", ["on (window 1024)", "off (window 10000", "on / off:"]),
+        ("topic-bench", "100 1,2 200", ["raw pyzmq PUB/SUB", "mesh (sealed, signed)", "2 subs"]),
     ],
 )
 def test_script_reports(script, count, expected):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), count],
+        [sys.executable, str(ROOT / "scripts" / script), *count.split()],
         capture_output=True,
         text=True,
         timeout=300,
