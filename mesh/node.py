@@ -14,6 +14,7 @@ callers as handlers finish and to streams as their readers take chunks.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
@@ -543,7 +544,7 @@ class Node:
 
     def _run_topic_handler(self, pattern: str, function: Handler) -> None:
         subscription = self.subscribe(pattern)
-        is_async = asyncio.iscoroutinefunction(function)
+        is_async = inspect.iscoroutinefunction(function)
 
         async def run() -> None:
             async for message in subscription:

@@ -14,6 +14,19 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 SAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
+def run_sample(code: str, home) -> list[str]:
+    """Run a sample as its own program against the mesh in ``home``; its output words."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def test_readme_has_its_samples():
     assert any("node.request(" in s for s in SAMPLES)
     assert any("SessionTable" in s for s in SAMPLES)
@@ -41,16 +54,10 @@ def test_embedding_sample_runs_against_a_local_mesh(tmp_path):
             home=tmp_path,
         )
         bob.endpoint()
-        code = sample.replace("tcp://127.0.0.1:7700", url)
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "MESH_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["hello", "world"]
+        assert run_sample(sample.replace("tcp://127.0.0.1:7700", url), tmp_path) == [
+            "hello",
+            "world",
+        ]
     finally:
         for process in (bob, discovery):
             if process is not None:
@@ -62,14 +69,6 @@ def test_topics_sample_runs_against_a_local_mesh(tmp_path):
     discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
     try:
         code = sample.replace("tcp://127.0.0.1:7700", discovery.endpoint())
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "MESH_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["news.eu", "newsroom", "1", "hello"]
+        assert run_sample(code, tmp_path) == ["news.eu", "newsroom", "1", "hello"]
     finally:
         discovery.close()
