@@ -149,10 +149,12 @@ class Topics:
             offers = [asyncio.ensure_future(self._offer(info, topic)) for info in subscribers]
             if offers:
                 prober = asyncio.ensure_future(self._probe_until_cancelled(topic))
-                done, late = await asyncio.wait(offers, timeout=timeout)
-                prober.cancel()
-                for offer in late:
-                    offer.cancel()
+                try:
+                    done, _ = await asyncio.wait(offers, timeout=timeout)
+                finally:  # also when the node closes meanwhile: nothing keeps probing
+                    prober.cancel()
+                    for offer in offers:
+                        offer.cancel()
                 confirmed = sum(1 for o in done if not o.exception() and o.result())
                 self.counts["offers_confirmed"] += confirmed
                 self.counts["offers_unconfirmed"] += len(offers) - confirmed
