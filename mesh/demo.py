@@ -68,8 +68,8 @@ def _read_line(stream: IO[str] | None, timeout: float) -> str:
 
 
 async def _talk(discovery: str, mesh: MeshDirectory, say: Callable[[str], None]) -> None:
-    async with Node("demo-client", discovery=discovery, mesh=mesh, register=False) as node:
-        peers = sorted(p.name for p in await node.peers())
+    async with Node("demo-client", discovery=discovery, mesh=mesh) as node:
+        peers = sorted(p.name for p in await node.peers() if p.name != node.name)
         say(f"mesh members: {', '.join(peers)}")
         for name in AGENTS:
             reply = await node.request(name, "echo", {"hello": name}, timeout=10)
@@ -81,6 +81,10 @@ async def _talk(discovery: str, mesh: MeshDirectory, say: Callable[[str], None])
         )
         spread = ", ".join(f"{name} x{count}" for name, count in sorted(Counter(answered).items()))
         say(f"capability 'whoami', 9 concurrent calls, least-busy routing: {spread}")
+        subscription = await node.subscribe("agents.>")
+        await asyncio.gather(*(node.request(n, "announce", "ready", timeout=10) for n in AGENTS))
+        events = sorted([(await subscription.get(10)).topic for _ in AGENTS])
+        say(f"topic    agents.> <- {', '.join(events)} (each signed by its agent)")
         samples = []
         for _ in range(ROUNDS):
             started = time.perf_counter()

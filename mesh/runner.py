@@ -29,7 +29,12 @@ from .node import Node
 def install_echo(node: Node) -> None:
     """The built-in agent: ``echo`` returns its body; ``echo_stream`` yields each item of a
     list body; ``sleep`` waits ``body`` seconds (at most 60) then returns it; ``whoami``
-    returns the node's name (after ``body`` seconds, if a number)."""
+    returns the node's name (after ``body`` seconds, if a number); ``announce`` publishes its
+    body on the topic ``agents.NAME.status`` and returns the sequence number."""
+
+    @node.handler("announce")
+    async def announce(body: Any) -> int:
+        return await node.publish(f"agents.{node.name}.status", body)
 
     @node.handler("whoami")
     async def whoami(body: Any) -> str:

@@ -89,4 +89,6 @@ def test_demo_runs_a_live_local_mesh(tmp_path):
     routing = next(line for line in out.splitlines() if "least-busy routing" in line)
     assert all(f"echo-{i} x" in routing for i in (1, 2, 3))  # every replica got work
     assert "stream   demo-client -> echo-2.echo_stream: ['tok', 'en', 's']" in out
+    topics = "agents.echo-1.status, agents.echo-2.status, agents.echo-3.status"
+    assert f"topic    agents.> <- {topics}" in out
     assert out.count("exit status 0") == 4
