@@ -69,10 +69,6 @@ class Feed:
         socket.connect(endpoint)
         self._reactor = Reactor(socket, self._receive)
 
-    @property
-    def closed(self) -> bool:
-        return self._reactor.closed
-
     def add(self, key: TopicKey) -> FeedTopic:
         """Follow ``key``'s topic (a new key for a topic replaces the old one)."""
         current = self.by_topic.get(key.topic)
@@ -88,8 +84,7 @@ class Feed:
         state = self.by_topic.pop(topic, None)
         if state is not None:
             del self.by_tag[state.key.tag]
-            if not self.closed:
-                self._reactor.socket.setsockopt(zmq.UNSUBSCRIBE, state.key.prefix)
+            self._reactor.socket.setsockopt(zmq.UNSUBSCRIBE, state.key.prefix)
 
     async def confirmed(self, topic: str, timeout: float) -> bool:
         """Wait until a probe for ``topic`` arrived (at most ``timeout`` seconds)."""
@@ -105,7 +100,7 @@ class Feed:
 
     def _receive(self, frames: list[bytes]) -> None:
         frame = frames[0]
-        state = self.by_tag.get(bytes(frame[2:18]))
+        state = self.by_tag.get(frame[2:18])
         if state is None:  # a key we replaced, or a prefix collision: not ours to open
             self._drops["topic_unknown_key"] += 1
             return

@@ -60,17 +60,16 @@ class TopicSequence:
     A PUB/SUB connection keeps order, so numbers must rise strictly: one at or below the last
     is a replay (or a duplicate) and is refused. A number more than one above the last means
     messages were lost (the publisher's queue for us overflowed, or we reconnected): the
-    missing count is added to ``gaps``, never hidden. A *probe* (protocol.md, section 10)
+    missing count is reported, never hidden. A *probe* (protocol.md, section 10)
     carries the publisher's last number without being a message; it sets the starting point
     of a fresh subscription, and reveals a loss at the tail that no later message would.
+    Both return how many were missed; the caller adds them up.
     """
 
-    __slots__ = ("gaps", "last", "received")
+    __slots__ = ("last",)
 
     def __init__(self) -> None:
         self.last: int | None = None  # None: nothing seen yet, so nothing can be missing
-        self.gaps = 0
-        self.received = 0
 
     def probe(self, seq: int) -> int:
         """The publisher had published up to ``seq`` when it sent the probe; returns how
@@ -78,10 +77,8 @@ class TopicSequence:
         last = self.last
         if last is not None and seq <= last:
             return 0
-        missed = 0 if last is None else seq - last
-        self.gaps += missed
         self.last = seq
-        return missed
+        return 0 if last is None else seq - last
 
     def accept(self, seq: int) -> int:
         """Record message ``seq``; return how many were missed just before it, or raise
@@ -89,8 +86,5 @@ class TopicSequence:
         last = self.last
         if last is not None and seq <= last:
             raise ReplayDetected(f"topic sequence {seq} is not above {last}", reason="replay")
-        missed = 0 if last is None else seq - last - 1
-        self.gaps += missed
         self.last = seq
-        self.received += 1
-        return missed
+        return 0 if last is None else seq - last - 1

@@ -34,7 +34,6 @@ class TopicPublisher:
         self._seq: dict[str, int] = {}
         self.published = 0
         self.probes = 0
-        self.refused = 0  # sends libzmq refused outright (it was closing)
 
     def key(self, topic: str) -> TopicKey:
         """The topic's key, made on first use."""
@@ -46,7 +45,7 @@ class TopicPublisher:
 
     def publish(self, topic: str, body: object) -> int:
         """Seal, sign and send one message on ``topic``; returns its sequence number."""
-        key = self.keys.get(topic) or self.key(topic)
+        key = self.key(topic)
         seq = self._seq[topic] + 1
         message = Message(Kind.PUBLISH, next_msg_id(), name=topic, body=body)
         frames = seal_publish(self._identity, key, seq, now_ms(), [message])
@@ -64,10 +63,10 @@ class TopicPublisher:
             self.probes += 1
 
     def _send(self, frames: list) -> bool:
+        """False if libzmq refused the frame outright (the socket is closing)."""
         try:
             self._socket.send(frames[0], _NOBLOCK)
         except zmq.ZMQError:
-            self.refused += 1
             return False
         return True
 

@@ -297,7 +297,8 @@ class Topics:
     async def _accept_offer(self, session: Session, message: Message) -> None:
         peer = session.peer
         topic = message.body.get("topic") if isinstance(message.body, dict) else None
-        if not any(isinstance(topic, str) and matches(s.pattern, topic) for s in self._open()):
+        wanted = isinstance(topic, str) and self._wants(topic)
+        if not wanted:
             answer = error_message(message.msg_id, ErrorCode.NOT_FOUND, "no such subscription")
         else:
             try:
@@ -310,8 +311,9 @@ class Topics:
                 answer = error_message(message.msg_id, ErrorCode.BAD_REQUEST, str(exc))
         self._reply(peer.node_id, [answer])
 
-    def _open(self) -> list[Subscription]:
-        return [s for s in self.subscriptions if not s.closed]
+    def _wants(self, topic: str) -> bool:
+        """Whether a subscription here matches ``topic`` (closed ones are already gone)."""
+        return any(matches(s.pattern, topic) for s in self.subscriptions)
 
     def _deliver(self, message: TopicMessage) -> None:
         routes = self._routes.get(message.topic)
@@ -326,7 +328,7 @@ class Topics:
         self._routes.clear()
         for endpoint, feed in list(self.feeds.items()):
             for topic in list(feed.by_topic):
-                if not any(matches(s.pattern, topic) for s in self.subscriptions):
+                if not self._wants(topic):
                     feed.remove(topic)
             if not feed.by_topic:
                 self._close_feed(endpoint)
@@ -346,9 +348,8 @@ class Topics:
                 self._close_feed(endpoint)
         if kind == "LEAVE":
             return
-        wanted = [t for t in info.topics if any(matches(s.pattern, t) for s in self._open())]
         feed = self.feeds.get(info.topics_endpoint)
-        for topic in wanted:
+        for topic in filter(self._wants, info.topics):
             if feed is None or topic not in feed.by_topic:
                 self._spawn(self._follow(info, topic))
 
@@ -379,6 +380,7 @@ class Topics:
         return {
             "endpoint": self.endpoint,
             "published": self.publisher.published,
+            "probes": self.publisher.probes,
             "publishing": sorted(self.publisher.keys),
             "gaps": missed + self._missed_before,
             "subscriptions": [

@@ -193,7 +193,7 @@ async def test_what_crosses_the_wire_is_unreadable_without_the_key(mesh):
 
 
 @pytest.mark.asyncio
-async def test_a_node_of_another_authority_cannot_subscribe(mesh, tmp_path):
+async def test_a_node_of_another_authority_is_refused_before_it_can_subscribe(mesh, tmp_path):
     stranger_mesh = MeshDirectory(tmp_path / "other")
     stranger_mesh.create()
     async with running(mesh, "pub") as (discovery, (pub,)):
