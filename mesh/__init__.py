@@ -7,6 +7,7 @@ from .codec import Blob, Message
 from .discovery import DiscoveryServer
 from .errors import (
     AuthenticationFailed,
+    BadRequest,
     CallError,
     CertificateExpired,
     ClockSkew,
@@ -28,6 +29,7 @@ from .errors import (
     NoCredit,
     NodeClosed,
     NoSuchMethod,
+    Overloaded,
     PeerLost,
     PeerNotFound,
     ProtocolError,
@@ -55,6 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationFailed",
+    "BadRequest",
     "Authority",
     "Blob",
     "CallContext",
@@ -86,6 +89,7 @@ __all__ = [
     "NameConflict",
     "NoCredit",
     "NoSuchMethod",
+    "Overloaded",
     "Node",
     "NodeClosed",
     "PeerInfo",

@@ -26,7 +26,10 @@ EXIT_INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mesh`` console script; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "agent_options"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.agent_options = extra
     try:
         return int(args.run(args) or 0)
     except MeshError as exc:

@@ -57,7 +57,7 @@ def add_commands(commands: Any) -> None:
         default=1024,
         help="messages a caller may have unconsumed here (flow control)",
     )
-    run.set_defaults(run=lambda args: asyncio.run(_agent(args)))
+    run.set_defaults(run=lambda args: asyncio.run(_agent(args)), agent_options=[])
 
     call = commands.add_parser(
         "call",
@@ -179,17 +179,22 @@ async def _discovery(args: argparse.Namespace) -> int:
 async def _agent(args: argparse.Namespace) -> int:
     factory = load_target(args.target)
     caps = [c.strip() for c in args.caps.split(",") if c.strip()]
-    node = Node(
-        args.name,
-        discovery=args.discovery,
-        bind=args.bind,
-        advertise=args.advertise,
-        capabilities=caps,
-        mesh=mesh_directory(args.mesh),
-        heartbeat=args.heartbeat,
-        lease_ms=args.lease_ms,
-        window=Window(args.window),
-    )
+    node_options = {
+        "name": args.name,
+        "discovery": args.discovery,
+        "bind": args.bind,
+        "advertise": args.advertise,
+        "capabilities": caps,
+        "mesh": mesh_directory(args.mesh),
+        "heartbeat": args.heartbeat,
+        "lease_ms": args.lease_ms,
+        "window": Window(args.window),
+    }
+    if hasattr(factory, "from_command_line"):  # an agents.Agent class: it owns its node
+        return await _agent_class(factory, args.agent_options, node_options)
+    if args.agent_options:
+        raise InvalidArgument(f"unrecognized arguments: {' '.join(args.agent_options)}")
+    node = Node(**node_options)
     agent = factory(node)
     signals = StopSignals()
     try:
@@ -199,6 +204,17 @@ async def _agent(args: argparse.Namespace) -> int:
     finally:
         await close_agent(agent)
         await node.close()
+
+
+async def _agent_class(factory: Any, argv: list[str], node_options: dict[str, Any]) -> int:
+    agent = factory.from_command_line(argv, node_options)
+    signals = StopSignals()
+    await agent.start()
+    try:
+        print(f"{agent.name} serving on {agent.node.endpoint}", flush=True)
+        return await signals.wait()
+    finally:
+        await agent.stop()
 
 
 async def _call(args: argparse.Namespace) -> int:
@@ -277,6 +293,9 @@ async def _peers(args: argparse.Namespace) -> int:
     print(f"{'name':<24} {'endpoint':<28} capabilities")
     for peer in peers:
         print(f"{peer['name']:<24} {peer['endpoint']:<28} {', '.join(peer['capabilities'])}")
+        card = peer["meta"].get("card")
+        if isinstance(card, dict) and isinstance(card.get("description"), str):
+            print(f"{'':<24} {card.get('kind', 'agent')}: {card['description']}")
     return 0
 
 

@@ -23,11 +23,13 @@ import zmq
 from . import sockets
 from .codec import Message
 from .errors import (
+    BadRequest,
     FlowControlTimeout,
     MalformedEnvelope,
     MeshError,
     NoCredit,
     NoSuchMethod,
+    Overloaded,
     PeerLost,
     ProtocolError,
     RemoteError,
@@ -43,6 +45,10 @@ from .wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kin
 CONNECT_TIMEOUT_S = 5.0
 _CERT_REQUEST = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
 _END = object()  # marks the end of a stream in its queue
+_REMOTE_ERRORS: dict[int, type[RemoteError]] = {
+    ErrorCode.BAD_REQUEST: BadRequest,
+    ErrorCode.OVERLOADED: Overloaded,
+}
 _CREDITED = (Kind.REQUEST, Kind.SEND)
 _SEALED = bytes([FrameType.SEALED])
 
@@ -258,7 +264,8 @@ class Connection:
         remote_type = details.get("type") if isinstance(details, dict) else None
         if code == ErrorCode.UNKNOWN_METHOD:
             return NoSuchMethod(str(text), peer=self.name, method=call.method)
-        return RemoteError(
+        error = _REMOTE_ERRORS.get(code, RemoteError) if isinstance(code, int) else RemoteError
+        return error(
             str(text),
             code=int(code) if isinstance(code, int) else 0,
             remote_type=remote_type,

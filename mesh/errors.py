@@ -232,6 +232,22 @@ class RemoteError(CallError):
         self.remote_type = remote_type
 
 
+class BadRequest(RemoteError):
+    """The callee refused the body: a missing or invalid argument (code BAD_REQUEST). A
+    handler raises it, or any :class:`InvalidArgument`, to report the caller's mistake."""
+
+    def __init__(self, message: str, *, code: int = 1, **fields: str | None) -> None:
+        super().__init__(message, code=code, **fields)
+
+
+class Overloaded(RemoteError):
+    """The callee's queue is full (code OVERLOADED): retry later or call another provider.
+    A handler raises it to shed load instead of queueing without bound."""
+
+    def __init__(self, message: str, *, code: int = 5, **fields: str | None) -> None:
+        super().__init__(message, code=code, **fields)
+
+
 class NameConflict(CallError):
     """Discovery refused a registration: the name is live with other keys."""
 

@@ -14,6 +14,7 @@ runs at most once; its reply is kept for a while and sent again to the retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 
 from .codec import Message
 from .connection import next_msg_id
-from .errors import InvalidArgument
+from .errors import BadRequest, InvalidArgument, Overloaded
 from .flow import SendCredit, Window
 from .wire import ErrorCode, Kind
 
@@ -96,6 +97,16 @@ class StreamCredit:
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+def _error_code(exc: Exception) -> ErrorCode:
+    """What a handler's exception tells the caller: its own mistake (BAD_REQUEST), a full
+    queue (OVERLOADED), or a failure of the handler (HANDLER_FAILED)."""
+    if isinstance(exc, Overloaded):
+        return ErrorCode.OVERLOADED
+    if isinstance(exc, InvalidArgument | BadRequest):
+        return ErrorCode.BAD_REQUEST
+    return ErrorCode.HANDLER_FAILED
 
 
 def error_message(corr: int, code: int, text: str, remote_type: str | None = None) -> Message:
@@ -211,16 +222,19 @@ class HandlerRunner:
         try:
             if spec.streaming:
                 stream = self._streams[key] = StreamCredit(message.meta)
-                async for item in spec.function(*args):
-                    if not expects_reply:
-                        continue
-                    await stream.wait()  # the generator is paused until the reader catches up
-                    sent = self._send(
-                        peer_id, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
-                    )
-                    if not sent:
-                        raise asyncio.CancelledError  # the caller is gone: stop generating
-                    stream.credit.charge(sent)
+                # aclosing: a cancelled stream closes its generator now, so its own cleanup
+                # (stopping a model, say) runs at once rather than whenever it is collected
+                async with contextlib.aclosing(spec.function(*args)) as items:
+                    async for item in items:
+                        if not expects_reply:
+                            continue
+                        await stream.wait()  # paused until the reader catches up
+                        sent = self._send(
+                            peer_id, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
+                        )
+                        if not sent:
+                            raise asyncio.CancelledError  # the caller is gone: stop generating
+                        stream.credit.charge(sent)
                 return [Message(Kind.STREAM_END, next_msg_id(), corr)]
             if spec.coroutine:
                 result = await spec.function(*args)
@@ -233,10 +247,7 @@ class HandlerRunner:
             self.failures += 1
             return [
                 error_message(
-                    corr,
-                    ErrorCode.HANDLER_FAILED,
-                    str(exc) or type(exc).__name__,
-                    type(exc).__name__,
+                    corr, _error_code(exc), str(exc) or type(exc).__name__, type(exc).__name__
                 )
             ]
         return [Message(Kind.REPLY, next_msg_id(), corr, body=result)]

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import zmq
@@ -140,6 +140,7 @@ class Node:
         self._discovery: DiscoveryClient | None = None
         self._topics: Topics | None = None
         self._topic_handlers: list[tuple[str, Handler]] = []
+        self._peer_watchers: list[Callable[[str, PeerInfo], None]] = []
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
         self.started_ms = 0
@@ -240,8 +241,18 @@ class Node:
 
     def _on_directory_event(self, body: Any) -> None:
         applied = self.known.on_event(body)
-        if applied is not None and self._topics is not None:
+        if applied is None:
+            return
+        if self._topics is not None:
             self._topics.on_directory_event(*applied)
+        for watcher in self._peer_watchers:
+            watcher(*applied)
+
+    def on_peer_event(self, watcher: Callable[[str, PeerInfo], None]) -> None:
+        """Call ``watcher(event, info)`` on the loop for every verified directory event this
+        node hears (``JOIN``, ``UPDATE``, ``LEAVE``): keeps a view of the mesh current without
+        polling. Registered nodes hear events; ``register=False`` ones do not."""
+        self._peer_watchers.append(watcher)
 
     # ------------------------------------------------------------------ handlers
 

@@ -1,0 +1,288 @@
+"""``LLMAgent``: a causal language model on the mesh, streamed token by token.
+
+    mesh run agents.llm:LLMAgent --name billing --model DIR \\
+        --description "Billing: invoices, refunds and payment methods"
+
+Methods: ``generate`` / ``generate_stream`` (a prompt), ``chat`` / ``chat_stream`` (a list of
+messages, through the tokenizer's chat template where it has one), ``converse`` (a
+conversation with another LLM agent through the mesh) and ``status``. Parameters are
+checked by :class:`~agents.generation.GenerationParams` (``max_new_tokens``,
+``temperature``, ``top_p``, ``stop``, ``seed``): a wrong one is a :class:`mesh.BadRequest`.
+
+One generation runs at a time (it uses every core, or the GPU); up to ``max_queue`` more
+wait in order, and a streamed reply's first chunk then says ``{"queued": position}``;
+beyond that a request fails at once with :class:`mesh.Overloaded`. Streamed chunks are
+``{"text", "tokens", "t"}`` (``t``: when the model produced it, Unix seconds, so a reader on
+the same clock can measure the mesh's share), then ``{"done": true, ...}`` with the finish
+reason and timings. A reader that stops reading pauses the model; one that leaves stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from transformers import StoppingCriteriaList
+
+from mesh import CallContext, InvalidArgument
+
+from .admission import Admission
+from .base import Agent, method
+from .generation import GenerationParams, TextAssembler, check_fields, messages_of, prompt_of
+from .models import load_causal_lm
+from .streaming import DONE, Bridge, StopWhenAsked, TokenStreamer
+from .tiny import is_tiny_model
+
+DEFAULT_MAX_QUEUE = 8
+DEFAULT_TOKEN_LIMIT = 1024
+LOOKAHEAD = 2  # chunks the model may run ahead of what the mesh has sent
+MAX_TURNS = 20
+PARAMS_CARD = {
+    "max_new_tokens": "int, 1..limit (default 64)",
+    "temperature": "float 0..5, 0 = greedy (default 0)",
+    "top_p": "float (0, 1] (default 1)",
+    "stop": "string or list of strings that end the text",
+    "seed": "int, repeatable sampling",
+}
+
+
+class LLMAgent(Agent):
+    """A causal LM from ``model`` (a local directory, or a hub id where there is network)."""
+
+    description = "A general assistant that answers questions in plain text."
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        model: str,
+        device: str = "auto",
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        token_limit: int = DEFAULT_TOKEN_LIMIT,
+        **options: Any,
+    ) -> None:
+        if not model:
+            raise InvalidArgument("LLMAgent needs --model DIR")
+        if token_limit < 1:
+            raise InvalidArgument("token_limit must be at least 1")
+        super().__init__(name, **options)
+        self.model_source = model
+        self.device = device
+        self.token_limit = token_limit
+        self.admission = Admission(max_queue)
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-generate")
+        self._active: Bridge | None = None
+        self.counts = {"served": 0, "cancelled": 0, "failed": 0}
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", default="", help="model directory (or hub id)")
+        parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE)
+        parser.add_argument("--token-limit", type=int, default=DEFAULT_TOKEN_LIMIT)
+
+    async def setup(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tokenizer, self.model, self.device = await loop.run_in_executor(
+            self._executor, load_causal_lm, self.model_source, self.device
+        )
+
+    async def teardown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ methods
+
+    @method("Continue a prompt; the whole text at once.", params={"prompt": "str", **PARAMS_CARD})
+    async def generate(self, body: Any) -> dict[str, Any]:
+        return await _collect(self.generate_stream(body))
+
+    @method("Continue a prompt, streamed.", params={"prompt": "str", **PARAMS_CARD})
+    async def generate_stream(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+        fields = check_fields(body, "prompt")
+        async for chunk in self._generation(prompt_of(fields), fields):
+            yield chunk
+
+    @method("Answer a chat; the whole reply at once.", params={"messages": "[{role, content}]"})
+    async def chat(self, body: Any) -> dict[str, Any]:
+        return await _collect(self.chat_stream(body))
+
+    @method("Answer a chat, streamed.", params={"messages": "[{role, content}]", **PARAMS_CARD})
+    async def chat_stream(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+        fields = check_fields(body, "messages")
+        async for chunk in self._generation(self.chat_prompt(messages_of(fields)), fields):
+            yield chunk
+
+    @method(
+        "Hold a conversation with another LLM agent through the mesh, streamed turn by turn.",
+        params={"with": "agent name", "opening": "str", "turns": f"int 1..{MAX_TURNS}"},
+    )
+    async def converse(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
+        if not isinstance(body, dict) or not isinstance(body.get("with"), str):
+            raise InvalidArgument("converse needs {'with': agent name, 'opening': text}")
+        turns = body.get("turns", 4)
+        if type(turns) is not int or not 1 <= turns <= MAX_TURNS:
+            raise InvalidArgument(f"turns must be an integer from 1 to {MAX_TURNS}")
+        opening = body.get("opening", "Hello.")
+        params = {k: v for k, v in body.items() if k not in ("with", "turns", "opening")}
+        GenerationParams.from_body(params, limit=self.token_limit)  # fail before turn one
+        transcript: list[tuple[str, str]] = [(ctx.peer, str(opening))]
+        partner = body["with"]
+        for turn in range(turns):
+            speaker = self.name if turn % 2 == 0 else partner
+            view = [
+                {"role": "assistant" if who == speaker else "user", "content": text}
+                for who, text in transcript
+            ]
+            if speaker == self.name:
+                chunks = self.chat_stream({"messages": view, **params})
+            else:
+                chunks = self.node.stream(partner, "chat_stream", {"messages": view, **params})
+            said = []
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if "text" in chunk:
+                        said.append(chunk["text"])
+                        yield {"turn": turn, "speaker": speaker, "text": chunk["text"]}
+            transcript.append((speaker, "".join(said)))
+        yield {"done": True, "turns": turns}
+
+    @method("What the model is doing: queue, active generation, counts.")
+    async def status(self, body: Any = None) -> dict[str, Any]:
+        active = self._active
+        return {
+            "model": str(self.model_source),
+            "device": self.device,
+            "random_weights": is_tiny_model(self.model_source),
+            "waiting": self.admission.waiting,
+            "refused": self.admission.refused,
+            "active_tokens": active.produced if active is not None else None,
+            **self.counts,
+        }
+
+    # ------------------------------------------------------------------ generation
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "Assistant:"])
+
+    async def _generation(
+        self, prompt: str, fields: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Chunks of one generation: maybe ``queued``, text, then ``done`` with timings."""
+        params = GenerationParams.from_body(fields, limit=self.token_limit)
+        encoded = self.tokenizer(prompt, return_tensors="pt")
+        self._check_length(encoded["input_ids"].shape[1], params.max_new_tokens)
+        received = time.perf_counter()
+        ticket = self.admission.join()  # Overloaded if the queue is full
+        try:
+            if ticket.position:
+                yield {"queued": ticket.position}
+            await ticket.ready()
+            admitted = time.perf_counter()
+            bridge = Bridge(asyncio.get_running_loop(), LOOKAHEAD)
+            self._active = bridge
+            running = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._generate, encoded, params, bridge
+            )
+            try:
+                while (chunk := await bridge.chunks.get()) is not DONE:
+                    yield chunk
+                    bridge.taken()
+                finish = await running
+            except (asyncio.CancelledError, GeneratorExit):  # the reader left: stop the model
+                bridge.cancelled.set()
+                self.counts["cancelled"] += 1
+                raise
+            except Exception:
+                bridge.cancelled.set()
+                self.counts["failed"] += 1
+                raise
+            finally:
+                await asyncio.shield(_settled(running))  # the thread is done before the next
+                self._active = None
+            self.counts["served"] += 1
+            yield _done(finish, bridge, received, admitted)
+        finally:
+            ticket.leave()
+
+    def _check_length(self, prompt_tokens: int, max_new: int) -> None:
+        window = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(window, int) and prompt_tokens + max_new > window:
+            raise InvalidArgument(
+                f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new}) exceed the "
+                f"model's context of {window} tokens"
+            )
+
+    def _generate(self, encoded: Any, params: GenerationParams, bridge: Bridge) -> str:
+        """In the worker thread: run the model; returns the finish reason."""
+        streamer = TokenStreamer(self.tokenizer, bridge, TextAssembler(params.stop))
+        sampling: dict[str, Any] = {"do_sample": False}
+        if params.temperature > 0:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        try:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)  # one generation at a time: the seed is ours
+            with torch.inference_mode():
+                self.model.generate(
+                    **{k: v.to(self.model.device) for k, v in encoded.items()},
+                    max_new_tokens=params.max_new_tokens,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(bridge)]),
+                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    **sampling,
+                )
+        finally:
+            bridge.finish()
+        if streamer.assembler.stopped:
+            return "stop"
+        return "length" if len(streamer.ids) >= params.max_new_tokens else "eos"
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` without raising what it raised (the caller saw it already)."""
+    try:
+        await future
+    except BaseException:  # what it raised went to the caller already: only wait here
+        return
+
+
+def _done(finish: str, bridge: Bridge, received: float, admitted: float) -> dict[str, Any]:
+    ended = time.perf_counter()
+    first = bridge.first_token_at or ended
+    generating = max(ended - admitted, 1e-9)
+    return {
+        "done": True,
+        "finish_reason": finish,
+        "tokens": bridge.produced,
+        "queued_ms": round((admitted - received) * 1000, 3),
+        "ttft_ms": round((first - admitted) * 1000, 3),
+        "generate_ms": round(generating * 1000, 3),
+        "tokens_per_s": round(bridge.produced / generating, 1),
+    }
+
+
+async def _collect(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """A streamed generation as one reply: the text and the ``done`` chunk's fields."""
+    text: list[str] = []
+    result: dict[str, Any] = {}
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            if "text" in chunk:
+                text.append(chunk["text"])
+            elif chunk.get("done"):
+                result.update((k, v) for k, v in chunk.items() if k != "done")
+            elif "queued" in chunk:
+                result["queued"] = chunk["queued"]
+    return {"text": "".join(text), **result}
