@@ -81,6 +81,7 @@ class LLMAgent(Agent):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-generate")
         self._active: Bridge | None = None
         self.counts = {"served": 0, "cancelled": 0, "failed": 0}
+        self.last: dict[str, Any] | None = None  # the last generation's end and length
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
@@ -164,6 +165,7 @@ class LLMAgent(Agent):
             "waiting": self.admission.waiting,
             "refused": self.admission.refused,
             "active_tokens": active.produced if active is not None else None,
+            "last": self.last,
             **self.counts,
         }
 
@@ -212,7 +214,9 @@ class LLMAgent(Agent):
             finally:
                 await asyncio.shield(_settled(running))  # the thread is done before the next
                 self._active = None
+                self.last = {"finish_reason": "cancelled", "tokens": bridge.produced}
             self.counts["served"] += 1
+            self.last = {"finish_reason": finish, "tokens": bridge.produced}
             yield _done(finish, bridge, received, admitted)
         finally:
             ticket.leave()

@@ -30,23 +30,38 @@ START_TIMEOUT_S = 30.0
 class Child:
     """A ``mesh`` subcommand in its own process."""
 
-    def __init__(self, mesh: MeshDirectory, *args: str) -> None:
+    def __init__(
+        self, mesh: MeshDirectory, *args: str, name: str | None = None, log: Path | None = None
+    ) -> None:
         env = {**os.environ, "MESH_HOME": str(mesh.path)}
-        self.name = args[-1] if args[0] == "run" else "discovery"
+        self.name = name or (args[-1] if args[0] == "run" else "discovery")
+        self.log = log  # stderr goes there when given (a chatty child never blocks on a pipe)
+        stderr: IO[str] | int = subprocess.PIPE
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            stderr = log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mesh.cli", *args],
             env=env,
             text=True,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
         )
+        if log is not None:
+            stderr.close()  # type: ignore[union-attr]
 
-    def endpoint(self) -> str:
+    def endpoint(self, timeout: float = START_TIMEOUT_S) -> str:
         """The address from the child's "serving on" line."""
-        line = _read_line(self.process.stdout, START_TIMEOUT_S)
+        line = _read_line(self.process.stdout, timeout)
         if "serving on" not in line:
-            err = self.process.stderr.read() if self.process.stderr else ""
-            raise RuntimeError(f"{self.name} did not start: {err.strip() or line}")
+            if self.log is not None:
+                if self.process.poll() is None:
+                    self.process.kill()
+                err = self.log.read_text()
+            else:
+                err = self.process.stderr.read() if self.process.stderr else ""
+            last = err.strip().splitlines()[-1] if err.strip() else line
+            raise RuntimeError(f"{self.name} did not start: {last}")
         return line.rsplit(" ", 1)[-1]
 
     def stop(self) -> int:

@@ -88,10 +88,10 @@ class Process:
             taken.append(line)
         return taken
 
-    def endpoint(self) -> str:
+    def endpoint(self, timeout: float = 30.0) -> str:
         """Wait for the "... serving on ENDPOINT" line and return (and remember) ENDPOINT."""
         if not self.endpoint_line:
-            self.endpoint_line = self.wait_line("serving on").rsplit(" ", 1)[-1]
+            self.endpoint_line = self.wait_line("serving on", timeout).rsplit(" ", 1)[-1]
         return self.endpoint_line
 
     @property
