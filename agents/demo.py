@@ -124,7 +124,10 @@ class Demo:
             peers = sorted(p.name for p in await node.peers() if p.name != node.name)
             self.say(f"mesh members: {', '.join(peers)}")
             table = await node.request("router", "table", timeout=30)
-            while len(table) < len(SPECIALISTS):  # bounded: the router embeds as agents join
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while len(table) < len(SPECIALISTS):  # the router embeds the cards as agents join
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the router knows only {', '.join(table) or 'nobody'}")
                 await asyncio.sleep(0.2)
                 table = await node.request("router", "table", timeout=30)
             self.say("the router's candidates: " + ", ".join(table))

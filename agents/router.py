@@ -27,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from mesh import InvalidArgument, PeerInfo, PeerLost, PeerNotFound
+from mesh import InvalidArgument, PeerInfo, PeerLost, PeerNotFound, RemoteError
 
 from .base import Agent, method
 from .generation import MAX_PROMPT_CHARS
 
 EMBED_TIMEOUT_S = 30.0
+REFRESH_BACKOFF_S = 0.2
+REFRESH_BACKOFF_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,7 @@ class RouterAgent(Agent):
 
     async def started(self) -> None:
         self.node.on_peer_event(self._on_peer_event)
-        with contextlib.suppress(PeerNotFound):  # no embedder yet: the first question retries
-            await self.refresh()
+        self._refresh_soon()
 
     async def teardown(self) -> None:
         if self._refreshing is not None:
@@ -91,8 +92,8 @@ class RouterAgent(Agent):
             return
         if event == "LEAVE":
             self.routes.pop(info.name, None)
-        elif self.route_method in info.capabilities:
-            self._refresh_soon()
+        elif {self.route_method, self.embed_capability} & set(info.capabilities):
+            self._refresh_soon()  # a candidate came or changed, or an embedder came back
 
     def _refresh_soon(self) -> None:
         """One refresh at a time; an event during one asks for another after it."""
@@ -102,11 +103,18 @@ class RouterAgent(Agent):
         self._refreshing = asyncio.create_task(self._refresh_until_fresh())
 
     async def _refresh_until_fresh(self) -> None:
+        """Refresh until a refresh succeeds with no event since; an embedder that is not up
+        yet is waited for with backoff, so the table converges without a question."""
         self._stale = True
+        backoff = REFRESH_BACKOFF_S
         while self._stale:
             self._stale = False
-            with contextlib.suppress(PeerNotFound, PeerLost, TimeoutError):
+            try:
                 await self.refresh()
+            except (PeerNotFound, PeerLost, TimeoutError, RemoteError):
+                self._stale = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, REFRESH_BACKOFF_MAX_S)
 
     async def refresh(self) -> None:
         """Look up the candidates; embed the descriptions not embedded yet."""

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT
 
 
+@pytest.mark.timeout(400)
 def test_the_customer_service_mesh_routes_streams_converses_and_logs(tmp_path):
     log = tmp_path / "consultations.jsonl"
     env = {**os.environ, "MESH_HOME": str(tmp_path / "mesh"), "PYTHONPATH": str(ROOT)}

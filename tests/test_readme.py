@@ -72,3 +72,14 @@ def test_topics_sample_runs_against_a_local_mesh(tmp_path):
         assert run_sample(code, tmp_path) == ["news.eu", "newsroom", "1", "hello"]
     finally:
         discovery.close()
+
+
+def test_agent_sample_runs_and_publishes_its_card(tmp_path):
+    (sample,) = [s for s in SAMPLES if "class Greeter(Agent)" in s]
+    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
+    try:
+        code = sample.replace("tcp://127.0.0.1:7700", discovery.endpoint())
+        words = run_sample(code, tmp_path)
+        assert words == ["hello", "ada", "Greets", "people", "by", "name,", "politely."]
+    finally:
+        discovery.close()
