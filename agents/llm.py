@@ -198,6 +198,7 @@ class LLMAgent(Agent):
             running = asyncio.get_running_loop().run_in_executor(
                 self._executor, self._generate, encoded, params, bridge
             )
+            finish = "cancelled"
             try:
                 while (chunk := await bridge.chunks.get()) is not DONE:
                     yield chunk
@@ -205,18 +206,16 @@ class LLMAgent(Agent):
                 finish = await running
             except (asyncio.CancelledError, GeneratorExit):  # the reader left: stop the model
                 bridge.cancelled.set()
-                self.counts["cancelled"] += 1
                 raise
             except Exception:
                 bridge.cancelled.set()
-                self.counts["failed"] += 1
+                finish = "failed"
                 raise
             finally:
                 await asyncio.shield(_settled(running))  # the thread is done before the next
                 self._active = None
-                self.last = {"finish_reason": "cancelled", "tokens": bridge.produced}
-            self.counts["served"] += 1
-            self.last = {"finish_reason": finish, "tokens": bridge.produced}
+                self.last = {"finish_reason": finish, "tokens": bridge.produced}
+                self.counts[finish if finish in self.counts else "served"] += 1
             yield _done(finish, bridge, received, admitted)
         finally:
             ticket.leave()

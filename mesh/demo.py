@@ -8,8 +8,10 @@ by capability, times a burst of round trips, and stops everything cleanly.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import selectors
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from .node import Node
 AGENTS = ("echo-1", "echo-2", "echo-3")
 ROUNDS = 2000
 START_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Child:
@@ -46,6 +49,7 @@ class Child:
             text=True,
             stdout=subprocess.PIPE,
             stderr=stderr,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         if log is not None:
             stderr.close()  # type: ignore[union-attr]
@@ -71,6 +75,13 @@ class Child:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(10)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies, so a demo
+    killed outright (SIGKILL, a test's timeout) leaves no agents behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _read_line(stream: IO[str] | None, timeout: float) -> str:

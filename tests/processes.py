@@ -17,15 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Process:
-    """One ``python -m mesh.cli ...`` child with MESH_HOME set; always killed at the end."""
+    """One ``python -m mesh.cli ...`` (or another ``module``) child with MESH_HOME set;
+    always killed at the end."""
 
-    def __init__(self, *args: str, home: Path) -> None:
+    def __init__(self, *args: str, home: Path, module: str = "mesh.cli") -> None:
         env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
         env.pop("MESH_DISCOVERY", None)
         self.args = args
         self.endpoint_line = ""
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", *args],
+            [sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=env,
             text=True,

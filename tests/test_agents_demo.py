@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT
+from tests.processes import ROOT, Process
 
 
 @pytest.mark.timeout(400)
@@ -39,3 +43,33 @@ def test_the_customer_service_mesh_routes_streams_converses_and_logs(tmp_path):
     for record in records:
         assert record["question"] and record["answer"] and record["from"] == "intake"
         assert 1 <= record["tokens"] <= 8 and record["score"] > 0
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie waiting for a parent that died is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")
+@pytest.mark.timeout(300)
+def test_killing_the_demo_outright_leaves_no_agent_behind(tmp_path):
+    demo = Process("--questions", "1", home=tmp_path / "mesh", module="agents.demo")
+    pids = []
+    try:
+        for name in ("embedder", "billing", "tech", "shipping", "router", "intake", "logger"):
+            line = demo.wait_line(f"{name:<9} up (pid", timeout=200)
+            pids.append(int(line.rsplit(" ", 1)[-1].rstrip(")")))
+        demo.kill()  # SIGKILL: the demo's own cleanup never runs
+        deadline = time.monotonic() + 60
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if _running(p)]
+    finally:
+        demo.close()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -337,3 +337,44 @@ async def test_a_call_needs_a_peer_or_a_capability(mesh):
         for call in (node.request(method="echo", timeout=5), node.send(method="echo")):
             with pytest.raises(InvalidArgument):  # never "whichever node discovery lists"
                 await call
+
+
+@pytest.mark.asyncio
+async def test_handler_errors_reach_the_caller_typed_by_who_should_act(mesh):
+    from mesh import BadRequest, ErrorCode, InvalidArgument, Overloaded, RemoteError
+
+    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+
+        async def picky(body):
+            if body == "bad":
+                raise InvalidArgument("n must be positive")
+            if body == "busy":
+                raise Overloaded("queue full (limit 4)")
+            raise KeyError(body)
+
+        async def closing_stream(body):
+            try:
+                for index in range(1000):
+                    yield index
+            finally:
+                closed.set()  # the generator is closed when its reader leaves, not later
+
+        closed = asyncio.Event()
+        server.handler("picky", picky)
+        server.handler("stream", closing_stream)
+        client.add_peer(server.identity.require_certificate(), server.endpoint)
+        with pytest.raises(BadRequest, match="n must be positive") as bad:
+            await client.request("server", "picky", "bad", timeout=5)
+        assert (
+            bad.value.code == ErrorCode.BAD_REQUEST and bad.value.remote_type == "InvalidArgument"
+        )
+        with pytest.raises(Overloaded, match="limit 4") as busy:
+            await client.request("server", "picky", "busy", timeout=5)
+        assert busy.value.code == ErrorCode.OVERLOADED
+        with pytest.raises(RemoteError) as failed:
+            await client.request("server", "picky", "other", timeout=5)
+        assert type(failed.value) is RemoteError and failed.value.code == ErrorCode.HANDLER_FAILED
+        async with contextlib.aclosing(client.stream("server", "stream", window=4)) as chunks:
+            assert await anext(chunks) == 0
+        async with asyncio.timeout(10):
+            await closed.wait()
