@@ -222,6 +222,11 @@ class Demo:
                 f"hops): p50 {p50:.2f} ms, p99 {p99:.2f} ms; the model takes {gap:.2f} ms "
                 f"per token (p50), so the mesh adds {p50 / gap:.0%} of a token's time"
             )
+            if is_tiny_model(self.model):
+                self.say(
+                    "(the tiny model is unusually fast: a real one takes tens of ms per token, "
+                    "against which the same delay is a few per cent; scripts/token-overhead)"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:

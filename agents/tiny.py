@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "agent-mesh-tiny.json"
-VERSION = 2
+VERSION = 3
 END = "<|endoftext|>"
 UNKNOWN = "<|unknown|>"
 SEED = 1234
@@ -83,7 +83,8 @@ def _tokenizer() -> Any:  # a transformers tokenizer
     trainer = trainers.BpeTrainer(
         vocab_size=512, special_tokens=[END, UNKNOWN], show_progress=False
     )
-    bpe.train_from_iterator([*CORPUS.split("\n"), string.printable], trainer)
+    printable = string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
+    bpe.train_from_iterator([*CORPUS.split("\n"), printable], trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=END,
