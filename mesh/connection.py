@@ -295,12 +295,14 @@ class Connection:
         window: Window | None = None,
         msg_id: int | None = None,
         ttl_ms: int = 0,
+        meta: dict[str, Any] | None = None,
     ) -> tuple[int, Call]:
         """Send a call's first message (credit must be on hand: see :meth:`acquire`) and
         register it; returns (msg id, call). ``window`` makes it a stream read under that
         window, announced to the callee in the request's meta."""
         msg_id = next_msg_id() if msg_id is None else msg_id
-        meta = {"window": list(window.as_grant)} if window else None
+        if window:
+            meta = {**(meta or {}), "window": list(window.as_grant)}
         self.send([Message(kind, msg_id, name=method, body=body, ttl_ms=ttl_ms, meta=meta)])
         # registered after sending: no answer can be read before this coroutine yields
         call = self.calls[msg_id] = Call(method, window=window)

@@ -99,7 +99,7 @@ class StreamCredit:
             self._waiter.set_result(None)
 
 
-def _error_code(exc: Exception) -> ErrorCode:
+def error_code(exc: Exception) -> ErrorCode:
     """What a handler's exception tells the caller: its own mistake (BAD_REQUEST), a full
     queue (OVERLOADED), or a failure of the handler (HANDLER_FAILED)."""
     if isinstance(exc, Overloaded):
@@ -236,21 +236,29 @@ class HandlerRunner:
                             raise asyncio.CancelledError  # the caller is gone: stop generating
                         stream.credit.charge(sent)
                 return [Message(Kind.STREAM_END, next_msg_id(), corr)]
-            if spec.coroutine:
-                result = await spec.function(*args)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(None, lambda: spec.function(*args))
+            result = await self.call(spec, args)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the handler's failure becomes the caller's RemoteError
             self.failures += 1
             return [
                 error_message(
-                    corr, _error_code(exc), str(exc) or type(exc).__name__, type(exc).__name__
+                    corr, error_code(exc), str(exc) or type(exc).__name__, type(exc).__name__
                 )
             ]
         return [Message(Kind.REPLY, next_msg_id(), corr, body=result)]
+
+    @staticmethod
+    async def call(spec: HandlerSpec, args: tuple[Any, ...]) -> Any:
+        """Run a plain handler: awaited on the loop, or in the thread pool if it is sync."""
+        if spec.coroutine:
+            return await spec.function(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: spec.function(*args))
+
+    def arguments(self, spec: HandlerSpec, message: Message, peer: str) -> tuple[Any, ...]:
+        context = CallContext(peer, message.name, message.msg_id)
+        return (message.body, context) if spec.takes_context else (message.body,)
 
     def _remember(self, key: tuple[bytes, int], reply: list[Message]) -> None:
         if reply[0].kind == Kind.STREAM_END:

@@ -27,6 +27,7 @@ import zmq
 from . import sockets
 from .codec import Message
 from .connection import Call, Connection, next_msg_id, stream_end
+from .delivery import AT_MOST_ONCE, MODES, Deliveries
 from .discovery_client import DiscoveryClient
 from .envelope import Opened
 from .errors import (
@@ -43,7 +44,9 @@ from .handlers import Handler, HandlerRunner, error_message
 from .identity import Certificate, Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
+from .outbox import DeliveryStore
 from .peers import PeerDirectory, PeerInfo
+from .sequencer import DEFAULT_HOLD_S
 from .session import Session, SessionTable
 from .subjects import validate_pattern
 from .subscription import DEFAULT_QUEUE, Subscription
@@ -106,11 +109,16 @@ class Node:
         window: Window | None = None,
         peer_windows: dict[str, Window] | None = None,
         context: zmq.Context | None = None,
+        outbox: str | os.PathLike[str] | None = None,
+        publish_dead_letters: bool = False,
+        gap_hold_s: float = DEFAULT_HOLD_S,
     ) -> None:
         if identity is None or trust is None:
             directory = mesh_directory(mesh)
             identity = identity or directory.identity(name)
             trust = trust or directory.create().trust()
+        if outbox is None:
+            outbox = mesh_directory(mesh).path / "outbox" / f"{name}.sqlite3"
         if heartbeat <= 0:
             raise InvalidArgument("heartbeat must be positive")
         self.name = name
@@ -145,6 +153,14 @@ class Node:
         self.endpoint = ""
         self.started_ms = 0
         self._closed = False
+        self._deliveries = Deliveries(
+            outbox,
+            self._resolve,
+            self._runner,
+            self._send_to_peer,
+            self.publish if publish_dead_letters else None,
+            gap_hold_s,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -196,6 +212,7 @@ class Node:
             )
         for pattern, function in self._topic_handlers:
             self._run_topic_handler(pattern, function)
+        self._deliveries.resume()
         return self
 
     async def close(self) -> None:
@@ -209,6 +226,7 @@ class Node:
             self._discovery.close()
         if self._topics is not None:
             await self._topics.close()
+        await self._deliveries.close()
         await self._runner.close()
         for connection in list(self._connections.values()):
             connection.say_goodbye()
@@ -285,7 +303,10 @@ class Node:
         for message in opened.messages:
             kind = message.kind
             if kind == Kind.REQUEST or kind == Kind.SEND:
-                self._start_handler(session, message, opened.size)
+                if message.meta is not None and "dlv" in message.meta:
+                    self._start_delivery(session, message, opened.size)
+                else:
+                    self._start_handler(session, message, opened.size)
             elif kind == Kind.PING:
                 self._send_to_peer(peer_id, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
             elif kind == Kind.CANCEL:
@@ -326,6 +347,19 @@ class Node:
                 self._flush_grant(session)
 
         self._runner.start(session.peer.node_id, session.peer.name, message, consumed)
+
+    def _start_delivery(self, session: Session, message: Message, size: int) -> None:
+        """A reliable message (``meta.dlv``): in order and deduplicated, acked when handled."""
+        inflow = self._inflow.get(session.recv_id)
+        if inflow is None or not inflow.receive(size):
+            self.drops["no_credit"] += 1  # not acked: the sender will try again
+            return
+
+        def consumed() -> None:
+            inflow.consume(size)
+
+        peer = session.peer
+        self._deliveries.receive(peer.node_id, peer.name, message, consumed)
 
     def _flush_grant(self, session: Session) -> None:
         inflow = self._inflow.get(session.recv_id)
@@ -498,17 +532,40 @@ class Node:
         capability: str | None = None,
         timeout: float | None = None,
         block: bool = True,
-    ) -> None:
+        delivery: str = AT_MOST_ONCE,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+    ) -> int | None:
         """One-way: deliver ``method(body)`` to the peer; no reply, no error from the handler.
 
-        Waits for the peer's credit (its application consumes more slowly than we send):
-        ``timeout`` bounds that wait (FlowControlTimeout), ``block=False`` raises NoCredit
-        at once instead."""
+        ``delivery``: ``"at_most_once"`` (default) sends now and forgets; it waits for the
+        peer's credit (``timeout`` bounds that wait: FlowControlTimeout; ``block=False``
+        raises NoCredit at once). ``"at_least_once"`` queues the message on the lane to the
+        peer and returns its sequence number: it is retried until the peer's handler has
+        run it (in send order, once, see :mod:`mesh.sequencer`), or dead-lettered after
+        ``deadline`` seconds (default 60) or ``max_attempts`` handler failures (default 5).
+        ``"durable"`` writes it to the node's outbox first, so it survives a restart.
+        ``await node.delivered()`` waits until every reliable message is settled."""
         method = _method(method, capability)
+        if delivery not in MODES:
+            raise InvalidArgument(f"delivery must be one of {', '.join(MODES)}")
         name = peer if peer is not None else await self._choose(capability)
+        if delivery != AT_MOST_ONCE:
+            return await self._deliveries.send(name, method, body, delivery, deadline, max_attempts)
         connection = await self._resolve(name)
         await connection.acquire(timeout, block)
         connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
+        return None
+
+    async def delivered(self, timeout: float | None = None) -> None:
+        """Wait until every reliable message sent so far is acknowledged or dead-lettered
+        (TimeoutError after ``timeout`` seconds)."""
+        await self._deliveries.flushed(timeout)
+
+    @property
+    def dead_letters(self) -> DeliveryStore:
+        """This node's delivery store: ``dead_letters()``, ``ask_retry(id)``, ``purge()``."""
+        return self._deliveries.store
 
     # ------------------------------------------------------------------ topics
 
@@ -705,6 +762,7 @@ class Node:
             "duplicates": self._runner.duplicates,
             "directory_events": self.known.events_seen,
             "topics": self._topics.stats() if self._topics is not None else {},
+            "delivery": self._deliveries.stats(),
             "drops": dict(self.drops),
         }
 

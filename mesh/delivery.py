@@ -1,0 +1,393 @@
+"""Reliable delivery over the mesh: at-least-once and durable ``send``, in order, with dead
+letters. The receiving rules are :mod:`mesh.sequencer`'s; this module moves messages.
+
+A reliable message is a REQUEST whose ``meta.dlv = [stream, seq, low]`` (protocol.md 11.4);
+its REPLY (empty) is the ack, sent after the handler finished. The sender keeps one *lane*
+per receiver: messages numbered in send order, each retried with backoff (same message id,
+same number) until acked, until its deadline passes (dead letter ``deadline``, or
+``peer_gone`` if the peer could not be reached), or until its handler has failed
+``max_attempts`` times (``handler_failed``); ``no_such_method`` at once. Durable messages
+are written to the :class:`~mesh.outbox.DeliveryStore` first and resumed after a restart.
+At most ``LANE_WINDOW`` messages per lane are in flight; ``send`` waits when a lane holds
+``LANE_LIMIT`` unacknowledged messages, so a dead peer never grows memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import Message
+from .connection import Connection, next_msg_id
+from .errors import (
+    CallError,
+    DiscoveryUnavailable,
+    InvalidArgument,
+    InvalidBody,
+    NoSuchMethod,
+    PeerLost,
+    PeerNotFound,
+    RemoteError,
+)
+from .handlers import HandlerRunner, error_code, error_message
+from .outbox import DeliveryStore, now_ms, pack_body
+from .sequencer import DEFAULT_HOLD_S, Sequencer
+from .wire import ErrorCode, Kind
+
+AT_MOST_ONCE = "at_most_once"
+AT_LEAST_ONCE = "at_least_once"
+DURABLE = "durable"
+MODES = (AT_MOST_ONCE, AT_LEAST_ONCE, DURABLE)
+DEFAULT_DEADLINE_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 5
+RETRY_S = 0.2  # first retry interval; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 2.0
+ACK_WAIT_S = 2.0  # how long one attempt waits for its ack before sending again
+LANE_WINDOW = 64
+LANE_LIMIT = 10_000
+RETRY_POLL_S = 1.0
+DEADLETTERS_TOPIC = "deadletters"
+
+
+@dataclass
+class Letter:
+    """One reliable message on its way."""
+
+    peer: str
+    seq: int
+    msg_id: int
+    method: str
+    body: Any
+    deadline_ms: int
+    max_attempts: int
+    created_ms: int
+    row: int | None = None  # its outbox row, if durable
+    failures: int = 0  # handler failures reported by the receiver
+    sends: int = 0
+    unreachable: bool = False  # the last try could not reach the peer
+
+
+class Lane:
+    """The messages to one receiver, in order."""
+
+    def __init__(self, peer: str, stream: int, next_seq: int) -> None:
+        self.peer = peer
+        self.stream = stream
+        self.next_seq = next_seq
+        self.letters: dict[int, Letter] = {}
+        self.in_flight = asyncio.Semaphore(LANE_WINDOW)
+        self.room = asyncio.Condition()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.counts: Counter[str] = Counter()
+
+    def low(self) -> int:
+        """The lowest number not yet acknowledged or given up on (sent with every message)."""
+        return min(self.letters, default=self.next_seq)
+
+
+Resolve = Callable[[str], Awaitable[Connection]]
+
+
+class Deliveries:
+    """A node's reliable sends (lanes) and reliable receives (sequencers)."""
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike[str],
+        resolve: Resolve,
+        runner: HandlerRunner,
+        reply: Callable[[bytes, list[Message]], int],
+        publish: Callable[[str, Any], Awaitable[int]] | None = None,
+        hold_s: float = DEFAULT_HOLD_S,
+    ) -> None:
+        self._store_path = store_path
+        self._store: DeliveryStore | None = None
+        self._resolve = resolve
+        self._runner = runner
+        self._reply = reply
+        self._publish = publish
+        self._lanes: dict[tuple[str, bool], Lane] = {}
+        self._inbox: dict[tuple[bytes, int], Sequencer[tuple[Message, Callable[[], None]]]] = {}
+        self._workers: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+        self._wakeups: dict[tuple[bytes, int], asyncio.Event] = {}
+        self._hold_s = hold_s
+        self.dead: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self._poller: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def store(self) -> DeliveryStore:
+        if self._store is None:
+            self._store = DeliveryStore(self._store_path)
+        return self._store
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def resume(self) -> None:
+        """Start again every durable message a previous run left, and poll for retries."""
+        if os.path.exists(self._store_path):
+            for stored in self.store.pending():
+                lane = self._lane(stored.peer, durable=True)
+                letter = Letter(
+                    stored.peer, stored.seq, stored.msg_id, stored.method, stored.body,
+                    stored.deadline_ms, stored.max_attempts, now_ms(), stored.row,
+                )  # fmt: skip
+                lane.next_seq = max(lane.next_seq, stored.seq + 1)
+                self._launch(lane, letter)
+        self._poller = asyncio.create_task(self._poll_retries())
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for lane in self._lanes.values() for t in lane.tasks]
+        tasks += [*self._workers.values(), *([self._poller] if self._poller else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._store is not None:
+            self._store.close()
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        peer: str,
+        method: str,
+        body: Any,
+        mode: str,
+        deadline_s: float | None,
+        max_attempts: int | None,
+    ) -> int:
+        """Queue a reliable message; returns its sequence number on the lane to ``peer``.
+        Waits while the lane is full (LANE_LIMIT unacknowledged)."""
+        deadline_s = DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
+        attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
+        if deadline_s <= 0 or attempts < 1:
+            raise InvalidArgument("deadline must be positive and max_attempts at least 1")
+        packed = pack_body(body) if mode == DURABLE else None
+        lane = self._lane(peer, durable=mode == DURABLE)
+        async with lane.room:
+            await lane.room.wait_for(lambda: len(lane.letters) < LANE_LIMIT)
+        seq = lane.next_seq
+        lane.next_seq += 1
+        created = now_ms()
+        letter = Letter(
+            peer, seq, next_msg_id(), method, body, created + int(deadline_s * 1000), attempts,
+            created,
+        )  # fmt: skip
+        if packed is not None:
+            letter.row = self.store.enqueue(
+                peer, lane.stream, seq, letter.msg_id, method, packed, letter.deadline_ms, attempts
+            )
+        self._launch(lane, letter)
+        return seq
+
+    def _lane(self, peer: str, *, durable: bool) -> Lane:
+        """The lane to ``peer`` for this mode. Durable messages have a stream of their own,
+        numbered in the store, so it continues across restarts; at-least-once ones get a
+        fresh stream each run. Order therefore holds per sender, receiver and mode."""
+        lane = self._lanes.get((peer, durable))
+        if lane is None:
+            fresh = int.from_bytes(os.urandom(7), "big")
+            stream, next_seq = self.store.stream(peer, fresh) if durable else (fresh, 0)
+            lane = self._lanes[(peer, durable)] = Lane(peer, stream, next_seq)
+        return lane
+
+    def _launch(self, lane: Lane, letter: Letter) -> None:
+        lane.letters[letter.seq] = letter
+        task = asyncio.create_task(self._deliver(lane, letter))
+        lane.tasks.add(task)
+        task.add_done_callback(lane.tasks.discard)
+
+    async def _deliver(self, lane: Lane, letter: Letter) -> None:
+        async with lane.in_flight:
+            reason, detail = await self._attempts(lane, letter)
+        if reason:
+            await self._bury(letter, reason, detail)
+        else:
+            lane.counts["acked"] += 1
+            if letter.row is not None:
+                self.store.acked(letter.row)
+        del lane.letters[letter.seq]
+        async with lane.room:
+            lane.room.notify_all()
+
+    async def _attempts(self, lane: Lane, letter: Letter) -> tuple[str, str]:
+        """Send until acked (``("", "")``) or given up (reason, detail)."""
+        backoff = RETRY_S
+        detail = ""
+        while True:
+            left_s = (letter.deadline_ms - now_ms()) / 1000
+            if left_s <= 0:
+                return ("peer_gone" if letter.unreachable else "deadline"), detail
+            try:
+                await self._try_once(lane, letter, min(left_s, ACK_WAIT_S))
+                return "", ""
+            except NoSuchMethod as exc:
+                return "no_such_method", str(exc)
+            except RemoteError as exc:
+                if exc.code != ErrorCode.HANDLER_FAILED:
+                    return "refused", f"{exc.remote_type or exc.code}: {exc}"
+                letter.failures += 1
+                detail = f"{exc.remote_type or 'error'}: {exc}"
+                if letter.failures >= letter.max_attempts:
+                    return "handler_failed", detail
+            except (PeerNotFound, PeerLost, DiscoveryUnavailable) as exc:
+                letter.unreachable, detail = True, str(exc)
+            except (TimeoutError, CallError) as exc:
+                letter.unreachable, detail = False, str(exc) or "no ack in time"
+            lane.counts["retries"] += 1
+            await asyncio.sleep(min(backoff, max(left_s, 0.0)))
+            backoff = min(backoff * 2, RETRY_MAX_S)
+
+    async def _try_once(self, lane: Lane, letter: Letter, wait_s: float) -> None:
+        connection = await self._resolve(letter.peer)
+        letter.unreachable = False
+        async with asyncio.timeout(wait_s):
+            await connection.acquire(None, True)
+            meta = {"dlv": [lane.stream, letter.seq, lane.low()]}
+            _, call = connection.start_call(
+                Kind.REQUEST, letter.method, letter.body, msg_id=letter.msg_id, meta=meta
+            )
+            letter.sends += 1
+            try:
+                await call.future
+            finally:
+                connection.calls.pop(letter.msg_id, None)
+
+    async def _bury(self, letter: Letter, reason: str, detail: str) -> None:
+        self.dead[reason] += 1
+        try:
+            body: bytes | None = pack_body(letter.body)
+        except InvalidBody:  # an attachment: the dead letter keeps everything else
+            body, detail = None, f"{detail} (body not kept: not plain msgpack)"
+        letter_id = self.store.bury(
+            letter.peer, letter.method, body, reason, detail, letter.failures or letter.sends,
+            letter.created_ms, letter.row,
+        )  # fmt: skip
+        if self._publish is not None:
+            note = {"id": letter_id, "peer": letter.peer, "method": letter.method}
+            with contextlib.suppress(Exception):  # a notice, not the dead letter itself
+                await self._publish(DEADLETTERS_TOPIC, {**note, "reason": reason})
+
+    async def _poll_retries(self) -> None:
+        """Dead letters marked for retry (``mesh deadletters retry``) go out again, durably."""
+        while not self._closed:
+            await asyncio.sleep(RETRY_POLL_S)
+            if not os.path.exists(self._store_path):
+                continue
+            for letter in self.store.take_retries():
+                await self.send(
+                    letter["peer"], letter["method"], letter["body"], DURABLE, None, None
+                )
+
+    async def flushed(self, timeout: float | None = None) -> None:
+        """Until every reliable message sent so far is acknowledged or dead-lettered."""
+        async with asyncio.timeout(timeout):
+            for lane in list(self._lanes.values()):
+                async with lane.room:
+                    await lane.room.wait_for(lambda lane=lane: not lane.letters)
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(
+        self, peer_id: bytes, peer_name: str, message: Message, consumed: Callable[[], None]
+    ) -> None:
+        """A reliable message arrived: ack a duplicate, hold or run it in order."""
+        dlv = (message.meta or {}).get("dlv")
+        if not (
+            isinstance(dlv, list)
+            and len(dlv) == 3
+            and all(type(n) is int and 0 <= n < 2**63 for n in dlv)
+        ):
+            consumed()
+            self._reply(peer_id, [error_message(message.msg_id, ErrorCode.BAD_REQUEST, "bad dlv")])
+            return
+        stream, seq, low = dlv
+        key = (peer_id, stream)
+        sequencer = self._inbox.get(key)
+        if sequencer is None:
+            sequencer = self._inbox[key] = Sequencer(self._hold_s)
+        verdict = sequencer.arrive(seq, low, (message, consumed), time.monotonic())
+        if verdict in ("duplicate", "busy"):
+            consumed()
+            if verdict == "duplicate":
+                self.received["duplicates_suppressed"] += 1
+                self._reply(peer_id, [Message(Kind.REPLY, next_msg_id(), message.msg_id)])
+            return
+        if key in self._workers:
+            self._wakeups[key].set()  # it may be waiting out a gap that this closed
+        else:
+            self._wakeups[key] = asyncio.Event()
+            self._workers[key] = asyncio.create_task(self._work(key, peer_name, sequencer))
+
+    async def _work(
+        self, key: tuple[bytes, int], peer_name: str, sequencer: Sequencer[Any]
+    ) -> None:
+        """Run one stream's messages one at a time, in order; ends when nothing is held."""
+        peer_id = key[0]
+        try:
+            while True:
+                ready = sequencer.next(time.monotonic())
+                if ready is None:
+                    due = sequencer.deadline()
+                    if due is None:
+                        return
+                    wakeup = self._wakeups[key]
+                    wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(due - time.monotonic(), 0.0)):
+                            await wakeup.wait()
+                    continue
+                seq, (message, consumed) = ready
+                ok, answer = await self._handle(peer_name, message)
+                sequencer.done(seq, ok, time.monotonic())
+                self.received["handled" if ok else "failed"] += 1
+                consumed()
+                self._reply(peer_id, [answer])
+        finally:
+            self._workers.pop(key, None)
+            self._wakeups.pop(key, None)
+            self.received["gaps"] = sum(s.gaps for s in self._inbox.values())
+            self.received["late"] = sum(s.late for s in self._inbox.values())
+
+    async def _handle(self, peer_name: str, message: Message) -> tuple[bool, Message]:
+        spec = self._runner.handlers.get(message.name)
+        corr = message.msg_id
+        if spec is None or spec.streaming:
+            text = f"no handler for {message.name!r}"
+            return False, error_message(corr, ErrorCode.UNKNOWN_METHOD, text)
+        try:
+            await self._runner.call(spec, self._runner.arguments(spec, message, peer_name))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the sender counts attempts; the text goes back
+            self._runner.failures += 1
+            code = error_code(exc)
+            return False, error_message(
+                corr, code, str(exc) or type(exc).__name__, type(exc).__name__
+            )
+        return True, Message(Kind.REPLY, next_msg_id(), corr)
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "peers": {
+                f"{peer} ({DURABLE if durable else AT_LEAST_ONCE})": {
+                    "outbox": len(lane.letters),
+                    "next_seq": lane.next_seq,
+                    "acked": lane.counts["acked"],
+                    "retries": lane.counts["retries"],
+                }
+                for (peer, durable), lane in self._lanes.items()
+            },
+            "received": dict(self.received),
+            "dead_letters": dict(self.dead),
+        }
