@@ -240,16 +240,17 @@ class Deliveries:
                     return "handler_failed", detail
             except (PeerNotFound, PeerLost, DiscoveryUnavailable) as exc:
                 letter.unreachable, detail = True, str(exc)
-            except (TimeoutError, CallError) as exc:
-                letter.unreachable, detail = False, str(exc) or "no ack in time"
+            except (TimeoutError, CallError) as exc:  # unreachable says where it stopped
+                detail = str(exc) or ("peer unreachable" if letter.unreachable else "no ack")
             lane.counts["retries"] += 1
             await asyncio.sleep(min(backoff, max(left_s, 0.0)))
             backoff = min(backoff * 2, RETRY_MAX_S)
 
     async def _try_once(self, lane: Lane, letter: Letter, wait_s: float) -> None:
-        connection = await self._resolve(letter.peer)
-        letter.unreachable = False
+        letter.unreachable = True  # until the peer is found and connected
         async with asyncio.timeout(wait_s):
+            connection = await self._resolve(letter.peer)
+            letter.unreachable = False
             await connection.acquire(None, True)
             meta = {"dlv": [lane.stream, letter.seq, lane.low()]}
             _, call = connection.start_call(

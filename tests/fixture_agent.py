@@ -147,3 +147,24 @@ class Ticker:
         for i in range(body["count"]):
             seq = await self.node.publish(body["topic"], {"i": i})
         return seq
+
+
+class Recorder:
+    """A receiver for the delivery tests: ``record`` appends each body to the file named by
+    ``$MESH_TEST_RECORD`` (flushed, so a kill -9 loses nothing written), after an optional
+    ``$MESH_TEST_DELAY`` seconds; ``fail`` always raises."""
+
+    def __init__(self, node: Node) -> None:
+        self.path = os.environ["MESH_TEST_RECORD"]
+        self.delay = float(os.environ.get("MESH_TEST_DELAY", "0"))
+        node.handler("record", self.record)
+        node.handler("fail", self.fail)
+
+    async def record(self, body: Any) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        with open(self.path, "a") as out:
+            out.write(f"{body}\n")
+
+    async def fail(self, body: Any) -> None:
+        raise RuntimeError(f"cannot take {body}")
