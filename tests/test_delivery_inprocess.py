@@ -1,0 +1,80 @@
+"""Reliable delivery between nodes in this process, over real sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mesh import InvalidArgument, InvalidBody, MeshDirectory, Node
+from mesh.discovery import DiscoveryServer
+from tests.processes import ROOT
+
+
+@pytest.fixture
+def mesh(tmp_path):
+    directory = MeshDirectory(tmp_path / "mesh")
+    directory.create()
+    return directory
+
+
+@pytest.mark.asyncio
+async def test_retried_dead_letters_go_out_again_and_are_announced(mesh, tmp_path):
+    async with (
+        DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
+        Node("rx", discovery=discovery.endpoint, mesh=mesh) as rx,
+        Node("tx", discovery=discovery.endpoint, mesh=mesh, publish_dead_letters=True) as tx,
+    ):
+        notices = await rx.subscribe("deadletters")
+        await tx.send("rx", "late", {"n": 1}, delivery="at_least_once")
+        await tx.delivered(timeout=30)
+        (letter,) = tx.dead_letters.dead_letters()
+        assert letter["reason"] == "no_such_method" and letter["body"] == {"n": 1}
+        notice = await notices.get(timeout=10)
+        assert notice.body == {"id": letter["id"], "peer": "rx", "method": "late",
+                               "reason": "no_such_method"}  # fmt: skip
+
+        arrived = asyncio.get_running_loop().create_future()
+        rx.handler("late", arrived.set_result)  # the method exists now
+        store = str(tx.dead_letters.path)
+        retry = [sys.executable, "-m", "mesh.cli", "deadletters", "--store", store, "retry"]
+        done = subprocess.run([*retry, str(letter["id"])], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert await asyncio.wait_for(arrived, 10) == {"n": 1}  # the running node sent it
+        await tx.delivered(timeout=30)
+        assert tx.dead_letters.dead_letters() == []
+        assert tx.stats()["delivery"]["peers"]["rx (durable)"]["acked"] == 1
+
+
+@pytest.mark.asyncio
+async def test_reliable_sends_check_their_arguments(mesh, tmp_path):
+    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+        tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
+        with pytest.raises(InvalidArgument, match="delivery must be one of"):
+            await tx.send("rx", "x", 1, delivery="exactly_once")
+        with pytest.raises(InvalidArgument, match="deadline must be positive"):
+            await tx.send("rx", "x", 1, delivery="at_least_once", deadline=0)
+        with pytest.raises(InvalidBody, match="plain msgpack"):
+            await tx.send("rx", "x", np.zeros(3), delivery="durable")
+
+
+@pytest.mark.asyncio
+async def test_resends_while_a_handler_runs_do_not_run_it_twice(mesh, monkeypatch):
+    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+        seen: list[int] = []
+
+        async def slow(body):
+            await asyncio.sleep(0.3 if body == 0 else 0)  # longer than nothing: retries come
+            seen.append(body)
+
+        rx.handler("slow", slow)
+        tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
+        monkeypatch.setattr("mesh.delivery.ACK_WAIT_S", 0.05)  # resend while 0 still runs
+        for i in range(20):
+            await tx.send("rx", "slow", i, delivery="at_least_once")
+        await tx.delivered(timeout=30)
+        assert seen == list(range(20))  # once each, in order, despite the resends
+        assert tx.stats()["delivery"]["peers"]["rx (at_least_once)"]["retries"] > 0
