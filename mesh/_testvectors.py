@@ -148,6 +148,18 @@ def compute() -> dict[str, dict[str, bytes]]:
         "message": bytes(topic_message[0]),
         "probe": bytes(topic_probe[0]),
     }
+    reliable = Message(
+        Kind.REQUEST, 6, name="record", body=7, meta={"dlv": [0x5EED, 3, 2]}
+    )  # protocol.md 8.2: stream 0x5EED, seq 3, lowest unacknowledged 2
+    frames = seal(
+        alice_session.send_id,
+        alice_session._send_key,
+        2,
+        NOW_MS + 5,
+        [reliable],
+        _random=deterministic_random(b"delivery"),
+    )
+    vectors["delivery"] = {"frame0": bytes(frames[0])}
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))
     assert rejected is not None
     vectors["reject"] = {"frame": bytes(rejected[0])}

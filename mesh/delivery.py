@@ -1,7 +1,7 @@
 """Reliable delivery over the mesh: at-least-once and durable ``send``, in order, with dead
 letters. The receiving rules are :mod:`mesh.sequencer`'s; this module moves messages.
 
-A reliable message is a REQUEST whose ``meta.dlv = [stream, seq, low]`` (protocol.md 11.4);
+A reliable message is a REQUEST whose ``meta.dlv = [stream, seq, low]`` (protocol.md 8.2);
 its REPLY (empty) is the ack, sent after the handler finished. The sender keeps one *lane*
 per receiver: messages numbered in send order, each retried with backoff (same message id,
 same number) until acked, until its deadline passes (dead letter ``deadline``, or

@@ -52,6 +52,10 @@ def test_documented_frames_open_with_the_documented_keys(documented):
     blob = open_sealed([attachment["frame0"], attachment["frame1"]], i2r).messages[0].body
     assert bytes(blob) == b"\x00\x01\x02\x03"
     assert documented["reject"]["frame"][:3] == b"\x01\x05\x02"
+    reliable = open_sealed([documented["delivery"]["frame0"]], i2r).messages
+    assert reliable == [
+        Message(Kind.REQUEST, 6, name="record", body=7, meta={"dlv": [0x5EED, 3, 2]})
+    ]
 
 
 def test_documented_publish_frame_opens_and_verifies(documented):
