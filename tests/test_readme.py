@@ -83,3 +83,18 @@ def test_agent_sample_runs_and_publishes_its_card(tmp_path):
         assert words == ["hello", "ada", "Greets", "people", "by", "name,", "politely."]
     finally:
         discovery.close()
+
+
+def test_delivery_sample_runs_against_a_local_mesh(tmp_path):
+    (sample,) = [s for s in SAMPLES if 'delivery="durable"' in s]
+    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
+    try:
+        code = sample.replace("tcp://127.0.0.1:7700", discovery.endpoint())
+        words = run_sample(code, tmp_path)
+        assert sorted(zip(words[::2], words[1::2], strict=True)) == [
+            ("invoice", "1"),
+            ("invoice", "2"),
+            ("invoice", "3"),
+        ]
+    finally:
+        discovery.close()
