@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +52,7 @@ ACK_WAIT_S = 2.0  # how long one attempt waits for its ack before sending again
 LANE_WINDOW = 64
 LANE_LIMIT = 10_000
 RETRY_POLL_S = 1.0
+MAX_STREAMS = 10_000  # receiving streams remembered (LRU, idle ones only)
 DEADLETTERS_TOPIC = "deadletters"
 
 
@@ -113,7 +114,7 @@ class Deliveries:
         self._reply = reply
         self._publish = publish
         self._lanes: dict[tuple[str, bool], Lane] = {}
-        self._inbox: dict[tuple[bytes, int], Sequencer[tuple[Message, Callable[[], None]]]] = {}
+        self._inbox: OrderedDict[tuple[bytes, int], Sequencer[Any]] = OrderedDict()
         self._workers: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._wakeups: dict[tuple[bytes, int], asyncio.Event] = {}
         self._hold_s = hold_s
@@ -315,6 +316,9 @@ class Deliveries:
         sequencer = self._inbox.get(key)
         if sequencer is None:
             sequencer = self._inbox[key] = Sequencer(self._hold_s)
+            self._forget_idle_streams()
+        else:
+            self._inbox.move_to_end(key)
         verdict = sequencer.arrive(seq, low, (message, consumed), time.monotonic())
         if verdict in ("duplicate", "busy"):
             consumed()
@@ -327,6 +331,21 @@ class Deliveries:
         else:
             self._wakeups[key] = asyncio.Event()
             self._workers[key] = asyncio.create_task(self._work(key, peer_name, sequencer))
+
+    def _forget_idle_streams(self) -> None:
+        """Keep at most MAX_STREAMS streams (every sender restart starts new ones): the
+        least recently used idle ones go. Forgetting one is what a receiver restart does
+        to it (protocol.md 8.2), so the oldest must be long finished: 10 000 streams."""
+        excess = len(self._inbox) - MAX_STREAMS
+        for key in list(self._inbox)[:-1]:  # never the one just made
+            if excess <= 0:
+                return
+            sequencer = self._inbox[key]
+            if key not in self._workers and not sequencer.held and sequencer.running is None:
+                self.received["gaps_forgotten"] += sequencer.gaps
+                self.received["late_forgotten"] += sequencer.late
+                del self._inbox[key]
+                excess -= 1
 
     async def _work(
         self, key: tuple[bytes, int], peer_name: str, sequencer: Sequencer[Any]
@@ -355,8 +374,6 @@ class Deliveries:
         finally:
             self._workers.pop(key, None)
             self._wakeups.pop(key, None)
-            self.received["gaps"] = sum(s.gaps for s in self._inbox.values())
-            self.received["late"] = sum(s.late for s in self._inbox.values())
 
     async def _handle(self, peer_name: str, message: Message) -> tuple[bool, Message]:
         spec = self._runner.handlers.get(message.name)
@@ -389,6 +406,13 @@ class Deliveries:
                 }
                 for (peer, durable), lane in self._lanes.items()
             },
-            "received": dict(self.received),
+            "received": {
+                "handled": self.received["handled"],
+                "failed": self.received["failed"],
+                "duplicates_suppressed": self.received["duplicates_suppressed"],
+                "gaps": self.received["gaps_forgotten"] + sum(s.gaps for s in self._inbox.values()),
+                "late": self.received["late_forgotten"] + sum(s.late for s in self._inbox.values()),
+                "streams": len(self._inbox),
+            },
             "dead_letters": dict(self.dead),
         }

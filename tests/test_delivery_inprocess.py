@@ -78,3 +78,17 @@ async def test_resends_while_a_handler_runs_do_not_run_it_twice(mesh, monkeypatc
         await tx.delivered(timeout=30)
         assert seen == list(range(20))  # once each, in order, despite the resends
         assert tx.stats()["delivery"]["peers"]["rx (at_least_once)"]["retries"] > 0
+
+
+@pytest.mark.asyncio
+async def test_the_receiver_remembers_a_bounded_number_of_idle_streams(mesh, monkeypatch):
+    monkeypatch.setattr("mesh.delivery.MAX_STREAMS", 2)
+    async with Node("rx", mesh=mesh) as rx:
+        rx.handler("note", lambda body: None)
+        for name in ("a", "b", "c", "d"):  # each sender brings a stream of its own
+            async with Node(name, mesh=mesh) as tx:
+                tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
+                await tx.send("rx", "note", name, delivery="at_least_once")
+                await tx.delivered(timeout=30)
+        received = rx.stats()["delivery"]["received"]
+    assert received["streams"] == 2 and received["handled"] == 4
