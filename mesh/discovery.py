@@ -49,7 +49,7 @@ class DiscoveryServer:
     ) -> None:
         directory = mesh_directory(mesh)
         self.identity = identity or directory.identity(name)
-        self.trust = trust or directory.create().trust()
+        self.trust = trust or directory.verifier()
         self.directory = Directory()
         self.drops: Counter[str] = Counter()
         self._bind = bind

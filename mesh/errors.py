@@ -262,3 +262,11 @@ class NoCredit(CallError):
 
 class FlowControlTimeout(CallError, TimeoutError):
     """The peer granted no credit within the timeout: it is not consuming fast enough."""
+
+
+class LaunchError(MeshError):
+    """``mesh launch`` could not do something on a host: ``host`` says which."""
+
+    def __init__(self, message: str, *, host: str | None = None) -> None:
+        super().__init__(f"{host}: {message}" if host else message)
+        self.host = host

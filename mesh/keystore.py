@@ -27,13 +27,14 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from .errors import InsecureKeyFile, KeyFileError, MalformedEnvelope
+from .errors import InsecureKeyFile, KeyFileError, MalformedEnvelope, MeshError
 from .identity import Authority, Certificate, Identity, Trust, validate_name
 
 ENV_MESH_HOME = "MESH_HOME"
 AUTHORITY_KIND = "agent-mesh authority"
 AUTHORITY_PUBLIC_KIND = "agent-mesh authority public key"
 IDENTITY_KIND = "agent-mesh identity"
+PENDING_KIND = "agent-mesh pending identity"
 NOT_BEFORE_SLACK_S = 300  # certificates start a little in the past, for skewed peers
 EPHEMERAL_LIFETIME_S = 24 * 3600
 
@@ -167,10 +168,20 @@ class MeshDirectory:
             raise KeyFileError(str(self.authority_public_file), "verify key must be 32 bytes")
         return Trust(key)
 
+    def verifier(self) -> Trust:
+        """What a node here trusts: the installed ``authority.pub`` on a host that only
+        verifies (``mesh launch`` installs it), else this directory's own authority."""
+        if self.authority_public_file.exists() and not self.authority_file.exists():
+            return self.trust()
+        return self.create().trust()
+
     def identity(self, name: str, *, capabilities: tuple[str, ...] = ()) -> Identity:
-        """Load ``name``'s identity, creating the mesh and issuing it first if needed."""
+        """Load ``name``'s identity, creating the mesh and issuing it first if needed (only
+        where the authority lives: a verifying-only host needs it installed)."""
         path = self.identity_file(name)
         if not path.exists():
+            if self.authority_public_file.exists() and not self.authority_file.exists():
+                raise KeyFileError(str(path), "no such identity, and no authority here to issue it")
             authority = self.create()
             fresh = authority.issue_for(
                 Identity.generate(name),
@@ -222,6 +233,48 @@ class MeshDirectory:
             )
         except (MalformedEnvelope, ValueError) as exc:
             raise KeyFileError(str(path), f"unusable identity: {exc}") from exc
+
+    # ------------------------------------------------------------ keys made on another host
+
+    def pending_file(self, name: str) -> Path:
+        return self.path / "identities" / f"{validate_name(name)}.pending"
+
+    def pending_identity(self, name: str) -> Identity:
+        """``name``'s keys made here and waiting for a certificate from the authority's host
+        (the secret never leaves this host); created on first call, the same afterwards."""
+        path = self.pending_file(name)
+        if not path.exists():
+            fresh = Identity.generate(name)
+            record = {
+                "kind": PENDING_KIND,
+                "version": 1,
+                "name": name,
+                "box_secret": bytes(fresh.box_key).hex(),
+                "sign_seed": bytes(fresh.signing_key).hex(),
+            }
+            publish_file(path, _dump(record), secret=True)
+        data = _load_json(path, read_secret_file(path), PENDING_KIND)
+        return Identity.from_secrets(
+            name, _hex_field(path, data, "box_secret"), _hex_field(path, data, "sign_seed")
+        )
+
+    def install(self, name: str, certificate: Certificate, authority_key: bytes) -> Identity:
+        """Join a mesh run from elsewhere: trust ``authority_key`` (``authority.pub``) and
+        attach ``certificate`` to the pending keys of ``name``. Raises KeyFileError if this
+        directory already trusts another authority or the certificate is not for these keys."""
+        public = {"kind": AUTHORITY_PUBLIC_KIND, "version": 1, "verify_key": authority_key.hex()}
+        publish_file(self.authority_public_file, _dump(public), secret=False)
+        trust = self.trust()
+        if trust.authority_key != authority_key:
+            raise KeyFileError(str(self.authority_public_file), "trusts another authority")
+        try:
+            trust.verify(certificate, int(time.time() * 1000))
+            identity = self.pending_identity(name).with_certificate(certificate)
+        except (MeshError, ValueError) as exc:
+            raise KeyFileError(str(self.pending_file(name)), f"certificate refused: {exc}") from exc
+        self.save_identity(identity, replace=True)
+        self.pending_file(name).unlink()
+        return identity
 
     def names(self) -> list[str]:
         """Names of the identities stored here."""

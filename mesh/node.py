@@ -116,7 +116,7 @@ class Node:
         if identity is None or trust is None:
             directory = mesh_directory(mesh)
             identity = identity or directory.identity(name)
-            trust = trust or directory.create().trust()
+            trust = trust or directory.verifier()
         if outbox is None:
             outbox = mesh_directory(mesh).path / "outbox" / f"{name}.sqlite3"
         if heartbeat <= 0:
@@ -556,6 +556,22 @@ class Node:
         await connection.acquire(timeout, block)
         connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
         return None
+
+    async def ping(self, peer: str, timeout: float = 5.0) -> float:
+        """Round-trip time to ``peer`` in seconds: a sealed PING answered by its node, no
+        handler involved. Raises PeerNotFound, PeerLost or RequestTimeout."""
+        connection = await self._resolve(peer)
+        started = time.perf_counter()
+        msg_id, call = connection.start_call(Kind.PING, "", None)
+        try:
+            async with asyncio.timeout(timeout):
+                await call.future
+        except TimeoutError:
+            message = f"{peer} did not answer a ping within {timeout} s"
+            raise RequestTimeout(message, peer=peer) from None
+        finally:
+            connection.calls.pop(msg_id, None)
+        return time.perf_counter() - started
 
     async def delivered(self, timeout: float | None = None) -> None:
         """Wait until every reliable message sent so far is acknowledged or dead-lettered

@@ -30,7 +30,8 @@ def install_echo(node: Node) -> None:
     """The built-in agent: ``echo`` returns its body; ``echo_stream`` yields each item of a
     list body; ``sleep`` waits ``body`` seconds (at most 60) then returns it; ``whoami``
     returns the node's name (after ``body`` seconds, if a number); ``announce`` publishes its
-    body on the topic ``agents.NAME.status`` and returns the sequence number."""
+    body on the topic ``agents.NAME.status`` and returns the sequence number; ``relay``
+    calls ``{to, method, body}`` on another node and returns its reply (agent to agent)."""
 
     @node.handler("announce")
     async def announce(body: Any) -> int:
@@ -45,6 +46,13 @@ def install_echo(node: Node) -> None:
     @node.handler("echo")
     async def echo(body: Any) -> Any:
         return body
+
+    @node.handler("relay")
+    async def relay(body: Any) -> Any:
+        if not (isinstance(body, dict) and isinstance(body.get("to"), str)):
+            raise InvalidArgument("relay needs {'to': peer, 'method': name, 'body': ...}")
+        method = body.get("method", "echo")
+        return await node.request(body["to"], str(method), body.get("body"), timeout=30)
 
     @node.handler("echo_stream")
     async def echo_stream(body: Any) -> Any:
