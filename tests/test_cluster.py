@@ -47,3 +47,20 @@ def test_each_mistake_is_named(change, problem):
     change(data)
     with pytest.raises(InvalidArgument, match=problem):
         parse_cluster(data)
+
+
+def test_the_remote_shell_is_ssh_or_the_hosts_own_command():
+    from mesh.launch import Remote
+
+    data = readme_cluster()
+    data["hosts"]["gpu"]["ssh_options"] = ["-o", "ProxyJump=bastion"]
+    data["hosts"]["tools"]["shell"] = ["ip", "netns", "exec", "tools"]
+    cluster = parse_cluster(data)
+    ssh = Remote(cluster.hosts["gpu"]).argv("echo hi")
+    assert ssh[0] == "ssh" and ssh[-2:] == ["mesh@10.0.0.12", "echo hi"]
+    assert ssh[1:3] == ["-p", "22"] and "BatchMode=yes" in ssh
+    assert ssh[ssh.index("-i") + 1].endswith("/.ssh/id_ed25519")  # ~ expanded
+    assert ssh[-4:-2] == ["-o", "ProxyJump=bastion"]
+    assert Remote(cluster.hosts["tools"]).argv("echo hi") == [
+        "ip", "netns", "exec", "tools", "sh", "-c", "echo hi",
+    ]  # fmt: skip
