@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import cli_deadletters, cli_launch, cli_live
+from . import cli_bench, cli_deadletters, cli_launch, cli_live
 from .errors import MeshError
 from .identity import Certificate, Identity
 from .keystore import default_mesh_dir, mesh_directory
@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_live.add_commands(commands)
     cli_deadletters.add_commands(commands)
     cli_launch.add_commands(commands)
+    cli_bench.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,250 @@
+"""``mesh bench``: what a hop costs, the sealed mesh beside raw pyzmq, in one run.
+
+Each system's server runs in its own process (:mod:`mesh.bench_servers`) and the client in
+this one; every scenario runs on both, one after the other, and the report gives the ratio
+mesh / raw for p50 latency (or throughput). Topic fan-out is ``scripts/topic-bench`` (it
+needs many subscriber processes); reliable delivery is ``scripts/delivery-bench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .bench_scenarios import (
+    Result,
+    concurrent,
+    fixed_rate,
+    one_way,
+    round_trip,
+    streamed,
+    tensor,
+)
+from .bench_targets import SERVER, MeshTarget, RawTarget
+from .errors import InvalidArgument
+from .keystore import MeshDirectory
+from .node import Node
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each scenario to run."""
+
+    rounds: int = 5000
+    large_rounds: int = 300
+    warmup: int = 500
+    one_way: int = 50_000
+    concurrency_total: int = 8000
+    chunks: int = 500
+    streams: int = 5
+    tensors: int = 30
+    rate: int | None = None
+
+    @classmethod
+    def quick(cls, rate: int | None = None) -> Plan:
+        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate)
+
+    @classmethod
+    def tiny(cls) -> Plan:
+        """For the test suite: every scenario, a few operations each."""
+        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200)
+
+
+Step = Callable[[Any], Awaitable[Result]]
+
+
+def steps(plan: Plan) -> list[tuple[str, Step]]:
+    found: list[tuple[str, Step]] = []
+    for size in (64, 1024, 64 * 1024, 1024 * 1024):
+        n = plan.rounds if size <= 1024 else plan.large_rounds
+        found.append((f"rr {size}", lambda t, s=size, n=n: round_trip(t, s, n, plan.warmup)))
+    found.append(("one-way", lambda t: one_way(t, plan.one_way, plan.warmup)))
+    for outstanding in (1, 4, 16, 64):
+        found.append(
+            (
+                f"concurrency {outstanding}",
+                lambda t, c=outstanding: concurrent(t, c, plan.concurrency_total, plan.warmup),
+            )
+        )
+    found.append(("stream", lambda t: streamed(t, plan.chunks, plan.streams)))
+    found.append(("tensor", lambda t: tensor(t, 4, plan.tensors, 2)))
+    if plan.rate:
+        found.append(("fixed rate", lambda t: fixed_rate(t, plan.rate, plan.rounds, plan.warmup)))
+    return found
+
+
+class Servers:
+    """Both servers as child processes, and the client's view of each."""
+
+    def __init__(self, mesh: MeshDirectory) -> None:
+        self.mesh = mesh
+        self.children: list[subprocess.Popen[str]] = []
+
+    def spawn(self, *args: str) -> str:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mesh.bench_servers", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        self.children.append(child)
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if "serving on" not in line:
+            raise InvalidArgument(f"the bench server ({args[0]}) did not start")
+        return line.split()[-1]
+
+    def close(self) -> None:
+        for child in self.children:
+            child.kill()
+            child.wait(10)
+
+
+async def run(plan: Plan, progress: Callable[[int, int, str], None]) -> list[Result]:
+    with tempfile.TemporaryDirectory() as home:
+        mesh = MeshDirectory(home)
+        mesh.create()
+        servers = Servers(mesh)
+        try:
+            raw_endpoint = servers.spawn("raw")
+            mesh_endpoint = servers.spawn("mesh", home)
+            return await _measure(plan, mesh, raw_endpoint, mesh_endpoint, progress)
+        finally:
+            servers.close()
+
+
+async def _measure(
+    plan: Plan,
+    mesh: MeshDirectory,
+    raw_endpoint: str,
+    mesh_endpoint: str,
+    progress: Callable[[int, int, str], None],
+) -> list[Result]:
+    results = []
+    async with Node("bench-client", mesh=mesh) as node:
+        node.add_peer(mesh.identity(SERVER).require_certificate(), mesh_endpoint)
+        raw = RawTarget(raw_endpoint)
+        try:
+            targets = [MeshTarget(node), raw]
+            plan_steps = steps(plan)
+            total = len(plan_steps) * len(targets)
+            for index, (label, step) in enumerate(plan_steps):
+                for offset, target in enumerate(targets):
+                    progress(index * len(targets) + offset, total, f"{label}: {target.name}")
+                    results.append(await step(target))
+            progress(total, total, "done")
+        finally:
+            raw.close()
+    return results
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "platform": platform.platform(),
+    }
+
+
+def report(results: list[Result]) -> dict[str, Any]:
+    """Every figure, plus mesh / raw ratios per scenario."""
+    rows = [r.to_dict() for r in results]
+    ratios = {}
+    by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_scenario.setdefault(row["scenario"], {})[row["system"]] = row
+    for scenario, systems in by_scenario.items():
+        mesh, raw = systems.get("mesh"), systems.get("raw pyzmq")
+        if mesh and raw:
+            ratios[scenario] = _ratio(scenario, mesh, raw)
+    return {"machine": machine(), "results": rows, "ratios": ratios}
+
+
+def _ratio(scenario: str, mesh: dict[str, Any], raw: dict[str, Any]) -> dict[str, float]:
+    if scenario.startswith("one-way"):
+        ours, theirs = (s["throughput"]["messages_per_s"] for s in (mesh, raw))
+        return {"throughput": round(ours / theirs, 3) if theirs else 0.0}
+    found = {}
+    for point in ("p50", "p99"):
+        ours, theirs = mesh["latency_us"][point], raw["latency_us"][point]
+        found[point] = round(ours / theirs, 3) if theirs else 0.0
+    return found
+
+
+def table(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{'scenario':<34}{'system':<11}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>10}"
+        f"{'msg/s':>10}{'MB/s':>8}  ratio",
+    ]
+    for row in summary["results"]:
+        thr = row["throughput"]
+        lat = row["latency_us"] or dict.fromkeys(("p50", "p90", "p99", "p99.9", "max"), 0.0)
+        ratio = ""
+        if row["system"] == "mesh":
+            found = summary["ratios"].get(row["scenario"], {})
+            ratio = "  ".join(f"{k} {v:.2f}x" for k, v in found.items())
+        lines.append(
+            f"{row['scenario']:<34}{row['system']:<11}{lat['p50']:>9.1f}{lat['p90']:>9.1f}"
+            f"{lat['p99']:>9.1f}{lat['p99.9']:>9.1f}{lat['max']:>10.1f}"
+            f"{thr['messages_per_s']:>10.0f}{thr['mb_per_s']:>8.1f}  {ratio}"
+        )
+    lines.append("latency in microseconds; ratio = mesh / raw pyzmq asyncio (lower is better,")
+    lines.append("except one-way, where it is throughput: higher is better)")
+    return "\n".join(lines)
+
+
+def progress_bar(stream: Any) -> Callable[[int, int, str], None]:
+    """A bar redrawn in place on a terminal; one line per step otherwise (CI logs)."""
+    tty = stream.isatty()
+
+    def show(done: int, total: int, label: str) -> None:
+        filled = 30 * done // max(total, 1)
+        line = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {label}"
+        stream.write(f"\r{line:<80}" if tty else f"{line}\n")
+        if tty and done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+def write_json(summary: dict[str, Any], path: str) -> None:
+    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def main(plan: Plan, json_path: str | None, plot_dir: str | None) -> int:
+    results = asyncio.run(run(plan, progress_bar(sys.stderr)))
+    summary = report(results)
+    print(table(summary))
+    if json_path:
+        write_json(summary, json_path)
+    if plot_dir:
+        from .bench_plot import plot
+
+        for path in plot(summary, plot_dir):
+            print(f"wrote {path}")
+    return 0

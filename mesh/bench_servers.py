@@ -1,0 +1,87 @@
+"""The two servers ``mesh bench`` measures against each other, each in its own process.
+
+* The mesh side is ``python -m mesh.bench_servers mesh MESH_DIR``, a node with ``echo``,
+  ``sink`` (one-way, counted), ``count`` (how many sinks since the last ask) and ``chunks``
+  (``[n, size]``: a stream of n chunks).
+* The raw side is ``python -m mesh.bench_servers raw``: a plain pyzmq asyncio ROUTER doing the
+  same over frames ``[kind, payload]`` (``E`` echo, ``S`` sink, ``C`` count, ``T`` stream),
+  with nothing sealed, numbered or credited: the floor the mesh is compared with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .node import Node
+
+MAX_CHUNKS = 1_000_000
+
+
+def install(node: Node) -> None:
+    """The mesh bench server's handlers."""
+    sunk = [0]
+
+    @node.handler("echo")
+    async def echo(body: Any) -> Any:
+        return body
+
+    @node.handler("sink")
+    async def sink(body: Any) -> None:
+        sunk[0] += 1
+
+    @node.handler("count")
+    async def count(body: Any) -> int:
+        seen, sunk[0] = sunk[0], 0
+        return seen
+
+    @node.handler("chunks")
+    async def chunks(body: Any) -> Any:
+        n, size = int(body[0]), int(body[1])
+        chunk = b"x" * size
+        for _ in range(min(n, MAX_CHUNKS)):
+            yield chunk
+
+
+async def serve_raw() -> None:
+    socket = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    print(f"raw serving on tcp://127.0.0.1:{port}", flush=True)
+    sunk = 0
+    while True:
+        peer, kind, payload = await socket.recv_multipart(copy=False)
+        code = kind.bytes
+        if code == b"E":
+            await socket.send_multipart([peer, kind, payload], copy=False)
+        elif code == b"S":
+            sunk += 1
+        elif code == b"C":
+            await socket.send_multipart([peer, kind, struct.pack("!Q", sunk)])
+            sunk = 0
+        elif code == b"T":
+            n, size = struct.unpack("!II", payload.bytes)
+            chunk = b"x" * size
+            for _ in range(min(n, MAX_CHUNKS)):
+                await socket.send_multipart([peer, b"T", chunk])
+            await socket.send_multipart([peer, b"D", b""])
+
+
+async def serve_mesh(mesh: str) -> None:
+    """A node with the bench handlers and no discovery: the client adds it by certificate."""
+    async with Node("bench-server", mesh=mesh, bind="tcp://127.0.0.1:0") as node:
+        install(node)
+        print(f"mesh serving on {node.endpoint}", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["mesh"]:
+        asyncio.run(serve_mesh(sys.argv[2]))
+    else:
+        asyncio.run(serve_raw())

@@ -1,0 +1,97 @@
+"""What ``mesh bench`` drives: the same five operations on the mesh and on raw pyzmq.
+
+Both sides get the same shapes of work, so a ratio compares the mesh's per-message path
+(sealing, numbering, credit, correlation) with the floor of pyzmq asyncio doing only the
+transport. The raw client matches replies to calls in FIFO order (its server answers in
+order), the cheapest correlation there is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .codec import Blob
+from .node import Node
+
+SERVER = "bench-server"
+BLOB_FROM = 4096  # bodies this large travel as attachments, as a user would send them
+
+
+def body_of(size: int) -> Any:
+    payload = b"x" * size
+    return Blob(payload) if size >= BLOB_FROM else payload
+
+
+class MeshTarget:
+    name = "mesh"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def echo(self, body: Any) -> Any:
+        return await self.node.request(SERVER, "echo", body, timeout=60)
+
+    async def sink(self, body: Any) -> None:
+        await self.node.send(SERVER, "sink", body, timeout=60)
+
+    async def count(self) -> int:
+        return int(await self.node.request(SERVER, "count", timeout=60))
+
+    async def stream(self, n: int, size: int) -> AsyncIterator[Any]:
+        async for chunk in self.node.stream(SERVER, "chunks", [n, size], timeout=60):
+            yield chunk
+
+
+class RawTarget:
+    name = "raw pyzmq"
+
+    def __init__(self, endpoint: str) -> None:
+        self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self._replies: deque[asyncio.Future[Any]] = deque()
+        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            kind, payload = await self.socket.recv_multipart(copy=False)
+            code = kind.bytes
+            if code == b"T":
+                self._chunks.put_nowait(payload.bytes)
+            elif code == b"D":
+                self._chunks.put_nowait(None)
+            else:
+                self._replies.popleft().set_result(payload)
+
+    def close(self) -> None:
+        self._reader.cancel()
+        self.socket.close()
+
+    async def _call(self, kind: bytes, payload: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._replies.append(future)
+        await self.socket.send_multipart([kind, payload], copy=False)
+        return await future
+
+    async def echo(self, body: Any) -> Any:
+        return await self._call(b"E", body.data if isinstance(body, Blob) else body)
+
+    async def sink(self, body: Any) -> None:
+        await self.socket.send_multipart([b"S", body])
+
+    async def count(self) -> int:
+        reply = await self._call(b"C", b"")
+        return int(struct.unpack("!Q", reply.bytes)[0])
+
+    async def stream(self, n: int, size: int) -> AsyncIterator[bytes]:
+        await self.socket.send_multipart([b"T", struct.pack("!II", n, size)])
+        while (chunk := await self._chunks.get()) is not None:
+            yield chunk

@@ -1,0 +1,40 @@
+"""``mesh bench``: latency and throughput, the sealed mesh beside raw pyzmq in one run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .errors import InvalidArgument
+
+
+def add_commands(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure the mesh beside raw pyzmq (latency percentiles, throughput, ratios)",
+        description="Scenarios: request/reply 64 B to 1 MiB, one-way throughput, 1-64 "
+        "outstanding, streamed chunks, a 4 MiB float32 tensor. Examples: mesh bench --quick; "
+        "mesh bench --json out.json --plot charts/; mesh bench --rate 2000",
+    )
+    bench.add_argument("--quick", action="store_true", help="small counts (under a minute)")
+    bench.add_argument("--json", metavar="FILE", help="write every figure and the machine")
+    bench.add_argument("--plot", metavar="DIR", help="write PNG charts (needs matplotlib)")
+    bench.add_argument(
+        "--rate", type=int, default=None, help="also run 64 B requests at N/s, fixed schedule"
+    )
+    bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite
+    bench.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.rate is not None and args.rate <= 0:
+        raise InvalidArgument("--rate must be a positive number of requests per second")
+    if args.tiny:
+        plan = bench.Plan.tiny()
+    elif args.quick:
+        plan = bench.Plan.quick(args.rate)
+    else:
+        plan = bench.Plan(rate=args.rate)
+    return bench.main(plan, args.json, args.plot)
