@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import platform
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 
 import zmq
 
+from .bench_peers import SKIPPED, NatsTarget
 from .bench_scenarios import (
     Result,
     concurrent,
@@ -93,16 +95,18 @@ class Servers:
         self.mesh = mesh
         self.children: list[subprocess.Popen[str]] = []
 
-    def spawn(self, *args: str) -> str:
+    def spawn(self, *args: str, module: str = "mesh.bench_servers") -> str:
         child = subprocess.Popen(
-            [sys.executable, "-m", "mesh.bench_servers", *args],
+            [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         )
         self.children.append(child)
         assert child.stdout is not None
-        line = child.stdout.readline()
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            line = child.stdout.readline() if selector.select(START_TIMEOUT_S) else ""
         if "serving on" not in line:
             raise InvalidArgument(f"the bench server ({args[0]}) did not start")
         return line.split()[-1]
@@ -113,7 +117,9 @@ class Servers:
             child.wait(10)
 
 
-async def run(plan: Plan, progress: Callable[[int, int, str], None]) -> list[Result]:
+async def run(
+    plan: Plan, progress: Callable[[int, int, str], None], nats_url: str | None = None
+) -> list[Result]:
     with tempfile.TemporaryDirectory() as home:
         mesh = MeshDirectory(home)
         mesh.create()
@@ -121,7 +127,10 @@ async def run(plan: Plan, progress: Callable[[int, int, str], None]) -> list[Res
         try:
             raw_endpoint = servers.spawn("raw")
             mesh_endpoint = servers.spawn("mesh", home)
-            return await _measure(plan, mesh, raw_endpoint, mesh_endpoint, progress)
+            if nats_url:
+                await (await NatsTarget.connect(nats_url)).close()  # reachable, or one line
+                servers.spawn("nats", nats_url, module="mesh.bench_peers")
+            return await _measure(plan, mesh, raw_endpoint, mesh_endpoint, progress, nats_url)
         finally:
             servers.close()
 
@@ -132,22 +141,29 @@ async def _measure(
     raw_endpoint: str,
     mesh_endpoint: str,
     progress: Callable[[int, int, str], None],
+    nats_url: str | None,
 ) -> list[Result]:
     results = []
     async with Node("bench-client", mesh=mesh) as node:
         node.add_peer(mesh.identity(SERVER).require_certificate(), mesh_endpoint)
         raw = RawTarget(raw_endpoint)
+        nats = await NatsTarget.connect(nats_url) if nats_url else None
         try:
-            targets = [MeshTarget(node), raw]
-            plan_steps = steps(plan)
-            total = len(plan_steps) * len(targets)
-            for index, (label, step) in enumerate(plan_steps):
-                for offset, target in enumerate(targets):
-                    progress(index * len(targets) + offset, total, f"{label}: {target.name}")
-                    results.append(await step(target))
-            progress(total, total, "done")
+            targets: list[Any] = [MeshTarget(node), raw, *([nats] if nats else [])]
+            work = [
+                (label, step, target)
+                for label, step in steps(plan)
+                for target in targets
+                if not (target is nats and label in SKIPPED)
+            ]
+            for index, (label, step, target) in enumerate(work):
+                progress(index, len(work), f"{label}: {target.name}")
+                results.append(await step(target))
+            progress(len(work), len(work), "done")
         finally:
             raw.close()
+            if nats is not None:
+                await nats.close()
     return results
 
 
@@ -177,11 +193,15 @@ def report(results: list[Result]) -> dict[str, Any]:
     by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_scenario.setdefault(row["scenario"], {})[row["system"]] = row
+    versus: dict[str, dict[str, Any]] = {}
     for scenario, systems in by_scenario.items():
         mesh, raw = systems.get("mesh"), systems.get("raw pyzmq")
         if mesh and raw:
             ratios[scenario] = _ratio(scenario, mesh, raw)
-    return {"machine": machine(), "results": rows, "ratios": ratios}
+        for other, row in systems.items():
+            if mesh and other not in ("mesh", "raw pyzmq"):
+                versus.setdefault(other, {})[scenario] = _ratio(scenario, mesh, row)
+    return {"machine": machine(), "results": rows, "ratios": ratios, "mesh_vs": versus}
 
 
 def _ratio(scenario: str, mesh: dict[str, Any], raw: dict[str, Any]) -> dict[str, float]:
@@ -207,6 +227,9 @@ def table(summary: dict[str, Any]) -> str:
         if row["system"] == "mesh":
             found = summary["ratios"].get(row["scenario"], {})
             ratio = "  ".join(f"{k} {v:.2f}x" for k, v in found.items())
+        elif row["system"] != "raw pyzmq":
+            found = summary.get("mesh_vs", {}).get(row["system"], {}).get(row["scenario"], {})
+            ratio = "mesh/this " + "  ".join(f"{k} {v:.2f}x" for k, v in found.items())
         lines.append(
             f"{row['scenario']:<34}{row['system']:<11}{lat['p50']:>9.1f}{lat['p90']:>9.1f}"
             f"{lat['p99']:>9.1f}{lat['p99.9']:>9.1f}{lat['max']:>10.1f}"
@@ -236,8 +259,10 @@ def write_json(summary: dict[str, Any], path: str) -> None:
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def main(plan: Plan, json_path: str | None, plot_dir: str | None) -> int:
-    results = asyncio.run(run(plan, progress_bar(sys.stderr)))
+def main(
+    plan: Plan, json_path: str | None, plot_dir: str | None, nats_url: str | None = None
+) -> int:
+    results = asyncio.run(run(plan, progress_bar(sys.stderr), nats_url))
     summary = report(results)
     print(table(summary))
     if json_path:

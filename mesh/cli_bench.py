@@ -22,6 +22,9 @@ def add_commands(commands: Any) -> None:
     bench.add_argument(
         "--rate", type=int, default=None, help="also run 64 B requests at N/s, fixed schedule"
     )
+    bench.add_argument(
+        "--nats", metavar="URL", help="also NATS request/reply via nats-py (scripts/bench-peers)"
+    )
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite
     bench.set_defaults(run=_bench)
 
@@ -37,4 +40,4 @@ def _bench(args: argparse.Namespace) -> int:
         plan = bench.Plan.quick(args.rate)
     else:
         plan = bench.Plan(rate=args.rate)
-    return bench.main(plan, args.json, args.plot)
+    return bench.main(plan, args.json, args.plot, args.nats)
