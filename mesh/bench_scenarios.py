@@ -48,6 +48,13 @@ class Result:
 async def round_trip(target: Any, size: int, count: int, warmup: int) -> Result:
     body = body_of(size)
     result = Result(f"request/reply {_size(size)}", target.name, {"size": size, "count": count})
+    return await _echo_loop(target, body, result, count, warmup, 2 * size * count)
+
+
+async def _echo_loop(
+    target: Any, body: Any, result: Result, count: int, warmup: int, payload: int
+) -> Result:
+    """Warm up, then ``count`` echoes one at a time, each timed."""
     for _ in range(warmup):
         await target.echo(body)
     started = time.perf_counter()
@@ -55,7 +62,7 @@ async def round_trip(target: Any, size: int, count: int, warmup: int) -> Result:
         sent = time.perf_counter_ns()
         await target.echo(body)
         result.histogram.record(time.perf_counter_ns() - sent)
-    return _done(result, started, count, 2 * size * count)
+    return _done(result, started, count, payload)
 
 
 async def fixed_rate(target: Any, rate: int, count: int, warmup: int) -> Result:
@@ -152,14 +159,7 @@ async def tensor(target: Any, megabytes: int, count: int, warmup: int) -> Result
         body = body_of(size)
     params = {"size": size, "count": count, "dtype": "float32"}
     result = Result(f"tensor {megabytes} MiB round trip", target.name, params)
-    for _ in range(warmup):
-        await target.echo(body)
-    started = time.perf_counter()
-    for _ in range(count):
-        sent = time.perf_counter_ns()
-        await target.echo(body)
-        result.histogram.record(time.perf_counter_ns() - sent)
-    return _done(result, started, count, 2 * size * count)
+    return await _echo_loop(target, body, result, count, warmup, 2 * size * count)
 
 
 def _done(result: Result, started: float, messages: int, payload: int) -> Result:

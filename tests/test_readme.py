@@ -64,37 +64,26 @@ def test_embedding_sample_runs_against_a_local_mesh(tmp_path):
                 process.close()
 
 
-def test_topics_sample_runs_against_a_local_mesh(tmp_path):
-    (sample,) = [s for s in SAMPLES if ".subscribe(" in s]
-    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
+def run_with_discovery(marker: str, home) -> list[str]:
+    """The one sample containing ``marker``, run against a discovery node of its own."""
+    (sample,) = [s for s in SAMPLES if marker in s]
+    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=home)
     try:
-        code = sample.replace("tcp://127.0.0.1:7700", discovery.endpoint())
-        assert run_sample(code, tmp_path) == ["news.eu", "newsroom", "1", "hello"]
+        return run_sample(sample.replace("tcp://127.0.0.1:7700", discovery.endpoint()), home)
     finally:
         discovery.close()
+
+
+def test_topics_sample_runs_against_a_local_mesh(tmp_path):
+    assert run_with_discovery(".subscribe(", tmp_path) == ["news.eu", "newsroom", "1", "hello"]
 
 
 def test_agent_sample_runs_and_publishes_its_card(tmp_path):
-    (sample,) = [s for s in SAMPLES if "class Greeter(Agent)" in s]
-    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
-    try:
-        code = sample.replace("tcp://127.0.0.1:7700", discovery.endpoint())
-        words = run_sample(code, tmp_path)
-        assert words == ["hello", "ada", "Greets", "people", "by", "name,", "politely."]
-    finally:
-        discovery.close()
+    words = run_with_discovery("class Greeter(Agent)", tmp_path)
+    assert words == ["hello", "ada", "Greets", "people", "by", "name,", "politely."]
 
 
 def test_delivery_sample_runs_against_a_local_mesh(tmp_path):
-    (sample,) = [s for s in SAMPLES if 'delivery="durable"' in s]
-    discovery = Process("discovery", "--bind", "tcp://127.0.0.1:0", home=tmp_path)
-    try:
-        code = sample.replace("tcp://127.0.0.1:7700", discovery.endpoint())
-        words = run_sample(code, tmp_path)
-        assert sorted(zip(words[::2], words[1::2], strict=True)) == [
-            ("invoice", "1"),
-            ("invoice", "2"),
-            ("invoice", "3"),
-        ]
-    finally:
-        discovery.close()
+    words = run_with_discovery('delivery="durable"', tmp_path)
+    pairs = sorted(zip(words[::2], words[1::2], strict=True))
+    assert pairs == [("invoice", "1"), ("invoice", "2"), ("invoice", "3")]
