@@ -94,3 +94,20 @@ def test_nats_runs_beside_the_mesh_when_its_server_is_up(tmp_path):
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_plots_are_written_from_a_summary(tmp_path):
+    pytest.importorskip("matplotlib", reason="mesh bench --plot needs matplotlib")
+    from mesh import bench
+    from mesh.bench_plot import plot
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "bench", "--tiny", "--json", str(tmp_path / "b.json")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "b.json").read_text())
+    written = plot(summary, str(tmp_path / "charts"))
+    assert [p.name for p in written] == ["latency_by_size.png", "latency_vs_throughput.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert bench.table(summary).count("\n") == len(summary["results"]) + 2
