@@ -26,6 +26,7 @@ import zmq
 from .bench_peers import SKIPPED, NatsTarget
 from .bench_scenarios import (
     Result,
+    blocking_round_trip,
     concurrent,
     fixed_rate,
     one_way,
@@ -73,6 +74,7 @@ def steps(plan: Plan) -> list[tuple[str, Step]]:
     for size in (64, 1024, 64 * 1024, 1024 * 1024):
         n = plan.rounds if size <= 1024 else plan.large_rounds
         found.append((f"rr {size}", lambda t, s=size, n=n: round_trip(t, s, n, plan.warmup)))
+    found.append(("blocking", lambda t: blocking_round_trip(t, plan.rounds, plan.warmup)))
     found.append(("one-way", lambda t: one_way(t, plan.one_way, plan.warmup)))
     for outstanding in (1, 4, 16, 64):
         found.append(
@@ -149,7 +151,12 @@ async def _measure(
         raw = RawTarget(raw_endpoint)
         nats = await NatsTarget.connect(nats_url) if nats_url else None
         try:
-            targets: list[Any] = [MeshTarget(node), raw, *([nats] if nats else [])]
+            server = mesh.identity(SERVER).require_certificate()
+            targets: list[Any] = [
+                MeshTarget(node, server, mesh_endpoint, mesh.identity("bench-sync")),
+                raw,
+                *([nats] if nats else []),
+            ]
             work = [
                 (label, step, target)
                 for label, step in steps(plan)

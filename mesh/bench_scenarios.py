@@ -65,6 +65,29 @@ async def _echo_loop(
     return _done(result, started, count, payload)
 
 
+async def blocking_round_trip(target: Any, count: int, warmup: int) -> Result:
+    """64 B request/reply from blocking code (SyncNode, a sync pyzmq socket) in a thread."""
+    result = Result("blocking request/reply 64 B", target.name, {"size": 64, "count": count})
+    echo, close = target.blocking()
+    body = b"x" * 64
+
+    def run() -> float:
+        for _ in range(warmup):
+            echo(body)
+        started = time.perf_counter()
+        for _ in range(count):
+            sent = time.perf_counter_ns()
+            echo(body)
+            result.histogram.record(time.perf_counter_ns() - sent)
+        return started
+
+    try:
+        started = await asyncio.to_thread(run)
+    finally:
+        close()
+    return _done(result, started, count, 128 * count)
+
+
 async def fixed_rate(target: Any, rate: int, count: int, warmup: int) -> Result:
     body = body_of(64)
     params = {"size": 64, "count": count, "rate": rate}

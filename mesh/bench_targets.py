@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from .codec import Blob
+from .identity import Certificate, Identity
 from .node import Node
+from .sync import SyncNode
 
 SERVER = "bench-server"
 BLOB_FROM = 4096  # bodies this large travel as attachments, as a user would send them
@@ -32,8 +34,20 @@ def body_of(size: int) -> Any:
 class MeshTarget:
     name = "mesh"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(
+        self, node: Node, server: Certificate, endpoint: str, sync_identity: Identity
+    ) -> None:
         self.node = node
+        self.server = server
+        self.endpoint = endpoint
+        self.sync_identity = sync_identity  # a node of its own, not a second session of ours
+
+    def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
+        """A SyncNode's ``echo`` for the blocking scenario, and its closer."""
+        identity = self.sync_identity
+        sync = SyncNode(identity.name, identity=identity, trust=self.node.trust)
+        sync.node.add_peer(self.server, self.endpoint)
+        return (lambda body: sync.request(SERVER, "echo", body, timeout=60)), sync.close
 
     async def echo(self, body: Any) -> Any:
         return await self.node.request(SERVER, "echo", body, timeout=60)
@@ -53,6 +67,7 @@ class RawTarget:
     name = "raw pyzmq"
 
     def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
         self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
@@ -74,6 +89,18 @@ class RawTarget:
     def close(self) -> None:
         self._reader.cancel()
         self.socket.close()
+
+    def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
+        """A plain (sync) pyzmq DEALER's echo for the blocking scenario, and its closer."""
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.endpoint)
+
+        def echo(body: Any) -> Any:
+            socket.send_multipart([b"E", body])
+            return socket.recv_multipart()[1]
+
+        return echo, socket.close
 
     async def _call(self, kind: bytes, payload: Any) -> Any:
         future = asyncio.get_running_loop().create_future()

@@ -176,7 +176,7 @@ class SyncSubscription:
         self.close()
 
 
-for _name in ("request", "send", "peers", "publish"):
+for _name in ("request", "send", "peers", "publish", "delivered", "ping"):
     setattr(SyncNode, _name, _blocking(_name))
 
 

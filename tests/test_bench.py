@@ -17,6 +17,7 @@ SCENARIOS = {
     "request/reply 64 B", "request/reply 1 KiB", "request/reply 64 KiB", "request/reply 1 MiB",
     "one-way 64 B", "concurrency 1", "concurrency 4", "concurrency 16", "concurrency 64",
     "stream: gap between chunks", "tensor 4 MiB round trip", "request/reply 64 B at 200/s",
+    "blocking request/reply 64 B",
 }  # fmt: skip
 
 
@@ -27,7 +28,7 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "ratio = mesh / raw pyzmq" in done.stdout and "24/24 done" in done.stderr
+    assert "ratio = mesh / raw pyzmq" in done.stdout and "26/26 done" in done.stderr
     summary = json.loads(out.read_text())
     assert {"cpu", "cores", "python", "pyzmq", "libzmq"} <= set(summary["machine"])
     seen = {(r["scenario"], r["system"]) for r in summary["results"]}
