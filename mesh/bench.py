@@ -33,6 +33,7 @@ from .bench_scenarios import (
     round_trip,
     streamed,
     tensor,
+    with_peers,
 )
 from .bench_targets import SERVER, MeshTarget, RawTarget
 from .errors import InvalidArgument
@@ -55,15 +56,16 @@ class Plan:
     streams: int = 5
     tensors: int = 30
     rate: int | None = None
+    peer_counts: tuple[int, ...] = (2, 50)
 
     @classmethod
     def quick(cls, rate: int | None = None) -> Plan:
-        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate)
+        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate, (2, 50))
 
     @classmethod
     def tiny(cls) -> Plan:
         """For the test suite: every scenario, a few operations each."""
-        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200)
+        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200, (2, 4))
 
 
 Step = Callable[[Any], Awaitable[Result]]
@@ -85,6 +87,13 @@ def steps(plan: Plan) -> list[tuple[str, Step]]:
         )
     found.append(("stream", lambda t: streamed(t, plan.chunks, plan.streams)))
     found.append(("tensor", lambda t: tensor(t, 4, plan.tensors, 2)))
+    for connected in plan.peer_counts:
+        found.append(
+            (
+                f"peers {connected}",
+                lambda t, n=connected: with_peers(t, n, plan.rounds, plan.warmup),
+            )
+        )
     if plan.rate:
         found.append(("fixed rate", lambda t: fixed_rate(t, plan.rate, plan.rounds, plan.warmup)))
     return found
@@ -129,10 +138,13 @@ async def run(
         try:
             raw_endpoint = servers.spawn("raw")
             mesh_endpoint = servers.spawn("mesh", home)
+            peers = servers.spawn("peers", home, str(max(plan.peer_counts)))
             if nats_url:
                 await (await NatsTarget.connect(nats_url)).close()  # reachable, or one line
                 servers.spawn("nats", nats_url, module="mesh.bench_peers")
-            return await _measure(plan, mesh, raw_endpoint, mesh_endpoint, progress, nats_url)
+            return await _measure(
+                plan, mesh, raw_endpoint, mesh_endpoint, peers.split(","), progress, nats_url
+            )
         finally:
             servers.close()
 
@@ -142,6 +154,7 @@ async def _measure(
     mesh: MeshDirectory,
     raw_endpoint: str,
     mesh_endpoint: str,
+    peer_endpoints: list[str],
     progress: Callable[[int, int, str], None],
     nats_url: str | None,
 ) -> list[Result]:
@@ -152,16 +165,18 @@ async def _measure(
         nats = await NatsTarget.connect(nats_url) if nats_url else None
         try:
             server = mesh.identity(SERVER).require_certificate()
-            targets: list[Any] = [
-                MeshTarget(node, server, mesh_endpoint, mesh.identity("bench-sync")),
-                raw,
-                *([nats] if nats else []),
+            ours = MeshTarget(node, server, mesh_endpoint, mesh.identity("bench-sync"))
+            ours.peers = [
+                (mesh.identity(f"bench-peer-{i}").require_certificate(), endpoint)
+                for i, endpoint in enumerate(peer_endpoints)
             ]
+            targets: list[Any] = [ours, raw, *([nats] if nats else [])]
             work = [
                 (label, step, target)
                 for label, step in steps(plan)
                 for target in targets
                 if not (target is nats and label in SKIPPED)
+                and not (label.startswith("peers") and target is not ours)  # sessions: ours
             ]
             for index, (label, step, target) in enumerate(work):
                 progress(index, len(work), f"{label}: {target.name}")
@@ -208,6 +223,12 @@ def report(results: list[Result]) -> dict[str, Any]:
         for other, row in systems.items():
             if mesh and other not in ("mesh", "raw pyzmq"):
                 versus.setdefault(other, {})[scenario] = _ratio(scenario, mesh, row)
+    flat = [r for r in rows if r["params"].get("peers")]
+    if len(flat) >= 2:  # p50 with the most peers over p50 with the fewest: 1.0 is flat
+        fewest, most = flat[0]["latency_us"]["p50"], flat[-1]["latency_us"]["p50"]
+        ratios[f"p50 with {flat[-1]['params']['peers']} peers vs {flat[0]['params']['peers']}"] = {
+            "p50": round(most / fewest, 3) if fewest else 0.0
+        }
     return {"machine": machine(), "results": rows, "ratios": ratios, "mesh_vs": versus}
 
 
@@ -242,6 +263,10 @@ def table(summary: dict[str, Any]) -> str:
             f"{lat['p99']:>9.1f}{lat['p99.9']:>9.1f}{lat['max']:>10.1f}"
             f"{thr['messages_per_s']:>10.0f}{thr['mb_per_s']:>8.1f}  {ratio}"
         )
+    scenarios = {row["scenario"] for row in summary["results"]}
+    for name, found in summary["ratios"].items():
+        if name not in scenarios:
+            lines.append(f"{name}: " + "  ".join(f"{k} {v:.2f}x" for k, v in found.items()))
     lines.append("latency in microseconds; ratio = mesh / raw pyzmq asyncio (lower is better,")
     lines.append("except one-way, where it is throughput: higher is better)")
     return "\n".join(lines)

@@ -88,6 +88,25 @@ async def blocking_round_trip(target: Any, count: int, warmup: int) -> Result:
     return _done(result, started, count, 128 * count)
 
 
+async def with_peers(target: Any, connected: int, count: int, warmup: int) -> Result:
+    """64 B request/reply to one peer while sessions to ``connected`` peers are open."""
+    result = Result(
+        f"64 B, {connected} peers connected", target.name, {"size": 64, "peers": connected}
+    )
+    names = await target.connect_peers(connected)
+    body = b"x" * 64
+    for _ in range(warmup):
+        await target.node.request(names[0], "echo", body, timeout=60)
+    started = time.perf_counter()
+    for index in range(count):
+        sent = time.perf_counter_ns()
+        await target.node.request(names[0], "echo", body, timeout=60)
+        result.histogram.record(time.perf_counter_ns() - sent)
+        if index % 50 == 0:  # the others stay live: traffic on every session
+            await asyncio.gather(*(target.node.ping(n) for n in names[1:]))
+    return _done(result, started, count, 128 * count)
+
+
 async def fixed_rate(target: Any, rate: int, count: int, warmup: int) -> Result:
     body = body_of(64)
     params = {"size": 64, "count": count, "rate": rate}

@@ -80,8 +80,25 @@ async def serve_mesh(mesh: str) -> None:
         await asyncio.Event().wait()
 
 
+async def serve_many(mesh: str, count: int) -> None:
+    """``count`` nodes with ``echo`` in one process: peers for the client to stay connected
+    to while it measures one of them."""
+    nodes = [Node(f"bench-peer-{i}", mesh=mesh, bind="tcp://127.0.0.1:0") for i in range(count)]
+    for node in nodes:
+        node.handler("echo", _echo)
+        await node.start()
+    print("peers serving on " + ",".join(n.endpoint for n in nodes), flush=True)
+    await asyncio.Event().wait()
+
+
+async def _echo(body: Any) -> Any:
+    return body
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["mesh"]:
         asyncio.run(serve_mesh(sys.argv[2]))
+    elif sys.argv[1:2] == ["peers"]:
+        asyncio.run(serve_many(sys.argv[2], int(sys.argv[3])))
     else:
         asyncio.run(serve_raw())

@@ -41,6 +41,17 @@ class MeshTarget:
         self.server = server
         self.endpoint = endpoint
         self.sync_identity = sync_identity  # a node of its own, not a second session of ours
+        self.peers: list[tuple[Certificate, str]] = []  # the many-peers server's nodes
+
+    async def connect_peers(self, count: int) -> list[str]:
+        """Sessions to the first ``count`` peers of the many-peers server; their names."""
+        names = []
+        for certificate, endpoint in self.peers[:count]:
+            if certificate.name not in self.node.known:
+                self.node.add_peer(certificate, endpoint)
+            await self.node.ping(certificate.name, timeout=30)
+            names.append(certificate.name)
+        return names
 
     def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
         """A SyncNode's ``echo`` for the blocking scenario, and its closer."""

@@ -28,11 +28,12 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "ratio = mesh / raw pyzmq" in done.stdout and "26/26 done" in done.stderr
+    assert "ratio = mesh / raw pyzmq" in done.stdout and "28/28 done" in done.stderr
     summary = json.loads(out.read_text())
     assert {"cpu", "cores", "python", "pyzmq", "libzmq"} <= set(summary["machine"])
     seen = {(r["scenario"], r["system"]) for r in summary["results"]}
-    assert seen == {(s, system) for s in SCENARIOS for system in ("mesh", "raw pyzmq")}
+    sessions = {("64 B, 2 peers connected", "mesh"), ("64 B, 4 peers connected", "mesh")}
+    assert seen == {(s, system) for s in SCENARIOS for system in ("mesh", "raw pyzmq")} | sessions
     for row in summary["results"]:
         assert row["throughput"]["messages_per_s"] > 0, row
         lat = row["latency_us"]
@@ -42,7 +43,7 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
         points = [lat["p50"], lat["p90"], lat["p99"], lat["p99.9"], lat["max"]]
         assert points == sorted(points) and points[0] > 0, row
         assert lat["count"] > 0
-    assert set(summary["ratios"]) == SCENARIOS
+    assert set(summary["ratios"]) == SCENARIOS | {"p50 with 4 peers vs 2"}
     assert all(v > 0 for ratio in summary["ratios"].values() for v in ratio.values())
 
     doc = tmp_path / "benchmarks.md"
