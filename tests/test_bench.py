@@ -112,4 +112,6 @@ def test_plots_are_written_from_a_summary(tmp_path):
     written = plot(summary, str(tmp_path / "charts"))
     assert [p.name for p in written] == ["latency_by_size.png", "latency_vs_throughput.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
-    assert bench.table(summary).count("\n") == len(summary["results"]) + 2
+    lines = bench.table(summary).splitlines()
+    assert len(lines) == 1 + len(summary["results"]) + 1 + 2  # header, rows, flatness, legend
+    assert lines[-3].startswith("p50 with 4 peers vs 2: p50 ")
