@@ -9,6 +9,7 @@ request it delayed (no coordinated omission), not to the one that happened to wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,7 +162,6 @@ async def concurrent(target: Any, outstanding: int, count: int, warmup: int) -> 
     body = body_of(64)
     params = {"size": 64, "count": count, "outstanding": outstanding}
     result = Result(f"concurrency {outstanding}", target.name, params)
-    await asyncio.gather(*(target.echo(body) for _ in range(warmup)))
 
     async def worker(share: int) -> None:
         for _ in range(share):
@@ -169,9 +169,12 @@ async def concurrent(target: Any, outstanding: int, count: int, warmup: int) -> 
             await target.echo(body)
             result.histogram.record(time.perf_counter_ns() - sent)
 
-    started = time.perf_counter()
     shares = [count // outstanding + (i < count % outstanding) for i in range(outstanding)]
-    await asyncio.gather(*(worker(s) for s in shares))
+    fanning_out = getattr(target, "fanning_out", contextlib.nullcontext)
+    async with fanning_out():
+        await asyncio.gather(*(target.echo(body) for _ in range(warmup)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(s) for s in shares))
     return _done(result, started, count, 128 * count)
 
 

@@ -2,13 +2,15 @@
 
 Both sides get the same shapes of work, so a ratio compares the mesh's per-message path
 (sealing, numbering, credit, correlation) with the floor of pyzmq asyncio doing only the
-transport. The raw client matches replies to calls in FIFO order (its server answers in
-order), the cheapest correlation there is.
+transport. The raw client is the leanest asyncio pattern: send, then await the reply; with many
+calls outstanding, one reader task hands replies to callers in order (its server answers
+in order), the cheapest correlation there is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -82,24 +84,30 @@ class RawTarget:
         self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
-        self._replies: deque[asyncio.Future[Any]] = deque()
-        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            kind, payload = await self.socket.recv_multipart(copy=False)
-            code = kind.bytes
-            if code == b"T":
-                self._chunks.put_nowait(payload.bytes)
-            elif code == b"D":
-                self._chunks.put_nowait(None)
-            else:
-                self._replies.popleft().set_result(payload)
+        self._waiting: deque[asyncio.Future[Any]] | None = None  # set while fanning out
 
     def close(self) -> None:
-        self._reader.cancel()
         self.socket.close()
+
+    @contextlib.asynccontextmanager
+    async def fanning_out(self) -> AsyncIterator[None]:
+        """While many calls are outstanding, one reader task hands replies to waiters in
+        order (pyzmq's many pending recv futures would cost the raw side dearly)."""
+        self._waiting = deque()
+
+        async def read() -> None:
+            while True:
+                reply = await self.socket.recv_multipart(copy=False)
+                self._waiting.popleft().set_result(reply[1])  # type: ignore[union-attr]
+
+        reader = asyncio.create_task(read())
+        try:
+            yield
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._waiting = None
 
     def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
         """A plain (sync) pyzmq DEALER's echo for the blocking scenario, and its closer."""
@@ -114,8 +122,12 @@ class RawTarget:
         return echo, socket.close
 
     async def _call(self, kind: bytes, payload: Any) -> Any:
+        # one at a time, the leanest asyncio pattern: send, then await the reply
+        if self._waiting is None:
+            await self.socket.send_multipart([kind, payload], copy=False)
+            return (await self.socket.recv_multipart(copy=False))[1]
         future = asyncio.get_running_loop().create_future()
-        self._replies.append(future)
+        self._waiting.append(future)
         await self.socket.send_multipart([kind, payload], copy=False)
         return await future
 
@@ -131,5 +143,8 @@ class RawTarget:
 
     async def stream(self, n: int, size: int) -> AsyncIterator[bytes]:
         await self.socket.send_multipart([b"T", struct.pack("!II", n, size)])
-        while (chunk := await self._chunks.get()) is not None:
+        while True:
+            kind, chunk = await self.socket.recv_multipart()
+            if kind == b"D":
+                return
             yield chunk
