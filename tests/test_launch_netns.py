@@ -91,21 +91,25 @@ def test_launch_up_status_encrypted_traffic_kill_and_down(tmp_path):
 
         capture = tmp_path / "bridge.pcap"
         dump = subprocess.Popen(
-            # every port of the bridge (its veths) and the bridge itself: all hosts' traffic
-            ["tcpdump", "--immediate-mode", "-i", "any", "-U", "-w", str(capture),
-             "net", f"{hosts.subnet}.0/24"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # every port of the bridge (its veths) and the bridge itself: all hosts' traffic;
+            # a large buffer so nothing is dropped on a busy machine
+            ["tcpdump", "--immediate-mode", "-B", "16384", "-i", "any", "-U",
+             "-w", str(capture), "net", f"{hosts.subnet}.0/24"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
-            time.sleep(1.0)  # tcpdump is listening
-            url = f"tcp://{hosts.hosts[0].address}:7700"
-            assert asyncio.run(relay_through_the_mesh(home, url)) == MARKER
+            assert dump.stderr is not None
+            listening = dump.stderr.readline() + dump.stderr.readline()
+            assert "listening on" in listening, listening
             with socket.create_connection((hosts.hosts[1].address, 22), timeout=5) as plain:
                 plain.sendall(f"{MARKER}-in-clear\r\n".encode())  # control: tcpdump sees text
-                time.sleep(1.0)  # tcpdump writes it out
+            url = f"tcp://{hosts.hosts[0].address}:7700"
+            assert asyncio.run(relay_through_the_mesh(home, url)) == MARKER
+            time.sleep(1.0)  # the last packets reach the file
         finally:
             dump.send_signal(signal.SIGINT)
-            dump.communicate(timeout=10)
+            stats = dump.communicate(timeout=10)[1]
+        assert "0 packets dropped by kernel" in stats.splitlines(), stats  # nothing missed
         seen = capture.read_bytes()
         control = f"{MARKER}-in-clear".encode()
         assert control in seen  # the capture holds payloads in the clear...
