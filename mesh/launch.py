@@ -84,12 +84,12 @@ class Remote:
 
     def mesh(self, *args: str) -> str:
         """``python -m mesh.cli ARGS`` in the host's environment and mesh directory."""
-        return self.run(f"{self._env()} {self._python()} -m mesh.cli {_quote(args)}")
+        return self.run(f"{self._env()} {self.python()} -m mesh.cli {_quote(args)}")
 
     def _env(self) -> str:
         return f"MESH_HOME={shlex.quote(self.host.workdir + '/mesh')}"
 
-    def _python(self) -> str:
+    def python(self) -> str:
         return shlex.quote(self.host.python)
 
     def start(self, name: str, args: tuple[str, ...]) -> str:
@@ -99,7 +99,7 @@ class Remote:
         return self.run(
             f"{ALIVE}mkdir -p {w}/logs {w}/pids && "
             f'if [ -f {pid} ] && alive "$(cat {pid})"; then echo running; else '
-            f"{self._env()} setsid nohup {self._python()} -m mesh.cli {_quote(args)} "
+            f"{self._env()} setsid nohup {self.python()} -m mesh.cli {_quote(args)} "
             f"> {w}/logs/{name}.log 2>&1 < /dev/null & echo $! > {pid}; echo started; fi"
         ).strip()
 
@@ -186,7 +186,7 @@ class Launcher:
 
     def _check(self, remote: Remote) -> None:
         probe = "-c 'import mesh; print(mesh.__version__)'"
-        script = f"{remote._python()} {probe}"
+        script = f"{remote.python()} {probe}"
         try:
             version = remote.run(script).strip()
         except LaunchError:

@@ -95,6 +95,14 @@ def pair(alice: Identity, bob: Identity, trust: Trust) -> Pair:
 
 
 @pytest.fixture
+def mesh(tmp_path):
+    """A fresh mesh directory with its authority, for nodes in this process."""
+    directory = MeshDirectory(tmp_path / "mesh")
+    directory.create()
+    return directory
+
+
+@pytest.fixture
 def home(tmp_path):
     """A fresh mesh directory with its authority, shared by the test and its processes."""
     path = tmp_path / "mesh"

@@ -9,16 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from mesh import InvalidArgument, InvalidBody, MeshDirectory, Node
+from mesh import InvalidArgument, InvalidBody, Node
 from mesh.discovery import DiscoveryServer
 from tests.processes import ROOT
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    directory = MeshDirectory(tmp_path / "mesh")
-    directory.create()
-    return directory
 
 
 @pytest.mark.asyncio

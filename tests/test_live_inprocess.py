@@ -13,7 +13,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mesh import Identity, MeshDirectory, SessionLimits
+from mesh import Identity, SessionLimits
 from mesh.discovery import DiscoveryServer
 from mesh.errors import NodeClosed
 from mesh.node import Node
@@ -21,13 +21,6 @@ from mesh.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
 from mesh.sync import SyncNode
 
 NODES = 50
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    directory = MeshDirectory(tmp_path / "mesh")
-    directory.create()
-    return directory
 
 
 @pytest.mark.asyncio

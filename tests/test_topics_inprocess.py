@@ -20,13 +20,6 @@ from mesh.publish import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publi
 from mesh.wire import MAC_SIZE, NONCE_SIZE, PROTOCOL_VERSION, FrameType, Kind
 
 
-@pytest.fixture
-def mesh(tmp_path):
-    directory = MeshDirectory(tmp_path / "mesh")
-    directory.create()
-    return directory
-
-
 @contextlib.asynccontextmanager
 async def running(mesh, *names, **options):
     """A discovery node and started nodes with ``names``; everything closed afterwards."""
