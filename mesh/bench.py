@@ -2,8 +2,8 @@
 
 Each system's server runs in its own process (:mod:`mesh.bench_servers`) and the client in
 this one; every scenario runs on both, one after the other, and the report gives the ratio
-mesh / raw for p50 latency (or throughput). Topic fan-out is ``scripts/topic-bench`` (it
-needs many subscriber processes); reliable delivery is ``scripts/delivery-bench``.
+mesh / raw for p50 latency (or throughput). Topic fan-out has its subscribers in child
+processes (:mod:`mesh.bench_fanout`); reliable delivery is ``scripts/delivery-bench``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import zmq
 
+from .bench_fanout import FanOut
 from .bench_peers import SKIPPED, NatsTarget
 from .bench_scenarios import (
     Result,
@@ -57,21 +58,23 @@ class Plan:
     tensors: int = 30
     rate: int | None = None
     peer_counts: tuple[int, ...] = (2, 50)
+    published: int = 1000
+    subscriber_counts: tuple[int, ...] = (1, 10, 50)
 
     @classmethod
     def quick(cls, rate: int | None = None) -> Plan:
-        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate, (2, 50))
+        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate, (2, 50), 100, (1, 10, 50))
 
     @classmethod
     def tiny(cls) -> Plan:
         """For the test suite: every scenario, a few operations each."""
-        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200, (2, 4))
+        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200, (2, 4), 10, (1, 3))
 
 
 Step = Callable[[Any], Awaitable[Result]]
 
 
-def steps(plan: Plan) -> list[tuple[str, Step]]:
+def steps(plan: Plan, fanout: FanOut | None = None) -> list[tuple[str, Step]]:
     found: list[tuple[str, Step]] = []
     for size in (64, 1024, 64 * 1024, 1024 * 1024):
         n = plan.rounds if size <= 1024 else plan.large_rounds
@@ -94,6 +97,13 @@ def steps(plan: Plan) -> list[tuple[str, Step]]:
                 lambda t, n=connected: with_peers(t, n, plan.rounds, plan.warmup),
             )
         )
+    for subscribers in plan.subscriber_counts if fanout else ():
+        found.append(
+            (
+                f"fan-out {subscribers}",
+                lambda t, n=subscribers: fanout.run(t.name, n, plan.published),  # type: ignore[union-attr]
+            )
+        )
     if plan.rate:
         found.append(("fixed rate", lambda t: fixed_rate(t, plan.rate, plan.rounds, plan.warmup)))
     return found
@@ -111,7 +121,11 @@ class Servers:
             [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+                "MESH_HOME": str(self.mesh.path),
+            },
         )
         self.children.append(child)
         assert child.stdout is not None
@@ -139,11 +153,20 @@ async def run(
             raw_endpoint = servers.spawn("raw")
             mesh_endpoint = servers.spawn("mesh", home)
             peers = servers.spawn("peers", home, str(max(plan.peer_counts)))
+            discovery = servers.spawn("discovery", "--bind", "tcp://127.0.0.1:0", module="mesh.cli")
             if nats_url:
                 await (await NatsTarget.connect(nats_url)).close()  # reachable, or one line
                 servers.spawn("nats", nats_url, module="mesh.bench_peers")
+            fanout = FanOut(home, discovery)
             return await _measure(
-                plan, mesh, raw_endpoint, mesh_endpoint, peers.split(","), progress, nats_url
+                plan,
+                mesh,
+                raw_endpoint,
+                mesh_endpoint,
+                peers.split(","),
+                fanout,
+                progress,
+                nats_url,
             )
         finally:
             servers.close()
@@ -155,6 +178,7 @@ async def _measure(
     raw_endpoint: str,
     mesh_endpoint: str,
     peer_endpoints: list[str],
+    fanout: FanOut,
     progress: Callable[[int, int, str], None],
     nats_url: str | None,
 ) -> list[Result]:
@@ -173,9 +197,9 @@ async def _measure(
             targets: list[Any] = [ours, raw, *([nats] if nats else [])]
             work = [
                 (label, step, target)
-                for label, step in steps(plan)
+                for label, step in steps(plan, fanout)
                 for target in targets
-                if not (target is nats and label in SKIPPED)
+                if not (target is nats and {label, label.split()[0]} & set(SKIPPED))
                 and not (label.startswith("peers") and target is not ours)  # sessions: ours
             ]
             for index, (label, step, target) in enumerate(work):

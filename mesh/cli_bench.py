@@ -13,7 +13,8 @@ def add_commands(commands: Any) -> None:
         "bench",
         help="measure the mesh beside raw pyzmq (latency percentiles, throughput, ratios)",
         description="Scenarios: request/reply 64 B to 1 MiB, one-way throughput, 1-64 "
-        "outstanding, streamed chunks, a 4 MiB float32 tensor. Examples: mesh bench --quick; "
+        "outstanding, streamed chunks, a 4 MiB float32 tensor, topic fan-out to 1/10/50 "
+        "subscribers. Examples: mesh bench --quick; "
         "mesh bench --json out.json --plot charts/; mesh bench --rate 2000",
     )
     bench.add_argument("--quick", action="store_true", help="small counts (under a minute)")

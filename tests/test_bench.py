@@ -17,7 +17,7 @@ SCENARIOS = {
     "request/reply 64 B", "request/reply 1 KiB", "request/reply 64 KiB", "request/reply 1 MiB",
     "one-way 64 B", "concurrency 1", "concurrency 4", "concurrency 16", "concurrency 64",
     "stream: gap between chunks", "tensor 4 MiB round trip", "request/reply 64 B at 200/s",
-    "blocking request/reply 64 B",
+    "blocking request/reply 64 B", "fan-out to 1", "fan-out to 3",
 }  # fmt: skip
 
 
@@ -28,7 +28,7 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "ratio = mesh / raw pyzmq" in done.stdout and "28/28 done" in done.stderr
+    assert "ratio = mesh / raw pyzmq" in done.stdout and "32/32 done" in done.stderr
     summary = json.loads(out.read_text())
     assert {"cpu", "cores", "python", "pyzmq", "libzmq"} <= set(summary["machine"])
     seen = {(r["scenario"], r["system"]) for r in summary["results"]}
@@ -43,6 +43,9 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
         points = [lat["p50"], lat["p90"], lat["p99"], lat["p99.9"], lat["max"]]
         assert points == sorted(points) and points[0] > 0, row
         assert lat["count"] > 0
+        if row["scenario"].startswith("fan-out"):  # every subscriber got every message
+            params = row["params"]
+            assert params["delivered"] == lat["count"] == params["count"] * params["subscribers"]
     assert set(summary["ratios"]) == SCENARIOS | {"p50 with 4 peers vs 2"}
     assert all(v > 0 for ratio in summary["ratios"].values() for v in ratio.values())
 

@@ -15,7 +15,6 @@ from tests.processes import ROOT
     [
         ("rtt", "200", ["raw pyzmq sync", "raw pyzmq asyncio", "mesh Node.request (sealed)"]),
         ("flow-bench", "500", ["on (window 1024)", "off (window 10000", "on / off:"]),
-        ("topic-bench", "100 1,2 200", ["raw pyzmq PUB/SUB", "mesh (sealed, signed)", "2 subs"]),
         ("token-overhead", "--tokens 20 --runs 1", ["mesh delivery per token", "mesh share"]),
         ("delivery-bench", "200 20", ["at_most_once", "at_least_once", "durable"]),
     ],
