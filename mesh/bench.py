@@ -24,7 +24,8 @@ from typing import Any
 import zmq
 
 from .bench_fanout import FanOut
-from .bench_peers import SKIPPED, NatsTarget
+from .bench_nats import NatsTarget
+from .bench_rabbit import RabbitTarget
 from .bench_scenarios import (
     Result,
     blocking_round_trip,
@@ -142,9 +143,15 @@ class Servers:
             child.wait(10)
 
 
+BROKERS: dict[str, Any] = {"nats": NatsTarget, "rabbitmq": RabbitTarget}  # by option
+
+
 async def run(
-    plan: Plan, progress: Callable[[int, int, str], None], nats_url: str | None = None
+    plan: Plan, progress: Callable[[int, int, str], None], brokers: dict[str, str] | None = None
 ) -> list[Result]:
+    """Every step of ``plan`` on the mesh, raw pyzmq and each broker in ``brokers`` (a URL
+    by ``BROKERS`` key), whose responder runs in a child process like our servers."""
+    brokers = brokers or {}
     with tempfile.TemporaryDirectory() as home:
         mesh = MeshDirectory(home)
         mesh.create()
@@ -154,9 +161,9 @@ async def run(
             mesh_endpoint = servers.spawn("mesh", home)
             peers = servers.spawn("peers", home, str(max(plan.peer_counts)))
             discovery = servers.spawn("discovery", "--bind", "tcp://127.0.0.1:0", module="mesh.cli")
-            if nats_url:
-                await (await NatsTarget.connect(nats_url)).close()  # reachable, or one line
-                servers.spawn("nats", nats_url, module="mesh.bench_peers")
+            for kind, url in brokers.items():
+                await (await BROKERS[kind].connect(url)).close()  # reachable, or one line
+                servers.spawn(url, module=BROKERS[kind].__module__)
             fanout = FanOut(home, discovery)
             return await _measure(
                 plan,
@@ -166,7 +173,7 @@ async def run(
                 peers.split(","),
                 fanout,
                 progress,
-                nats_url,
+                brokers,
             )
         finally:
             servers.close()
@@ -180,26 +187,28 @@ async def _measure(
     peer_endpoints: list[str],
     fanout: FanOut,
     progress: Callable[[int, int, str], None],
-    nats_url: str | None,
+    brokers: dict[str, str],
 ) -> list[Result]:
     results = []
     async with Node("bench-client", mesh=mesh) as node:
         node.add_peer(mesh.identity(SERVER).require_certificate(), mesh_endpoint)
         raw = RawTarget(raw_endpoint)
-        nats = await NatsTarget.connect(nats_url) if nats_url else None
+        others = []
         try:
+            for kind, url in brokers.items():
+                others.append(await BROKERS[kind].connect(url))
             server = mesh.identity(SERVER).require_certificate()
             ours = MeshTarget(node, server, mesh_endpoint, mesh.identity("bench-sync"))
             ours.peers = [
                 (mesh.identity(f"bench-peer-{i}").require_certificate(), endpoint)
                 for i, endpoint in enumerate(peer_endpoints)
             ]
-            targets: list[Any] = [ours, raw, *([nats] if nats else [])]
+            targets: list[Any] = [ours, raw, *others]
             work = [
                 (label, step, target)
                 for label, step in steps(plan, fanout)
                 for target in targets
-                if not (target is nats and {label, label.split()[0]} & set(SKIPPED))
+                if not {label, label.split()[0]} & set(getattr(target, "skipped", ()))
                 and not (label.startswith("peers") and target is not ours)  # sessions: ours
             ]
             for index, (label, step, target) in enumerate(work):
@@ -208,8 +217,8 @@ async def _measure(
             progress(len(work), len(work), "done")
         finally:
             raw.close()
-            if nats is not None:
-                await nats.close()
+            for other in others:
+                await other.close()
     return results
 
 
@@ -316,9 +325,9 @@ def write_json(summary: dict[str, Any], path: str) -> None:
 
 
 def main(
-    plan: Plan, json_path: str | None, plot_dir: str | None, nats_url: str | None = None
+    plan: Plan, json_path: str | None, plot_dir: str | None, brokers: dict[str, str] | None = None
 ) -> int:
-    results = asyncio.run(run(plan, progress_bar(sys.stderr), nats_url))
+    results = asyncio.run(run(plan, progress_bar(sys.stderr), brokers))
     summary = report(results)
     print(table(summary))
     if json_path:

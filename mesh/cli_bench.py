@@ -27,6 +27,12 @@ def add_commands(commands: Any) -> None:
         "--nats", metavar="URL", help="also NATS request/reply via nats-py (scripts/bench-peers)"
     )
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite
+    bench.add_argument(
+        "--rabbitmq",
+        metavar="URL",
+        help="also RabbitMQ RPC (reply_to + correlation_id) via pika, e.g. "
+        "amqp://guest:guest@127.0.0.1:5672/ (scripts/bench-peers)",
+    )
     bench.set_defaults(run=_bench)
 
 
@@ -41,4 +47,5 @@ def _bench(args: argparse.Namespace) -> int:
         plan = bench.Plan.quick(args.rate)
     else:
         plan = bench.Plan(rate=args.rate)
-    return bench.main(plan, args.json, args.plot, args.nats)
+    brokers = {k: v for k, v in (("nats", args.nats), ("rabbitmq", args.rabbitmq)) if v}
+    return bench.main(plan, args.json, args.plot, brokers)

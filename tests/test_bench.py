@@ -8,6 +8,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ SCENARIOS = {
     "stream: gap between chunks", "tensor 4 MiB round trip", "request/reply 64 B at 200/s",
     "blocking request/reply 64 B", "fan-out to 1", "fan-out to 3",
 }  # fmt: skip
+RABBITMQ = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
 def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
@@ -118,3 +121,58 @@ def test_plots_are_written_from_a_summary(tmp_path):
     lines = bench.table(summary).splitlines()
     assert len(lines) == 1 + len(summary["results"]) + 1 + 2  # header, rows, flatness, legend
     assert lines[-3].startswith("p50 with 4 peers vs 2: p50 ")
+
+
+def test_an_unreachable_rabbitmq_is_one_line():
+    pytest.importorskip("pika", reason="pika comes with the dev extra")
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "bench", "--tiny", "--rabbitmq",
+         "amqp://guest:guest@127.0.0.1:9/"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("mesh: error: cannot reach rabbitmq-server at amqp://"), last
+
+
+@pytest.mark.skipif(
+    not Path(RABBITMQ).exists(), reason="scripts/install-host-tools installs rabbitmq-server"
+)
+def test_rabbitmq_rpc_runs_beside_the_mesh_when_its_server_is_up(tmp_path):
+    pytest.importorskip("pika", reason="pika comes with the dev extra")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(ROOT / "scripts" / "rabbitmq-loopback"), str(port), str(tmp_path / "rabbitmq")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port, 90)
+        out = tmp_path / "bench.json"
+        url = f"amqp://guest:guest@127.0.0.1:{port}/"
+        done = subprocess.run(
+            [sys.executable, "-m", "mesh.cli", "bench", "--tiny", "--rabbitmq", url,
+             "--json", str(out)],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(out.read_text())
+        rabbit = {r["scenario"] for r in summary["results"] if r["system"] == "rabbitmq"}
+        assert {"request/reply 64 B", "one-way 64 B", "tensor 4 MiB round trip"} <= rabbit
+        assert "stream: gap between chunks" not in rabbit
+        assert summary["mesh_vs"]["rabbitmq"]["request/reply 64 B"]["p50"] > 0
+        assert summary["mesh_vs"]["rabbitmq"]["one-way 64 B"]["throughput"] > 0
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def _wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listened on port {port} within {seconds} s")

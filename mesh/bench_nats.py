@@ -1,7 +1,7 @@
 """The brokers people use instead, for ``mesh bench --nats URL``: NATS through nats-py.
 
 The NATS side is request/reply through a running nats-server: a responder process
-(``python -m mesh.bench_peers nats URL``) answers ``bench.echo``, counts ``bench.sink`` and
+(``python -m mesh.bench_nats URL``) answers ``bench.echo``, counts ``bench.sink`` and
 answers ``bench.count``, and the client uses ``nc.request``, the way a NATS user would
 build RPC. Scenarios NATS does not do as such (streamed replies; bodies over its 1 MiB
 default ``max_payload``) are left out for it. ``scripts/bench-peers`` installs Debian's
@@ -33,6 +33,7 @@ def _nats() -> Any:
 
 class NatsTarget:
     name = "nats-py"
+    skipped = SKIPPED
 
     def __init__(self, connection: Any) -> None:
         self.nc = connection
@@ -95,4 +96,4 @@ async def respond(url: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(respond(sys.argv[2]))
+    asyncio.run(respond(sys.argv[1]))
