@@ -9,15 +9,18 @@ processes (:mod:`mesh.bench_fanout`); reliable delivery is ``scripts/delivery-be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import secrets
 import selectors
+import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +41,11 @@ from .bench_scenarios import (
     with_peers,
 )
 from .bench_targets import SERVER, MeshTarget, RawTarget
-from .errors import InvalidArgument
+from .cluster import Host
+from .errors import InvalidArgument, LaunchError
+from .identity import Certificate
 from .keystore import MeshDirectory
+from .launch import Remote, certify
 from .node import Node
 
 START_TIMEOUT_S = 30.0
@@ -111,22 +117,35 @@ def steps(plan: Plan, fanout: FanOut | None = None) -> list[tuple[str, Step]]:
 
 
 class Servers:
-    """Both servers as child processes, and the client's view of each."""
+    """The servers as child processes: ours here or, through ``remote``, on another host."""
 
-    def __init__(self, mesh: MeshDirectory) -> None:
+    def __init__(self, mesh: MeshDirectory, remote: Remote | None = None) -> None:
         self.mesh = mesh
+        self.remote = remote
+        self.address = remote.host.advertise if remote else "127.0.0.1"
         self.children: list[subprocess.Popen[str]] = []
 
-    def spawn(self, *args: str, module: str = "mesh.bench_servers") -> str:
+    def serve(self, kind: str, *args: str) -> str:
+        """Start one of :mod:`mesh.bench_servers`; its endpoint."""
+        module = "mesh.bench_servers"
+        if self.remote is None:
+            return self.spawn(kind, self.address, *args, module=module)
+        argv = self.remote.argv(self.remote.module(module, kind, self.address, *args))
+        return self._start(argv, os.environ.copy(), kind)
+
+    def spawn(self, *args: str, module: str) -> str:
+        """Start ``python -m module args`` here; the endpoint it says it serves on."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            "MESH_HOME": str(self.mesh.path),
+        }
+        return self._start([sys.executable, "-m", module, *args], env, args[0])
+
+    def _start(self, argv: list[str], env: dict[str, str], what: str) -> str:
+        # stdin stays open: a bench server exits when it closes (over ssh too)
         child = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={
-                **os.environ,
-                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-                "MESH_HOME": str(self.mesh.path),
-            },
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         self.children.append(child)
         assert child.stdout is not None
@@ -134,7 +153,8 @@ class Servers:
             selector.register(child.stdout, selectors.EVENT_READ)
             line = child.stdout.readline() if selector.select(START_TIMEOUT_S) else ""
         if "serving on" not in line:
-            raise InvalidArgument(f"the bench server ({args[0]}) did not start")
+            where = f" on {self.remote.host.name}" if self.remote and what in SERVED else ""
+            raise InvalidArgument(f"the bench server ({what}) did not start{where}")
         return line.split()[-1]
 
     def close(self) -> None:
@@ -143,73 +163,92 @@ class Servers:
             child.wait(10)
 
 
+SERVED = ("raw", "mesh", "peers")  # what runs on the server host with --server-host
 BROKERS: dict[str, Any] = {"nats": NatsTarget, "rabbitmq": RabbitTarget}  # by option
 
 
+@dataclass
+class Setup:
+    """Where everything the client measures against is."""
+
+    raw_endpoint: str
+    mesh_endpoint: str
+    server: Certificate
+    peers: list[tuple[Certificate, str]]
+    fanout: FanOut
+    brokers: dict[str, str]
+
+
 async def run(
-    plan: Plan, progress: Callable[[int, int, str], None], brokers: dict[str, str] | None = None
+    plan: Plan,
+    progress: Callable[[int, int, str], None],
+    brokers: dict[str, str] | None = None,
+    server_host: Host | None = None,
 ) -> list[Result]:
     """Every step of ``plan`` on the mesh, raw pyzmq and each broker in ``brokers`` (a URL
-    by ``BROKERS`` key), whose responder runs in a child process like our servers."""
+    by ``BROKERS`` key), whose responder runs in a child process like our servers. With a
+    ``server_host``, the mesh and raw servers run there (over the launch tooling's remote
+    shell, in a directory of their own that is removed after), the client here."""
     brokers = brokers or {}
+    remote = None
+    if server_host is not None:
+        workdir = f"{server_host.workdir}/bench-{os.getpid()}-{secrets.token_hex(3)}"
+        remote = Remote(replace(server_host, workdir=workdir))
     with tempfile.TemporaryDirectory() as home:
         mesh = MeshDirectory(home)
-        mesh.create()
-        servers = Servers(mesh)
+        authority = mesh.create()
+        servers = Servers(mesh, remote)
         try:
-            raw_endpoint = servers.spawn("raw")
-            mesh_endpoint = servers.spawn("mesh", home)
-            peers = servers.spawn("peers", home, str(max(plan.peer_counts)))
+            if remote is None:
+                server = mesh.identity(SERVER).require_certificate()
+                mesh_endpoint = servers.serve("mesh", home)
+                peer_endpoints = servers.serve("peers", home, str(max(plan.peer_counts)))
+                peers = [
+                    (mesh.identity(f"bench-peer-{i}").require_certificate(), endpoint)
+                    for i, endpoint in enumerate(peer_endpoints.split(","))
+                ]
+            else:  # keys made there; many peers would need as many key exchanges: not run
+                fresh = certify(remote, SERVER, authority)  # a fresh directory: always new
+                assert fresh is not None
+                server = fresh
+                mesh_endpoint = servers.serve("mesh", remote.mesh_home)
+                peers = []
+            raw_endpoint = servers.serve("raw")
             discovery = servers.spawn("discovery", "--bind", "tcp://127.0.0.1:0", module="mesh.cli")
             for kind, url in brokers.items():
                 await (await BROKERS[kind].connect(url)).close()  # reachable, or one line
                 servers.spawn(url, module=BROKERS[kind].__module__)
-            fanout = FanOut(home, discovery)
-            return await _measure(
-                plan,
-                mesh,
-                raw_endpoint,
-                mesh_endpoint,
-                peers.split(","),
-                fanout,
-                progress,
-                brokers,
+            setup = Setup(
+                raw_endpoint, mesh_endpoint, server, peers, FanOut(home, discovery), brokers
             )
+            return await _measure(plan, mesh, setup, progress)
         finally:
             servers.close()
+            if remote is not None:
+                with contextlib.suppress(LaunchError):
+                    remote.run(f"rm -rf {shlex.quote(remote.host.workdir)}")
 
 
 async def _measure(
-    plan: Plan,
-    mesh: MeshDirectory,
-    raw_endpoint: str,
-    mesh_endpoint: str,
-    peer_endpoints: list[str],
-    fanout: FanOut,
-    progress: Callable[[int, int, str], None],
-    brokers: dict[str, str],
+    plan: Plan, mesh: MeshDirectory, setup: Setup, progress: Callable[[int, int, str], None]
 ) -> list[Result]:
     results = []
     async with Node("bench-client", mesh=mesh) as node:
-        node.add_peer(mesh.identity(SERVER).require_certificate(), mesh_endpoint)
-        raw = RawTarget(raw_endpoint)
+        node.add_peer(setup.server, setup.mesh_endpoint)
+        raw = RawTarget(setup.raw_endpoint)
         others = []
         try:
-            for kind, url in brokers.items():
+            for kind, url in setup.brokers.items():
                 others.append(await BROKERS[kind].connect(url))
-            server = mesh.identity(SERVER).require_certificate()
-            ours = MeshTarget(node, server, mesh_endpoint, mesh.identity("bench-sync"))
-            ours.peers = [
-                (mesh.identity(f"bench-peer-{i}").require_certificate(), endpoint)
-                for i, endpoint in enumerate(peer_endpoints)
-            ]
+            ours = MeshTarget(node, setup.server, setup.mesh_endpoint, mesh.identity("bench-sync"))
+            ours.peers = setup.peers
             targets: list[Any] = [ours, raw, *others]
             work = [
                 (label, step, target)
-                for label, step in steps(plan, fanout)
+                for label, step in steps(plan, setup.fanout)
                 for target in targets
                 if not {label, label.split()[0]} & set(getattr(target, "skipped", ()))
-                and not (label.startswith("peers") and target is not ours)  # sessions: ours
+                and not (label.startswith("peers") and (target is not ours or not ours.peers))
             ]
             for index, (label, step, target) in enumerate(work):
                 progress(index, len(work), f"{label}: {target.name}")
@@ -325,10 +364,16 @@ def write_json(summary: dict[str, Any], path: str) -> None:
 
 
 def main(
-    plan: Plan, json_path: str | None, plot_dir: str | None, brokers: dict[str, str] | None = None
+    plan: Plan,
+    json_path: str | None,
+    plot_dir: str | None,
+    brokers: dict[str, str] | None = None,
+    server_host: Host | None = None,
 ) -> int:
-    results = asyncio.run(run(plan, progress_bar(sys.stderr), brokers))
+    results = asyncio.run(run(plan, progress_bar(sys.stderr), brokers, server_host))
     summary = report(results)
+    if server_host is not None:  # the machine figures are the client's
+        summary["server_host"] = {"name": server_host.name, "address": server_host.advertise}
     print(table(summary))
     if json_path:
         write_json(summary, json_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .cluster import Host, load_cluster
 from .errors import InvalidArgument
 
 
@@ -15,7 +16,8 @@ def add_commands(commands: Any) -> None:
         description="Scenarios: request/reply 64 B to 1 MiB, one-way throughput, 1-64 "
         "outstanding, streamed chunks, a 4 MiB float32 tensor, topic fan-out to 1/10/50 "
         "subscribers. Examples: mesh bench --quick; "
-        "mesh bench --json out.json --plot charts/; mesh bench --rate 2000",
+        "mesh bench --json out.json --plot charts/; mesh bench --rate 2000; "
+        "mesh bench --cluster hosts.toml --server-host gpu1",
     )
     bench.add_argument("--quick", action="store_true", help="small counts (under a minute)")
     bench.add_argument("--json", metavar="FILE", help="write every figure and the machine")
@@ -33,6 +35,12 @@ def add_commands(commands: Any) -> None:
         help="also RabbitMQ RPC (reply_to + correlation_id) via pika, e.g. "
         "amqp://guest:guest@127.0.0.1:5672/ (scripts/bench-peers)",
     )
+    bench.add_argument(
+        "--server-host",
+        metavar="HOST",
+        help="run the servers on HOST of --cluster (over its ssh or shell), the client here",
+    )
+    bench.add_argument("--cluster", metavar="FILE", help="the cluster file naming --server-host")
     bench.set_defaults(run=_bench)
 
 
@@ -48,4 +56,18 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         plan = bench.Plan(rate=args.rate)
     brokers = {k: v for k, v in (("nats", args.nats), ("rabbitmq", args.rabbitmq)) if v}
-    return bench.main(plan, args.json, args.plot, brokers)
+    return bench.main(plan, args.json, args.plot, brokers, _server_host(args))
+
+
+def _server_host(args: argparse.Namespace) -> Host | None:
+    if args.server_host is None:
+        if args.cluster:
+            raise InvalidArgument("--cluster is for --server-host: name the host to serve on")
+        return None
+    if not args.cluster:
+        raise InvalidArgument("--server-host needs --cluster FILE (the file that describes it)")
+    cluster = load_cluster(args.cluster)
+    if args.server_host not in cluster.hosts:
+        known = ", ".join(sorted(cluster.hosts))
+        raise InvalidArgument(f"no host {args.server_host!r} in {args.cluster} (it has {known})")
+    return cluster.hosts[args.server_host]

@@ -84,10 +84,18 @@ class Remote:
 
     def mesh(self, *args: str) -> str:
         """``python -m mesh.cli ARGS`` in the host's environment and mesh directory."""
-        return self.run(f"{self._env()} {self.python()} -m mesh.cli {_quote(args)}")
+        return self.run(self.module("mesh.cli", *args))
+
+    def module(self, name: str, *args: str) -> str:
+        """The script that runs ``python -m NAME ARGS`` in the host's environment."""
+        return f"{self._env()} {self.python()} -m {name} {_quote(args)}"
+
+    @property
+    def mesh_home(self) -> str:
+        return self.host.workdir + "/mesh"
 
     def _env(self) -> str:
-        return f"MESH_HOME={shlex.quote(self.host.workdir + '/mesh')}"
+        return f"MESH_HOME={shlex.quote(self.mesh_home)}"
 
     def python(self) -> str:
         return shlex.quote(self.host.python)
@@ -133,6 +141,27 @@ class Remote:
 
 def _quote(args: tuple[str, ...]) -> str:
     return " ".join(shlex.quote(a) for a in args)
+
+
+def certify(remote: Remote, name: str, authority: Any) -> Certificate | None:
+    """Keys made there, certificate made here: only public material travels. The new
+    certificate, or None when the host's keys already carry one from ``authority``."""
+    public = json.loads(remote.mesh("keygen", name))
+    if public["certified"] and bytes.fromhex(public["authority"]) == authority.verify_key:
+        return None
+    certificate: Certificate = authority.issue(
+        name,
+        bytes.fromhex(public["box_public"]),
+        bytes.fromhex(public["sign_public"]),
+        not_before=int(time.time()) - NOT_BEFORE_SLACK_S,
+        lifetime_s=CERT_LIFETIME_S,
+    )
+    remote.mesh(
+        "install", name,
+        "--certificate", certificate.to_bytes().hex(),
+        "--authority", authority.verify_key.hex(),
+    )  # fmt: skip
+    return certificate
 
 
 class Launcher:
@@ -201,24 +230,8 @@ class Launcher:
         self.say(f"host {remote.host.name:<11} agent-mesh {version}")
 
     def _certify(self, placement: Placement, authority: Any) -> None:
-        """Keys made there, certificate made here: only public material travels."""
-        remote = self.remotes[placement.host.name]
-        public = json.loads(remote.mesh("keygen", placement.name))
-        if public["certified"] and bytes.fromhex(public["authority"]) == authority.verify_key:
-            return
-        certificate: Certificate = authority.issue(
-            placement.name,
-            bytes.fromhex(public["box_public"]),
-            bytes.fromhex(public["sign_public"]),
-            not_before=int(time.time()) - NOT_BEFORE_SLACK_S,
-            lifetime_s=CERT_LIFETIME_S,
-        )
-        remote.mesh(
-            "install", placement.name,
-            "--certificate", certificate.to_bytes().hex(),
-            "--authority", authority.verify_key.hex(),
-        )  # fmt: skip
-        self.say(f"{placement.name:<16} certified (keys made on {placement.host.name})")
+        if certify(self.remotes[placement.host.name], placement.name, authority):
+            self.say(f"{placement.name:<16} certified (keys made on {placement.host.name})")
 
     async def _wait_registered(self, names: list[str]) -> None:
         deadline = time.monotonic() + REGISTER_TIMEOUT_S

@@ -7,9 +7,11 @@ test fails. Only the namespaces made here are ever addressed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +129,20 @@ class Hosts:
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR",
         ]  # fmt: skip
+
+    def host_toml(self, host: NetnsHost, root: Path, address: str | None = None) -> list[str]:
+        """The ``[hosts.NAME]`` table of a cluster file for ``host`` (reached over ssh as root,
+        this Python, a workdir under ``root``)."""
+        return [
+            f"[hosts.{host.name}]",
+            f'address = "{address or host.address}"',
+            'user = "root"',
+            f'identity = "{self.client_key}"',
+            f'workdir = "{root / host.name}"',
+            f'python = "{sys.executable}"',
+            f"ssh_options = {json.dumps(self.ssh_options())}",
+            "",
+        ]
 
     def _wait_for_ssh(self, host: NetnsHost) -> None:
         deadline = time.monotonic() + 20

@@ -27,16 +27,7 @@ def cluster_file(hosts: Hosts, root: Path, *, unreachable: bool = False) -> Path
     lines = []
     for host in hosts.hosts:
         address = f"{hosts.subnet}.99" if unreachable and host.name == "h2" else host.address
-        lines += [
-            f"[hosts.{host.name}]",
-            f'address = "{address}"',
-            'user = "root"',
-            f'identity = "{hosts.client_key}"',
-            f'workdir = "{root / host.name}"',
-            f'python = "{sys.executable}"',
-            f"ssh_options = {json.dumps(hosts.ssh_options())}",
-            "",
-        ]
+        lines += hosts.host_toml(host, root, address)
     lines += [
         "[discovery]", 'host = "h1"', "port = 7700", "",
         "[[agents]]", 'name = "beta"', 'host = "h2"', 'target = "echo"', "port = 7802", "",
