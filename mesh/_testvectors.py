@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from nacl.signing import SigningKey
 
-from .codec import Blob, Message
-from .envelope import seal
+from .codec import Blob, Message, encode_row, payload_of_rows
+from .envelope import seal, seal_payload
 from .errors import Unauthorized
 from .handshake import Initiator, Responder
 from .identity import Authority, Identity
@@ -160,6 +160,17 @@ def compute() -> dict[str, dict[str, bytes]]:
         _random=deterministic_random(b"delivery"),
     )
     vectors["delivery"] = {"frame0": bytes(frames[0])}
+    burst = [Message(Kind.SEND, 8 + i, name="tick", body=i) for i in range(3)]
+    rows = [encode_row(m) or b"" for m in burst]  # protocol.md 11.1: coalesced one-way sends
+    frames = seal_payload(
+        alice_session.send_id,
+        alice_session._send_key,
+        3,
+        NOW_MS + 6,
+        payload_of_rows(rows),
+        _random=deterministic_random(b"coalesced"),
+    )
+    vectors["coalesced"] = {"frame0": bytes(frames[0])}
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))
     assert rejected is not None
     vectors["reject"] = {"frame": bytes(rejected[0])}

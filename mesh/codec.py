@@ -252,6 +252,22 @@ def encode_payload(messages: Sequence[Message]) -> tuple[bytes, list[memoryview]
     return payload, attachments
 
 
+def encode_row(message: Message) -> bytes | None:
+    """``message`` packed alone, to be coalesced with others by :func:`payload_of_rows`;
+    None when it needs attachments (whose indices are per frame: it goes alone). Raises
+    :class:`InvalidBody` as :func:`encode_payload` does, so a caller learns at once."""
+    payload, attachments = encode_payload([message])
+    return None if attachments else payload[1:]  # past the one-byte array header
+
+
+def payload_of_rows(rows: Sequence[bytes]) -> bytes:
+    """The payload of a frame carrying the messages of ``rows`` (from :func:`encode_row`):
+    byte for byte what :func:`encode_payload` makes of the same messages."""
+    if not 0 < len(rows) <= MAX_BATCH:
+        raise InvalidArgument(f"a frame carries 1 to {MAX_BATCH} messages")
+    return msgpack.Packer().pack_array_header(len(rows)) + b"".join(rows)
+
+
 def _describe_attachment(obj: Any) -> tuple[list[Any], memoryview]:
     if isinstance(obj, Blob):
         return [AttachmentKind.BLOB], memoryview(obj.data).cast("B")

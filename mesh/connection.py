@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from . import sockets
-from .codec import Message
+from .codec import Message, encode_row, payload_of_rows
 from .errors import (
     BadRequest,
     FlowControlTimeout,
@@ -43,6 +43,11 @@ from .session import Session, SessionTable
 from .wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind
 
 CONNECT_TIMEOUT_S = 5.0
+# one-way messages sent in one turn of the event loop go out as one frame (protocol.md 11.1):
+# at most this many, this many bytes of rows, and only rows this small (larger ones go alone)
+COALESCE_MESSAGES = 256
+COALESCE_BYTES = 64 * 1024
+COALESCE_ROW = 8 * 1024
 _CERT_REQUEST = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
 _END = object()  # marks the end of a stream in its queue
 _REMOTE_ERRORS: dict[int, type[RemoteError]] = {
@@ -113,6 +118,10 @@ class Connection:
         self._loop_time = asyncio.get_running_loop().time
         self.closed = False
         self._tasks: list[asyncio.Task] = []
+        self.frames_sent = self.messages_sent = 0
+        self._rows: list[bytes] = []  # one-way messages waiting to be coalesced
+        self._row_bytes = 0
+        self._flush_due = False
 
     @property
     def name(self) -> str:
@@ -276,15 +285,61 @@ class Connection:
     # ------------------------------------------------------------------ calling
 
     def send(self, messages: list[Message]) -> None:
-        """Seal and send now; raise PeerLost if the peer cannot take it."""
+        """Seal and send now (after any one-way messages waiting, to keep the order); raise
+        PeerLost if the peer cannot take it."""
+        if self._rows:
+            self._flush()
         if self.session is None or self.closed:
             raise PeerLost(f"connection to {self.name} is closed", peer=self.name)
         frames = self.session.seal(messages, now_ms())
         if self._reactor is None or not self._reactor.send(frames):
             self.lose(f"{self.name} is unreachable")
             raise PeerLost(f"{self.name} is unreachable", peer=self.name)
+        self.frames_sent += 1
+        self.messages_sent += len(messages)
         if messages[0].kind in _CREDITED:
             self.credit.charge(sum(len(frame) for frame in frames))
+
+    def send_one_way(self, message: Message) -> None:
+        """Send a SEND (credit on hand: see :meth:`acquire`), coalesced with the others sent
+        in this turn of the event loop into one sealed frame: one seal and one socket write
+        for a burst, as NATS clients batch writes; a lone message goes at the end of the turn.
+        Bad bodies raise InvalidBody here; PeerLost if the connection is closed."""
+        if self.session is None or self.closed:
+            raise PeerLost(f"connection to {self.name} is closed", peer=self.name)
+        row = encode_row(message)
+        if row is None or len(row) > COALESCE_ROW:
+            self.send([message])
+            return
+        self.credit.reserve()  # its bytes are charged with the frame's
+        self._rows.append(row)
+        self._row_bytes += len(row)
+        if len(self._rows) >= COALESCE_MESSAGES or self._row_bytes >= COALESCE_BYTES:
+            self._flush()
+        elif not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Seal the waiting one-way messages as one frame. If the peer is gone meanwhile
+        they are lost, as at-most-once allows, and counted (``unsent``)."""
+        self._flush_due = False
+        rows, self._rows, self._row_bytes = self._rows, [], 0
+        if not rows:
+            return
+        try:
+            if self.session is None or self.closed:
+                raise PeerLost(f"connection to {self.name} is closed", peer=self.name)
+            frames = self.session.seal_payload(payload_of_rows(rows), now_ms())
+            if self._reactor is None or not self._reactor.send(frames):
+                self.lose(f"{self.name} is unreachable")
+                raise PeerLost(f"{self.name} is unreachable", peer=self.name)
+        except MeshError:
+            self._drops["unsent"] += len(rows)
+            return
+        self.frames_sent += 1
+        self.messages_sent += len(rows)
+        self.credit.charge_bytes(sum(len(frame) for frame in frames))
 
     def start_call(
         self,

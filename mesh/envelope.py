@@ -81,6 +81,21 @@ def seal(
     :class:`EnvelopeTooLarge` when the result would break the protocol's size limits.
     """
     payload, attachments = encode_payload(messages)
+    return seal_payload(session_id, key, seq, timestamp_ms, payload, attachments, grant, _random)
+
+
+def seal_payload(
+    session_id: bytes,
+    key: bytes,
+    seq: int,
+    timestamp_ms: int,
+    payload: bytes,
+    attachments: Sequence[memoryview] = (),
+    grant: tuple[int, int] = (0, 0),
+    _random: Callable[[int], bytes] = os.urandom,
+) -> list[Frame]:
+    """:func:`seal` for a payload already encoded (coalesced rows, see
+    :func:`~mesh.codec.payload_of_rows`)."""
     nonces = [_random(NONCE_SIZE) for _ in attachments]
     inner_header = INNER.pack(
         _VERSION, _SEALED, session_id, seq, timestamp_ms, grant[0], grant[1], len(attachments)

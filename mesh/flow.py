@@ -57,9 +57,17 @@ class SendCredit:
 
     def charge(self, size: int) -> None:
         """Record one message of ``size`` bytes sent (call only when ``can_send()``)."""
+        self.reserve()
+        self.bytes -= size
+
+    def reserve(self) -> None:
+        """Take one message's credit for a message to be coalesced into a frame whose bytes
+        are charged when it is sealed (:meth:`charge_bytes`)."""
         if not self.can_send():
             raise InvalidArgument("no credit to charge")
         self.messages -= 1
+
+    def charge_bytes(self, size: int) -> None:
         self.bytes -= size
 
     def grant(self, messages: int, bytes_: int) -> None:
@@ -87,20 +95,22 @@ class ReceiveCredit:
         self.received_messages = self.received_bytes = 0
         self.consumed_messages = self.consumed_bytes = 0
 
-    def receive(self, size: int) -> bool:
-        """Account for an arriving message; False if the sender had no credit for it (a
-        protocol violation: the message is to be dropped, not consumed)."""
+    def receive(self, size: int, messages: int = 1) -> bool:
+        """Account for a frame of ``size`` bytes carrying ``messages`` credited messages;
+        False if the sender had no credit for them (a protocol violation: they are to be
+        dropped, not consumed). Bytes are checked before the frame, as the sender did."""
         if (
-            self.received_messages >= self.granted_messages
+            self.received_messages + messages > self.granted_messages
             or self.received_bytes >= self.granted_bytes
         ):
             return False
-        self.received_messages += 1
+        self.received_messages += messages
         self.received_bytes += size
         return True
 
     def consume(self, size: int) -> None:
-        """The application has taken one received message of ``size`` bytes."""
+        """The application has taken one received message of ``size`` bytes (of a frame of
+        several, the first carries the frame's size and the others 0)."""
         self.consumed_messages += 1
         self.consumed_bytes += size
         if (

@@ -300,13 +300,22 @@ class Node:
         peer_id = session.peer.node_id
         if session.retired_ms is None:  # a late frame on a replaced key must not revive it
             self._inbound_sessions[peer_id] = session
+        credited = sum(1 for m in opened.messages if m.kind == Kind.REQUEST or m.kind == Kind.SEND)
+        admitted = False
+        if credited:  # one frame, coalesced or not: k messages and its size (protocol 11.1)
+            inflow = self._inflow.get(session.recv_id)
+            admitted = inflow is not None and inflow.receive(opened.size, credited)
+        size = opened.size  # charged to the first credited message, 0 to the others
         for message in opened.messages:
             kind = message.kind
             if kind == Kind.REQUEST or kind == Kind.SEND:
-                if message.meta is not None and "dlv" in message.meta:
-                    self._start_delivery(session, message, opened.size)
+                if not admitted:
+                    self._refuse(session, message)
+                elif message.meta is not None and "dlv" in message.meta:
+                    self._start_delivery(session, message, size)
                 else:
-                    self._start_handler(session, message, opened.size)
+                    self._start_handler(session, message, size)
+                size = 0
             elif kind == Kind.PING:
                 self._send_to_peer(peer_id, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
             elif kind == Kind.CANCEL:
@@ -329,17 +338,19 @@ class Node:
             else:
                 self.drops["unexpected_kind"] += 1
 
+    def _refuse(self, session: Session, message: Message) -> None:
+        """The caller ignored our window: refuse, visibly. A reliable message is not acked
+        (its sender will try again); a plain REQUEST is answered NO_CREDIT."""
+        self.drops["no_credit"] += 1
+        if message.kind == Kind.REQUEST and not (message.meta and "dlv" in message.meta):
+            self._send_to_peer(
+                session.peer.node_id,
+                [error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")],
+            )
+
     def _start_handler(self, session: Session, message: Message, size: int) -> None:
-        """Run a REQUEST or SEND if the caller had credit for it; grant back when consumed."""
-        inflow = self._inflow.get(session.recv_id)
-        if inflow is None or not inflow.receive(size):
-            self.drops["no_credit"] += 1  # the caller ignored our window: refuse, visibly
-            if message.kind == Kind.REQUEST:
-                self._send_to_peer(
-                    session.peer.node_id,
-                    [error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")],
-                )
-            return
+        """Run an admitted REQUEST or SEND; grant back when the handler has consumed it."""
+        inflow = self._inflow[session.recv_id]
 
         def consumed(reply_follows: bool) -> None:
             inflow.consume(size)
@@ -350,10 +361,7 @@ class Node:
 
     def _start_delivery(self, session: Session, message: Message, size: int) -> None:
         """A reliable message (``meta.dlv``): in order and deduplicated, acked when handled."""
-        inflow = self._inflow.get(session.recv_id)
-        if inflow is None or not inflow.receive(size):
-            self.drops["no_credit"] += 1  # not acked: the sender will try again
-            return
+        inflow = self._inflow[session.recv_id]
 
         def consumed() -> None:
             inflow.consume(size)
@@ -554,7 +562,7 @@ class Node:
             return await self._deliveries.send(name, method, body, delivery, deadline, max_attempts)
         connection = await self._resolve(name)
         await connection.acquire(timeout, block)
-        connection.send([Message(Kind.SEND, next_msg_id(), name=method, body=body)])
+        connection.send_one_way(Message(Kind.SEND, next_msg_id(), name=method, body=body))
         return None
 
     async def ping(self, peer: str, timeout: float = 5.0) -> float:
@@ -746,7 +754,8 @@ class Node:
 
         ``connections`` (peers we call): ``calls`` in flight, ``credit_messages`` and
         ``credit_bytes`` the peer has granted us and we have not used, ``waiting`` sends
-        queued for credit. ``callers`` (peers calling us): ``held_*`` received and not yet
+        queued for credit, ``messages_sent`` in ``frames_sent`` sealed frames (one-way bursts
+        are coalesced). ``callers`` (peers calling us): ``held_*`` received and not yet
         consumed by our handlers, ``granted_*`` the totals granted on the current session.
         """
         callers = {}
@@ -770,6 +779,8 @@ class Node:
                     "credit_messages": c.credit.messages,
                     "credit_bytes": c.credit.bytes,
                     "waiting": c.waiting_for_credit,
+                    "messages_sent": c.messages_sent,
+                    "frames_sent": c.frames_sent,
                 }
                 for name, c in self._connections.items()
             },

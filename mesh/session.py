@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .codec import Message
-from .envelope import Frame, Opened, open_sealed, seal, sealed_session_id
+from .envelope import Frame, Opened, open_sealed, seal, seal_payload, sealed_session_id
 from .errors import ClockSkew, ReplayDetected, SessionExpired, UnknownSession
 from .identity import Certificate
 from .replay import ReplayWindow
@@ -118,14 +118,25 @@ class Session:
         Raises :class:`SessionExpired` past the hard limits (rekey first), and
         :class:`InvalidBody` or :class:`EnvelopeTooLarge` for what cannot be sent.
         """
+        seq = self._take_seq(now_ms)
+        frames = seal(self.send_id, self._send_key, seq, now_ms, messages, grant)
+        self._next_seq = seq + 1
+        return frames
+
+    def seal_payload(self, payload: bytes, now_ms: int) -> list[Frame]:
+        """:meth:`seal` for coalesced rows (:func:`~mesh.codec.payload_of_rows`)."""
+        seq = self._take_seq(now_ms)
+        frames = seal_payload(self.send_id, self._send_key, seq, now_ms, payload)
+        self._next_seq = seq + 1
+        return frames
+
+    def _take_seq(self, now_ms: int) -> int:
         seq = self._next_seq
         if seq >= self.limits.reject_after_frames or (
             now_ms - self.created_ms >= self.limits.reject_after_ms
         ):
             raise SessionExpired(f"session with {self.peer.name!r} must be rekeyed")
-        frames = seal(self.send_id, self._send_key, seq, now_ms, messages, grant)
-        self._next_seq = seq + 1
-        return frames
+        return seq
 
     def open(self, frames: Sequence[Frame], now_ms: int) -> Opened:
         """Authenticate, check freshness, and decode a frame addressed to this session."""

@@ -19,7 +19,7 @@ from mesh import (
     Message,
     ProtocolError,
 )
-from mesh.codec import decode_payload, encode_payload
+from mesh.codec import decode_payload, encode_payload, encode_row, payload_of_rows
 from mesh.wire import EXT_ATTACHMENT, MAX_DEPTH, Kind
 
 
@@ -186,3 +186,33 @@ def test_decoder_raises_only_protocol_errors(data, cut):
     for payload in (data, data[:cut], b"\x91" + data, b"\x91\x97\x01\x01\x00\xa1m\x00" + data):
         with contextlib.suppress(ProtocolError):
             decode_payload(payload, [bytearray(b"abcd")])
+
+
+sendable = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=200)
+@given(bodies=st.lists(sendable, min_size=1, max_size=40))
+def test_coalesced_rows_are_the_frame_payload_byte_for_byte(bodies):
+    """One-way messages packed one by one and joined (what a sender coalesces in a burst)
+    make exactly the payload of one frame carrying them all, and decode back in order."""
+    messages = [Message(Kind.SEND, i + 1, name="m", body=b) for i, b in enumerate(bodies)]
+    rows = [encode_row(m) for m in messages]
+    assert all(r is not None for r in rows)
+    payload = payload_of_rows(rows)
+    assert payload == encode_payload(messages)[0]
+    assert [m.body for m in decode_payload(payload, [])] == [m.body for m in messages]
+
+
+def test_a_message_with_attachments_is_not_coalesced_and_bad_bodies_fail_at_once():
+    assert encode_row(Message(Kind.SEND, 1, name="m", body=Blob(b"x" * 10))) is None
+    with pytest.raises(InvalidBody):
+        encode_row(Message(Kind.SEND, 1, name="m", body={1, 2}))
+    with pytest.raises(InvalidArgument):
+        payload_of_rows([])

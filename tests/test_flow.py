@@ -1,4 +1,5 @@
-"""Credit accounting, checked in every interleaving of send, deliver, consume, grant, reconnect."""
+"""Credit accounting, checked in every interleaving of send (alone or coalesced), deliver,
+consume, grant, reconnect."""
 
 from __future__ import annotations
 
@@ -35,15 +36,27 @@ class CreditMachine(RuleBasedStateMachine):
     @rule(size=st.integers(0, MAX_MESSAGE))
     def send(self, size):
         self.sender.charge(size)
-        self.data.append(size)
+        self.data.append((1, size))
         self.sent += 1
+
+    @precondition(lambda self: self.sender.can_send())
+    @rule(wanted=st.integers(2, 8), size=st.integers(0, MAX_MESSAGE))
+    def send_coalesced(self, wanted, size):
+        """Messages reserved one by one while credit lasts, then sealed as one frame."""
+        count = 0
+        while count < wanted and self.sender.can_send():
+            self.sender.reserve()
+            count += 1
+        self.sender.charge_bytes(size)
+        self.data.append((count, size))
+        self.sent += count
 
     @precondition(lambda self: self.data)
     @rule()
     def deliver(self):
-        size = self.data.popleft()
-        assert self.receiver.receive(size), "an honest sender never exceeds its credit"
-        self.held.append(size)
+        count, size = self.data.popleft()
+        assert self.receiver.receive(size, count), "an honest sender never exceeds its credit"
+        self.held.extend([size] + [0] * (count - 1))  # the frame's bytes ride on the first
         self.grant_if_due()
 
     @precondition(lambda self: self.held)
@@ -76,9 +89,9 @@ class CreditMachine(RuleBasedStateMachine):
     @invariant()
     def never_more_in_flight_than_granted(self):
         held_messages, held_bytes = self.receiver.held()
-        in_flight = held_messages + len(self.data)
+        in_flight = held_messages + sum(count for count, _ in self.data)
         assert in_flight <= self.window.messages
-        assert held_bytes + sum(self.data) <= self.window.bytes + MAX_MESSAGE
+        assert held_bytes + sum(size for _, size in self.data) <= self.window.bytes + MAX_MESSAGE
 
     @invariant()
     def no_deadlock(self):
@@ -100,6 +113,14 @@ def test_a_cheating_sender_is_caught():
     assert receiver.receive(10)
     assert receiver.receive(10)
     assert not receiver.receive(10)  # beyond the window: drop and count it
+
+
+def test_a_coalesced_frame_beyond_the_message_credit_is_caught():
+    receiver = ReceiveCredit(Window(4, 1000))
+    assert receiver.receive(100, 3)
+    assert not receiver.receive(10, 2)  # 5 messages of 4: the whole frame is refused
+    assert receiver.receive(10, 1)
+    assert receiver.held() == (4, 110)
 
 
 def test_grants_are_batched():

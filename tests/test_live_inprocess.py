@@ -15,7 +15,7 @@ import zmq.asyncio
 
 from mesh import Identity, SessionLimits
 from mesh.discovery import DiscoveryServer
-from mesh.errors import NodeClosed
+from mesh.errors import InvalidBody, NodeClosed
 from mesh.node import Node
 from mesh.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
 from mesh.sync import SyncNode
@@ -286,6 +286,37 @@ async def test_one_way_floods_are_credited_without_drops(mesh):
             await client.send("server", "take", i, timeout=10)
         await until(lambda: len(got) == 200)
         assert sorted(got) == list(range(200))
+        assert client.drops == {} and server.drops == {}
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_one_way_messages_is_coalesced_in_order(mesh):
+    from mesh.flow import Window
+
+    async with (
+        Node("server", mesh=mesh, window=Window(300, 10**6)) as server,
+        Node("client", mesh=mesh) as client,
+    ):
+        got = []
+
+        async def take(body):
+            got.append(body)
+
+        server.handler("take", take)
+        client.add_peer(server.identity.require_certificate(), server.endpoint)
+        assert await client.request("server", "take", -1, timeout=10) is None
+        for i in range(1000):  # no await yields while credit lasts: one turn of the loop
+            await client.send("server", "take", i, timeout=10)
+        assert await client.request("server", "take", -2, timeout=10) is None  # after them
+        await until(lambda: len(got) == 1002)
+        assert got == [-1, *range(1000), -2]
+        sent = client.stats()["connections"]["server"]
+        assert sent["messages_sent"] == 1002
+        assert sent["frames_sent"] <= 2 + 1000 // 50, sent  # bursts, not one frame each
+        with pytest.raises(InvalidBody):  # still refused at once, not lost in a batch
+            await client.send("server", "take", {1, 2})
+        await client.send("server", "take", "lone")  # a lone message is not held back
+        await until(lambda: got[-1] == "lone")
         assert client.drops == {} and server.drops == {}
 
 

@@ -56,6 +56,9 @@ def test_documented_frames_open_with_the_documented_keys(documented):
     assert reliable == [
         Message(Kind.REQUEST, 6, name="record", body=7, meta={"dlv": [0x5EED, 3, 2]})
     ]
+    burst = open_sealed([documented["coalesced"]["frame0"]], i2r)
+    assert burst.messages == [Message(Kind.SEND, 8 + i, name="tick", body=i) for i in range(3)]
+    assert (burst.seq, burst.timestamp_ms) == (3, NOW_MS + 6)
 
 
 def test_documented_publish_frame_opens_and_verifies(documented):
