@@ -10,8 +10,8 @@ slow enough for every subscriber's CPU to keep up on a small machine: the figure
 latency of a hop, not of a queue.
 
 Child protocol, one line each on stdout: ``ready`` (subscribed), ``warm`` (every subscriber
-here has received something), then one JSON line ``{"latencies_ns": [...], "received": n}``
-after every subscriber here saw the end marker.
+here has received something), then one JSON line ``{"histogram": {...}, "received": n}``
+(:meth:`~mesh.histogram.Histogram.to_json`) after every subscriber here saw the end marker.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import zmq.asyncio
 
 from .bench_scenarios import Result
 from .errors import InvalidArgument
+from .histogram import Histogram
 
 TOPIC = "bench.fanout"
 WARM, MEASURE, END = range(3)
@@ -136,9 +137,8 @@ async def _drive(
             await send(END)
             await asyncio.sleep(INTERVAL_S * 5)
         delivered = 0
-        for latencies, received in await reports:
-            for value in latencies:
-                result.histogram.record(value)
+        for histogram, received in await reports:
+            result.histogram.merge(histogram)
             delivered += received
         result.messages = delivered
         result.payload_bytes = 64 * delivered
@@ -157,13 +157,13 @@ async def _expect(child: asyncio.subprocess.Process, word: str) -> None:
         raise InvalidArgument(f"a fan-out subscriber did not start (said {line!r})")
 
 
-async def _report(child: asyncio.subprocess.Process) -> tuple[list[int], int]:
+async def _report(child: asyncio.subprocess.Process) -> tuple[Histogram, int]:
     assert child.stdout is not None
     line = await child.stdout.readline()
     if not line:
         raise InvalidArgument("a fan-out subscriber ended without reporting")
     found = json.loads(line)
-    return found["latencies_ns"], found["received"]
+    return Histogram.from_json(found["histogram"]), found["received"]
 
 
 # ---------------------------------------------------------------------------- child side
@@ -173,7 +173,7 @@ class Tally:
     """What one child's subscribers saw."""
 
     def __init__(self, subscribers: int) -> None:
-        self.latencies: list[int] = []
+        self.latencies = Histogram()
         self.unheard = subscribers  # subscribers that have not received anything yet
         self.running = subscribers
 
@@ -188,12 +188,12 @@ class Tally:
         if first:
             self.heard()
         if phase == MEASURE:
-            self.latencies.append(now - sent_ns)
+            self.latencies.record(now - sent_ns)
         return phase != END
 
     def report(self) -> None:
-        received = len(self.latencies)
-        print(json.dumps({"latencies_ns": self.latencies, "received": received}), flush=True)
+        found = {"histogram": self.latencies.to_json(), "received": self.latencies.count}
+        print(json.dumps(found), flush=True)
 
 
 async def raw_subscribers(endpoint: str, count: int) -> None:

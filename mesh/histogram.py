@@ -10,6 +10,7 @@ runs or threads merge by adding counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 SUB_BITS = 8
 SUB_COUNT = 1 << SUB_BITS
@@ -53,6 +54,15 @@ class Histogram:
             self.min = other.min if self.count == 0 else min(self.min, other.min)
             self.max = max(self.max, other.max)
             self.count += other.count
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact, JSON-able form (bucket counts, not samples): for another process."""
+        return {"counts": sorted(self.counts.items()), "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Histogram:
+        counts = {int(index): int(n) for index, n in data["counts"]}
+        return cls(counts, sum(counts.values()), int(data["max"]), int(data["min"]))
 
     def percentile(self, q: float) -> int:
         """The value at quantile ``q`` (0..1): the highest value of the bucket holding the

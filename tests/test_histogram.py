@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from hypothesis import given
@@ -49,3 +50,11 @@ def test_merging_is_recording_both(first, second):
         both.record(value)
     a.merge(b)
     assert a == both
+
+
+@given(values)
+def test_a_histogram_survives_json_between_processes(samples):
+    histogram = Histogram()
+    for value in samples:
+        histogram.record(value)
+    assert Histogram.from_json(json.loads(json.dumps(histogram.to_json()))) == histogram
