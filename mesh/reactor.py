@@ -21,6 +21,7 @@ import zmq
 
 log = logging.getLogger("mesh")
 MAX_READ_BATCH = 256
+ZERO_COPY_FROM = 64 * 1024  # below this, copying a frame is cheaper than tracking it
 # plain ints: pyzmq's enum constants cost an enum construction per bitwise operation, and
 # this is the per-message path
 _POLLIN = int(zmq.POLLIN)
@@ -56,8 +57,9 @@ class Reactor:
             if self.closed or not socket.getsockopt(_EVENTS) & _POLLIN:
                 return
             frames = [socket.recv(_NOBLOCK)]
-            while socket.getsockopt(_RCVMORE):
-                frames.append(socket.recv(_NOBLOCK))
+            while socket.getsockopt(_RCVMORE):  # attachments: read in place, not copied
+                part = socket.recv(_NOBLOCK, copy=False)
+                frames.append(part.buffer if len(part) >= ZERO_COPY_FROM else part.bytes)
             try:
                 handle(frames)
             except Exception:  # a bug in a handler must not stop the socket
@@ -78,7 +80,9 @@ class Reactor:
         try:
             # only the first part can be refused: ZeroMQ takes a message whole or not at all
             for index, frame in enumerate(frames):
-                socket.send(frame, _NOBLOCK_MORE if index < last else _NOBLOCK)
+                flags = _NOBLOCK_MORE if index < last else _NOBLOCK
+                # large frames are handed to ZeroMQ as they are (never changed after sealing)
+                socket.send(frame, flags, copy=len(frame) < ZERO_COPY_FROM)
             sent = True
         except zmq.ZMQError:  # EAGAIN (no peer, or queue full) or EHOSTUNREACH
             sent = False
