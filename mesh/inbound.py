@@ -28,6 +28,7 @@ from .wire import PROTOCOL_VERSION, FrameType
 
 OnMessages = Callable[[Session, Opened], None]
 _SEALED, _HELLO, _CERT_REQUEST = FrameType.SEALED, FrameType.HELLO, FrameType.CERT_REQUEST
+_CERT_REQUEST_FRAME = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
 
 
 def now_ms() -> int:
@@ -92,8 +93,10 @@ class Inbound:
             self._on_messages(session, opened)
         elif frame_type == _HELLO:
             self._hello(routing, rest)
-        elif frame_type == _CERT_REQUEST and len(rest) == 1 and len(rest[0]) == 2:
+        elif frame_type == _CERT_REQUEST and len(rest) == 1 and rest[0] == _CERT_REQUEST_FRAME:
             self._send_raw([routing, self._certificate_frame])
+        elif rest[0][0] != PROTOCOL_VERSION:  # (a HELLO of another version gets REJECT 1)
+            self._drops["version"] += 1
         else:
             self._drops["frame_type"] += 1
 
