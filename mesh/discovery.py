@@ -145,7 +145,8 @@ class DiscoveryServer:
                 self._inbound.forget(session)
                 return None
             return _error(corr, ErrorCode.BAD_REQUEST, f"discovery does not serve kind {kind}")
-        except NameConflict as exc:
+        except NameConflict as exc:  # a live name with other keys: refused, and counted
+            self.drops["name_conflict"] += 1
             return _error(corr, ErrorCode.CONFLICT, str(exc))
         except PeerNotFound as exc:
             return _error(corr, ErrorCode.NOT_FOUND, str(exc))

@@ -4,6 +4,8 @@ peer that speaks the protocol by hand (so it can send anything, valid or not).""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -64,7 +66,7 @@ class RawPeer:
         self.identity, self.trust, self.peer = identity, trust, peer
         self.table = SessionTable()
         self.session: Session | None = None
-        self._ids = iter(range(1, 1 << 62))
+        self._ids = itertools.count(int.from_bytes(os.urandom(6), "big"))  # as nodes do
 
     def hello(self) -> Initiator:
         return Initiator(self.identity, self.trust, self.peer, self.table, now_ms())
