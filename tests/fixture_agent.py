@@ -21,6 +21,7 @@ class FixtureAgent:
         self.consumed_ids: list[int] = []
         self.produced_count = 0
         for name in (
+            "echo",
             "pid",
             "record",
             "recorded",
@@ -40,6 +41,9 @@ class FixtureAgent:
         ):
             node.handler(name, getattr(self, name))
         self.node = node
+
+    async def echo(self, body: Any) -> Any:
+        return body
 
     async def pid(self, body: Any) -> int:
         return os.getpid()

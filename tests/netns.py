@@ -46,28 +46,33 @@ class NetnsHost:
     name: str
     namespace: str
     address: str
+    outside: str  # the veth end on the bridge: down means a partition
 
 
 class Hosts:
     """``count`` namespaces joined by veth pairs to one bridge, each with its own sshd."""
 
-    def __init__(self, root: Path, count: int) -> None:
+    def __init__(self, root: Path, count: int, *, sshd: bool = True) -> None:
         self.root = root
         self.suffix = token_hex(2)
         self.subnet = f"10.{200 + int(self.suffix[:2], 16) % 50}.{int(self.suffix[2:], 16)}"
         self.bridge = f"brm{self.suffix}"
         self.gateway = f"{self.subnet}.1"
         self.hosts = [
-            NetnsHost(f"h{i}", f"mh{i}{self.suffix}", f"{self.subnet}.{10 + i}")
+            NetnsHost(
+                f"h{i}", f"mh{i}{self.suffix}", f"{self.subnet}.{10 + i}", f"vh{i}{self.suffix}"
+            )
             for i in range(1, count + 1)
         ]
         self.client_key = root / "client_key"
+        self.sshd = sshd
         self._sshd: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Hosts:
         try:
             self._network()
-            self._sshds()
+            if self.sshd:
+                self._sshds()
         except BaseException:
             self.__exit__()
             raise
@@ -78,7 +83,7 @@ class Hosts:
         sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         for index, host in enumerate(self.hosts, 1):
-            outside, inside = f"vh{index}{self.suffix}", f"ve{index}{self.suffix}"
+            outside, inside = host.outside, f"ve{index}{self.suffix}"
             sh("ip", "netns", "add", host.namespace)
             sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
             sh("ip", "link", "set", inside, "netns", host.namespace)

@@ -20,13 +20,15 @@ class Process:
     """One ``python -m mesh.cli ...`` (or another ``module``) child with MESH_HOME set;
     always killed at the end."""
 
-    def __init__(self, *args: str, home: Path, module: str = "mesh.cli") -> None:
+    def __init__(
+        self, *args: str, home: Path, module: str = "mesh.cli", prefix: tuple[str, ...] = ()
+    ) -> None:
         env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
         env.pop("MESH_DISCOVERY", None)
         self.args = args
         self.endpoint_line = ""
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [*prefix, sys.executable, "-m", module, *args],  # prefix: e.g. ip netns exec NS
             cwd=ROOT,
             env=env,
             text=True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
+import signal
 import time
 
 import pytest
@@ -18,6 +20,7 @@ from mesh.errors import (
     PeerLost,
     PeerNotFound,
     RemoteError,
+    RequestTimeout,
     Unauthorized,
 )
 from mesh.node import Node
@@ -156,6 +159,35 @@ async def test_kill_mid_stream_fails_fast_with_peer_lost(agent, discovery, home)
             await read_until_lost()
         assert killed is not None
         assert time.monotonic() - killed < 10
+
+
+async def test_a_stopped_callee_is_lost_by_heartbeats_and_found_again_when_continued(
+    agent, discovery, home
+):
+    """SIGSTOP: alive but silent, so no TCP reset ever comes; only heartbeats can tell. The
+    request in flight ends in PeerLost, new ones end in a typed error, and after SIGCONT the
+    same process is reached again (nobody restarted), its late reply delivered to no one."""
+    frozen = agent("frozen")
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
+        assert await node.request("frozen", "pid", timeout=10) == frozen.pid
+        pending = asyncio.create_task(node.request("frozen", "slow", 1, timeout=60))
+        await eventually(lambda: _equals(node.request("frozen", "inflight", timeout=10), 1))
+        os.kill(frozen.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            with pytest.raises(PeerLost):
+                await pending
+            assert time.monotonic() - stopped < 10  # the timeout was 60 s
+            with pytest.raises((PeerLost, RequestTimeout)):
+                await node.request("frozen", "pid", timeout=3)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        assert await eventually(
+            lambda: _equals(node.request("frozen", "pid", timeout=5), frozen.pid)
+        )
+        await asyncio.sleep(1.5)  # the slow call finishes over there; its reply has no caller
+        assert pending.done() and isinstance(pending.exception(), PeerLost)
+        assert await node.request("frozen", "pid", timeout=5) == frozen.pid
 
 
 async def test_restarted_callee_is_reached_again(agent, discovery, home):
