@@ -28,6 +28,8 @@ from .flow import SendCredit, Window
 from .wire import ErrorCode, Kind
 
 REPLY_CACHE_SIZE = 4096
+# and at most this many bytes of them: a soak with 1 MiB replies held 130 MiB without it
+REPLY_CACHE_BYTES = 16 * 1024 * 1024
 STREAM_STALL_S = 60.0  # a stream whose reader grants nothing for this long is abandoned
 Handler = Callable[..., Any]
 
@@ -123,7 +125,8 @@ class HandlerRunner:
         self._running: dict[tuple[bytes, int], asyncio.Task] = {}
         self._streams: dict[tuple[bytes, int], StreamCredit] = {}
         self._one_way: set[tuple[bytes, int]] = set()
-        self._replies: OrderedDict[tuple[bytes, int], list[Message]] = OrderedDict()
+        self._replies: OrderedDict[tuple[bytes, int], tuple[list[Message], int]] = OrderedDict()
+        self._reply_bytes = 0
         self.failures = 0
         self.duplicates = 0
 
@@ -149,7 +152,7 @@ class HandlerRunner:
         if cached is not None:
             self.duplicates += 1
             on_done(True)
-            self._send(peer_id, cached)
+            self._send(peer_id, cached[0])
             return
         context = CallContext(peer_name, message.name, message.msg_id)
         task = asyncio.create_task(self._serve(key, message, context, on_done))
@@ -206,8 +209,7 @@ class HandlerRunner:
             self._one_way.discard(key)
         on_done(bool(expects_reply and reply))
         if expects_reply and reply:
-            self._remember(key, reply)
-            self._send(peer_id, reply)
+            self._remember(key, reply, self._send(peer_id, reply))
 
     async def _run(
         self, key: tuple[bytes, int], message: Message, context: CallContext, expects_reply: bool
@@ -260,9 +262,14 @@ class HandlerRunner:
         context = CallContext(peer, message.name, message.msg_id)
         return (message.body, context) if spec.takes_context else (message.body,)
 
-    def _remember(self, key: tuple[bytes, int], reply: list[Message]) -> None:
+    def _remember(self, key: tuple[bytes, int], reply: list[Message], size: int) -> None:
+        """Keep ``reply`` (``size`` bytes as sent) to answer a retry of its request without
+        running it again; the oldest go first past the count or the byte bound."""
         if reply[0].kind == Kind.STREAM_END:
             return  # streams are not replayed: a retried stream starts over
-        self._replies[key] = reply
-        while len(self._replies) > REPLY_CACHE_SIZE:
-            self._replies.popitem(last=False)
+        self._replies[key] = (reply, size)
+        self._reply_bytes += size
+        while len(self._replies) > REPLY_CACHE_SIZE or (
+            self._reply_bytes > REPLY_CACHE_BYTES and len(self._replies) > 1
+        ):
+            self._reply_bytes -= self._replies.popitem(last=False)[1][1]

@@ -351,6 +351,26 @@ async def test_large_attachments_arrive_intact_both_ways(mesh):
 
 
 @pytest.mark.asyncio
+async def test_the_reply_cache_is_bounded_in_bytes(mesh):
+    """Replies are kept to answer retries without running handlers twice, but large ones
+    must not pile up: a soak with 1 MiB replies held 130 MiB per agent before the bound."""
+    from mesh import Blob
+    from mesh.handlers import REPLY_CACHE_BYTES
+
+    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+
+        async def big(body):
+            return Blob(bytes(1024 * 1024))
+
+        server.handler("big", big)
+        client.add_peer(server.identity.require_certificate(), server.endpoint)
+        for _ in range(40):
+            await client.request("server", "big", timeout=30)
+        cached = server._runner._reply_bytes  # internal: what the cache holds now
+        assert 0 < cached <= REPLY_CACHE_BYTES
+
+
+@pytest.mark.asyncio
 async def test_a_plain_request_collects_a_long_stream(mesh):
     async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
 

@@ -17,6 +17,7 @@ from tests.processes import ROOT
         ("flow-bench", "500", ["on (window 1024)", "off (window 10000", "on / off:"]),
         ("token-overhead", "--tokens 20 --runs 1", ["mesh delivery per token", "mesh share"]),
         ("delivery-bench", "200 20", ["at_most_once", "at_least_once", "durable"]),
+        ("soak", "--seconds 8 --agents 3 --restart-every 2", ["lost: 0", "peak memory"]),
     ],
 )
 def test_script_reports(script, count, expected):
