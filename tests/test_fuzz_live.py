@@ -38,6 +38,7 @@ from tests.processes import ROOT
 EXAMPLES = int(os.environ.get("MESH_FUZZ_EXAMPLES", "150"))
 VOLUME = max(3000, EXAMPLES * 10)
 TOPIC = "fuzz.t"
+WATCHED_LOGGERS = ("mesh", "asyncio")
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -76,7 +77,8 @@ def arena(tmp_path_factory):
     mesh = MeshDirectory(tmp_path_factory.mktemp("fuzz") / "mesh")
     mesh.create()
     errors = ErrorLog()
-    logging.getLogger("mesh").addHandler(errors)
+    for logger in WATCHED_LOGGERS:  # asyncio's: a task's exception nobody retrieved
+        logging.getLogger(logger).addHandler(errors)
     loop = LoopThread()
     received: list[Any] = []
 
@@ -123,7 +125,8 @@ def arena(tmp_path_factory):
 
     loop.run(stop())
     loop.stop()
-    logging.getLogger("mesh").removeHandler(errors)
+    for logger in WATCHED_LOGGERS:
+        logging.getLogger(logger).removeHandler(errors)
 
 
 async def _echo(body: Any) -> Any:
