@@ -40,6 +40,7 @@ from .identity import Certificate, Identity, Trust
 from .inbound import now_ms
 from .reactor import Reactor
 from .session import Session, SessionTable
+from .telemetry import Traffic
 from .wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind
 
 CONNECT_TIMEOUT_S = 5.0
@@ -97,6 +98,7 @@ class Connection:
         drops: Counter[str],
         heartbeat_s: float,
         on_lost: Callable[[Connection], None] | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.certificate = certificate
@@ -104,6 +106,7 @@ class Connection:
         self._trust = trust
         self._table = table
         self._drops = drops
+        self._traffic = traffic if traffic is not None else Traffic()
         self._heartbeat_s = heartbeat_s
         self._on_lost = on_lost
         self._socket = sockets.dealer(context, endpoint)
@@ -220,6 +223,7 @@ class Connection:
         if not session.initiator or session.peer.node_id != self.session.peer.node_id:
             self._drops["misrouted"] += 1
             return
+        self._traffic.received(opened.messages, opened.size)
         if (opened.grant_messages or opened.grant_bytes) and session is self.session:
             self.credit.grant(opened.grant_messages, opened.grant_bytes)
             self._wake_credit_waiters()
@@ -297,8 +301,10 @@ class Connection:
             raise PeerLost(f"{self.name} is unreachable", peer=self.name)
         self.frames_sent += 1
         self.messages_sent += len(messages)
+        size = sum(len(frame) for frame in frames)
+        self._traffic.sent(messages, size)
         if messages[0].kind in _CREDITED:
-            self.credit.charge(sum(len(frame) for frame in frames))
+            self.credit.charge(size)
 
     def send_one_way(self, message: Message) -> None:
         """Send a SEND (credit on hand: see :meth:`acquire`), coalesced with the others sent
@@ -339,7 +345,9 @@ class Connection:
             return
         self.frames_sent += 1
         self.messages_sent += len(rows)
-        self.credit.charge_bytes(sum(len(frame) for frame in frames))
+        size = sum(len(frame) for frame in frames)
+        self._traffic.sent_rows(Kind.SEND, len(rows), size)
+        self.credit.charge_bytes(size)
 
     def start_call(
         self,

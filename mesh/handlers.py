@@ -25,6 +25,7 @@ from .codec import Message
 from .connection import next_msg_id
 from .errors import BadRequest, InvalidArgument, Overloaded
 from .flow import SendCredit, Window
+from .telemetry import Tracing, server_span
 from .wire import ErrorCode, Kind
 
 REPLY_CACHE_SIZE = 4096
@@ -121,6 +122,7 @@ class HandlerRunner:
 
     def __init__(self, send: Callable[[bytes, list[Message]], int]) -> None:
         self._send = send  # (peer node id, messages) -> bytes sent, 0 if not delivered
+        self.tracing: Tracing | None = None  # when set, handlers run in server spans
         self.handlers: dict[str, HandlerSpec] = {}
         self._running: dict[tuple[bytes, int], asyncio.Task] = {}
         self._streams: dict[tuple[bytes, int], StreamCredit] = {}
@@ -200,7 +202,12 @@ class HandlerRunner:
         peer_id, corr = key
         expects_reply = message.kind == Kind.REQUEST
         try:
-            reply = await self._run(key, message, context, expects_reply)
+            otel = self.tracing.tracer() if self.tracing is not None else None
+            if otel is None:
+                reply = await self._run(key, message, context, expects_reply)
+            else:
+                with server_span(otel, message, context.peer):
+                    reply = await self._run(key, message, context, expects_reply)
         except asyncio.CancelledError:
             reply = [error_message(corr, ErrorCode.CANCELLED, "cancelled")] if expects_reply else []
         finally:

@@ -38,6 +38,7 @@ class Histogram:
     count: int = 0
     max: int = 0
     min: int = 0
+    total: int = 0  # the sum of recorded values (Prometheus wants it)
 
     def record(self, value_ns: int) -> None:
         value = max(int(value_ns), 0)
@@ -45,6 +46,7 @@ class Histogram:
         self.counts[index] = self.counts.get(index, 0) + 1
         self.min = value if self.count == 0 else min(self.min, value)
         self.count += 1
+        self.total += value
         self.max = max(self.max, value)
 
     def merge(self, other: Histogram) -> None:
@@ -54,15 +56,26 @@ class Histogram:
             self.min = other.min if self.count == 0 else min(self.min, other.min)
             self.max = max(self.max, other.max)
             self.count += other.count
+            self.total += other.total
 
     def to_json(self) -> dict[str, Any]:
         """A compact, JSON-able form (bucket counts, not samples): for another process."""
-        return {"counts": sorted(self.counts.items()), "min": self.min, "max": self.max}
+        return {
+            "counts": sorted(self.counts.items()),
+            "min": self.min,
+            "max": self.max,
+            "total": self.total,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Histogram:
         counts = {int(index): int(n) for index, n in data["counts"]}
-        return cls(counts, sum(counts.values()), int(data["max"]), int(data["min"]))
+        total = int(data.get("total", 0))
+        return cls(counts, sum(counts.values()), int(data["max"]), int(data["min"]), total)
+
+    def count_at_most(self, value_ns: int) -> int:
+        """How many recorded values fall in buckets wholly at or below ``value_ns``."""
+        return sum(n for index, n in self.counts.items() if _highest(index) <= value_ns)
 
     def percentile(self, q: float) -> int:
         """The value at quantile ``q`` (0..1): the highest value of the bucket holding the

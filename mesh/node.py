@@ -44,12 +44,14 @@ from .handlers import Handler, HandlerRunner, error_message
 from .identity import Certificate, Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
+from .metrics import MetricsServer
 from .outbox import DeliveryStore
 from .peers import PeerDirectory, PeerInfo
 from .sequencer import DEFAULT_HOLD_S
 from .session import Session, SessionTable
 from .subjects import validate_pattern
 from .subscription import DEFAULT_QUEUE, Subscription
+from .telemetry import CallStats, Traffic, client_span, tracing
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
 from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 
@@ -88,7 +90,8 @@ class Node:
     or ``identity`` and ``trust`` directly, ``heartbeat`` (seconds; a silent peer is lost
     after three), ``register`` (False: use discovery for lookups only, as ``mesh call`` does),
     ``window`` (how much each caller may have unconsumed here; flow control) and
-    ``peer_windows`` (the same, per caller name).
+    ``peer_windows`` (the same, per caller name), ``metrics_port`` (serve Prometheus
+    metrics there, on ``metrics_address``; 0 picks a free port, see ``metrics_url``).
     """
 
     def __init__(
@@ -112,7 +115,11 @@ class Node:
         outbox: str | os.PathLike[str] | None = None,
         publish_dead_letters: bool = False,
         gap_hold_s: float = DEFAULT_HOLD_S,
+        metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
     ) -> None:
+        self._metrics_at = (metrics_port, metrics_address)
+        self._metrics: MetricsServer | None = None
         if identity is None or trust is None:
             directory = mesh_directory(mesh)
             identity = identity or directory.identity(name)
@@ -138,7 +145,11 @@ class Node:
         self._context = context or sockets.shared_context()
         self._table = SessionTable()
         self.drops: Counter[str] = Counter()
+        self.traffic = Traffic()  # messages and bytes by kind, each way
+        self.call_stats = CallStats()  # per peer called: latency and outcomes
+        self._tracing = tracing()  # None unless opentelemetry-api is installed
         self._runner = HandlerRunner(self._send_to_peer)
+        self._runner.tracing = self._tracing
         self._inbound: Inbound | None = None
         self._inbound_sessions: dict[bytes, Session] = {}
         self._connections: dict[str, Connection] = {}
@@ -213,13 +224,29 @@ class Node:
         for pattern, function in self._topic_handlers:
             self._run_topic_handler(pattern, function)
         self._deliveries.resume()
+        port, address = self._metrics_at
+        if port is not None:
+            try:
+                self._metrics = MetricsServer(self.stats, port, address)
+            except BaseException:
+                await self.close()
+                raise
         return self
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes this node, if ``metrics_port`` was given."""
+        if self._metrics is None:
+            return None
+        return f"http://{self._metrics_at[1]}:{self._metrics.port}/metrics"
 
     async def close(self) -> None:
         """Unregister, say BYE to peers, stop handlers and close every socket."""
         if self._closed:
             return
         self._closed = True
+        if self._metrics is not None:
+            self._metrics.close()
         if self._discovery is not None:
             if self._register:
                 await self._discovery.unregister()
@@ -297,6 +324,7 @@ class Node:
         self._inflow[session.recv_id] = ReceiveCredit(self.window_for(session.peer))
 
     def _on_inbound(self, session: Session, opened: Opened) -> None:
+        self.traffic.received(opened.messages, opened.size)
         peer_id = session.peer.node_id
         if session.retired_ms is None:  # a late frame on a replaced key must not revive it
             self._inbound_sessions[peer_id] = session
@@ -392,13 +420,16 @@ class Node:
         except MeshError as exc:  # a reply the codec cannot carry becomes an error
             text = f"reply cannot be sent: {exc}"
             error = error_message(messages[0].corr_id, ErrorCode.HANDLER_FAILED, text)
+            messages = [error]
             try:
-                sent = self._inbound.send(session, [error], grant)
+                sent = self._inbound.send(session, messages, grant)
             except MeshError:
                 self.drops["unsendable"] += 1
                 return 0
-        if sent and inflow is not None and grant != (0, 0):
-            inflow.granted(grant)
+        if sent:
+            self.traffic.sent(messages, sent)
+            if inflow is not None and grant != (0, 0):
+                inflow.granted(grant)
         return sent
 
     # ------------------------------------------------------------------ calling
@@ -423,14 +454,37 @@ class Node:
         NoCredit, PeerLost, NoSuchMethod, RemoteError, Unauthorized.
         """
         method = _method(method, capability)
+        otel = self._tracing.tracer() if self._tracing is not None else None
+        if otel is None:
+            return await self._request(peer, method, body, capability, timeout, retries, block)
+        with client_span(otel, peer or f"capability:{capability}", method) as meta:
+            return await self._request(
+                peer, method, body, capability, timeout, retries, block, meta
+            )
+
+    async def _request(
+        self,
+        peer: str | None,
+        method: str,
+        body: Any,
+        capability: str | None,
+        timeout: float | None,
+        retries: int,
+        block: bool,
+        meta: dict[str, Any] | None = None,
+    ) -> Any:
+        started = time.perf_counter_ns()
         connection, msg_id, call = await self._start(
-            peer, capability, method, body, timeout=timeout, block=block
+            peer, capability, method, body, timeout=timeout, block=block, meta=meta
         )
+        outcome = "ok"
         try:
             for attempt in range(retries + 1):
                 if attempt:
                     await connection.acquire(timeout, block)
-                    _, call = connection.start_call(Kind.REQUEST, method, body, msg_id=msg_id)
+                    _, call = connection.start_call(
+                        Kind.REQUEST, method, body, msg_id=msg_id, meta=meta
+                    )
                 try:
                     async with asyncio.timeout(timeout):  # no extra task or loop trip
                         return await call.future
@@ -445,10 +499,15 @@ class Node:
                     connection.calls.pop(msg_id, None)
             raise AssertionError("unreachable")
         except asyncio.CancelledError:
+            outcome = "cancelled"
             connection.cancel_call(msg_id)  # the caller gave up: so should the callee
+            raise
+        except BaseException as exc:
+            outcome = type(exc).__name__
             raise
         finally:
             self._outstanding[connection.name] -= 1
+            self.call_stats.record(connection.name, time.perf_counter_ns() - started, outcome)
 
     async def stream(
         self,
@@ -508,6 +567,7 @@ class Node:
         timeout: float | None,
         block: bool,
         window: Window | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> tuple[Connection, int, Call]:
         """Resolve the target, wait for its credit, send the first message. Addressed by
         capability, a node found unreachable before anything was sent is skipped and
@@ -519,7 +579,9 @@ class Node:
             try:
                 connection = await self._resolve(name)
                 await connection.acquire(timeout, block)
-                msg_id, call = connection.start_call(Kind.REQUEST, method, body, window=window)
+                msg_id, call = connection.start_call(
+                    Kind.REQUEST, method, body, window=window, meta=meta
+                )
             except PeerLost:
                 self._outstanding[name] -= 1
                 if attempt == attempts - 1:
@@ -722,6 +784,7 @@ class Node:
             self.drops,
             self.heartbeat,
             self._on_lost,
+            self.traffic,
         )
         await connection.open(timeout)
         return connection
@@ -757,6 +820,10 @@ class Node:
         queued for credit, ``messages_sent`` in ``frames_sent`` sealed frames (one-way bursts
         are coalesced). ``callers`` (peers calling us): ``held_*`` received and not yet
         consumed by our handlers, ``granted_*`` the totals granted on the current session.
+        ``traffic``: ``sent``/``received`` messages and bytes by kind. ``calls``: per peer
+        called, ``outcomes`` (``ok`` or the error's type) and ``latency_us`` percentiles of
+        the replies (``latency``: the histogram itself). The keys are stable: Prometheus
+        (``metrics_port``) and ``mesh status`` read them.
         """
         callers = {}
         for session in self._inbound_sessions.values():
@@ -791,6 +858,8 @@ class Node:
             "topics": self._topics.stats() if self._topics is not None else {},
             "delivery": self._deliveries.stats(),
             "drops": dict(self.drops),
+            "traffic": self.traffic.snapshot(),
+            "calls": self.call_stats.snapshot(),
         }
 
     async def _housekeeping(self) -> None:

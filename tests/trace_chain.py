@@ -1,0 +1,59 @@
+"""Run by test_telemetry in its own process (a tracer provider can be set once per process):
+three nodes, a request from ``front`` to ``middle``'s ``relay``, which calls ``back``'s
+``echo``; prints every finished span as one JSON line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from mesh import MeshDirectory
+from mesh.node import Node
+
+
+async def main() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    with tempfile.TemporaryDirectory() as home:
+        mesh = MeshDirectory(home)
+        mesh.create()
+        async with (
+            Node("back", mesh=mesh) as back,
+            Node("middle", mesh=mesh) as middle,
+            Node("front", mesh=mesh) as front,
+        ):
+
+            async def echo(body: object) -> object:
+                return body
+
+            async def relay(body: object) -> object:
+                return await middle.request("back", "echo", body, timeout=10)
+
+            back.handler("echo", echo)
+            middle.handler("relay", relay)
+            middle.add_peer(back.identity.require_certificate(), back.endpoint)
+            front.add_peer(middle.identity.require_certificate(), middle.endpoint)
+            assert await front.request("middle", "relay", "traced", timeout=10) == "traced"
+    for span in exporter.get_finished_spans():
+        parent = span.parent.span_id if span.parent is not None else None
+        print(json.dumps({
+            "name": span.name,
+            "kind": span.kind.name,
+            "trace": span.context.trace_id,
+            "span": span.context.span_id,
+            "parent": parent,
+        }))  # fmt: skip
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
