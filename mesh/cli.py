@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import cli_bench, cli_deadletters, cli_launch, cli_live
+from . import cli_bench, cli_deadletters, cli_launch, cli_live, cli_status
 from .errors import MeshError
 from .identity import Certificate, Identity
 from .keystore import default_mesh_dir, mesh_directory
@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_deadletters.add_commands(commands)
     cli_launch.add_commands(commands)
     cli_bench.add_commands(commands)
+    cli_status.add_commands(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from .runner import close_agent, load_target
 
 DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"
 CLI_IDENTITY = "mesh-cli"
+ENV_METRICS_PORT = "MESH_METRICS_PORT"
 
 
 def add_commands(commands: Any) -> None:
@@ -35,6 +37,7 @@ def add_commands(commands: Any) -> None:
         description="Run a discovery node. Example: mesh discovery --bind tcp://0.0.0.0:7700",
     )
     discovery.add_argument("--bind", default=DEFAULT_DISCOVERY, help="ROUTER address to bind")
+    _metrics_option(discovery)
     discovery.set_defaults(run=lambda args: asyncio.run(_discovery(args)))
 
     run = commands.add_parser(
@@ -57,6 +60,7 @@ def add_commands(commands: Any) -> None:
         default=1024,
         help="messages a caller may have unconsumed here (flow control)",
     )
+    _metrics_option(run)
     run.set_defaults(run=lambda args: asyncio.run(_agent(args)), agent_options=[])
 
     call = commands.add_parser(
@@ -112,6 +116,26 @@ def add_commands(commands: Any) -> None:
     peers.set_defaults(run=lambda args: asyncio.run(_peers(args)))
 
 
+def _metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int(ENV_METRICS_PORT),
+        help="serve Prometheus metrics on this port at 127.0.0.1/metrics (needs "
+        "prometheus-client; default: $MESH_METRICS_PORT, or none)",
+    )
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"${name} must be a port number, not {value!r}") from None
+
+
 def _discovery_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--discovery",
@@ -164,16 +188,34 @@ class StopSignals:
         self.code = code
         self._stopped.set()
 
-    async def wait(self) -> int:
-        await self._stopped.wait()
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    async def wait(self, seconds: float | None = None) -> int:
+        """Until a signal came (or ``seconds`` passed); the exit status so far."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
         return self.code
 
 
 async def _discovery(args: argparse.Namespace) -> int:
     signals = StopSignals()
     async with DiscoveryServer(bind=args.bind, mesh=mesh_directory(args.mesh)) as server:
+        metrics = None
+        if args.metrics_port is not None:
+            from .metrics import MetricsServer
+
+            metrics = MetricsServer(server.stats, args.metrics_port, "127.0.0.1")
         print(f"discovery serving on {server.endpoint}", flush=True)
-        return await signals.wait()
+        if metrics is not None:
+            print(f"metrics on http://127.0.0.1:{metrics.port}/metrics", flush=True)
+        try:
+            return await signals.wait()
+        finally:
+            if metrics is not None:
+                metrics.close()
 
 
 async def _agent(args: argparse.Namespace) -> int:
@@ -189,6 +231,7 @@ async def _agent(args: argparse.Namespace) -> int:
         "heartbeat": args.heartbeat,
         "lease_ms": args.lease_ms,
         "window": Window(args.window),
+        "metrics_port": args.metrics_port,
     }
     if hasattr(factory, "from_command_line"):  # an agents.Agent class: it owns its node
         return await _agent_class(factory, args.agent_options, node_options)
@@ -200,6 +243,8 @@ async def _agent(args: argparse.Namespace) -> int:
     try:
         await node.start()
         print(f"{args.name} serving on {node.endpoint}", flush=True)
+        if node.metrics_url:
+            print(f"metrics on {node.metrics_url}", flush=True)
         return await signals.wait()
     finally:
         await close_agent(agent)

@@ -153,6 +153,14 @@ class DiscoveryServer:
         except InvalidArgument as exc:
             return _error(corr, ErrorCode.BAD_REQUEST, str(exc))
 
+    def stats(self) -> dict[str, Any]:
+        """Drops by reason (refused registrations included) and the directory's size."""
+        return {
+            "name": self.identity.name,
+            "drops": dict(self.drops),
+            "entries": len(self.directory),
+        }
+
     def _events_info(self) -> dict[str, Any]:
         """Where JOIN/LEAVE/UPDATE events are published, and the key to read them."""
         key = self._events_key

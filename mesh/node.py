@@ -56,6 +56,7 @@ from .topics import ANNOUNCE_TIMEOUT_S, Topics
 from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
 
 log = logging.getLogger("mesh")
+STATS_METHOD = "mesh.stats"
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
 DEFAULT_STREAM_WINDOW = 64
@@ -150,6 +151,7 @@ class Node:
         self._tracing = tracing()  # None unless opentelemetry-api is installed
         self._runner = HandlerRunner(self._send_to_peer)
         self._runner.tracing = self._tracing
+        self._runner.add(STATS_METHOD, self._stats_handler)  # for mesh status
         self._inbound: Inbound | None = None
         self._inbound_sessions: dict[bytes, Session] = {}
         self._connections: dict[str, Connection] = {}
@@ -269,7 +271,8 @@ class Node:
         await self.close()
 
     def _registration(self) -> dict[str, Any]:
-        capabilities = sorted(set(self.capabilities) | set(self._runner.handlers))
+        offered = {name for name in self._runner.handlers if name != STATS_METHOD}
+        capabilities = sorted(set(self.capabilities) | offered)
         return {
             "endpoint": self.endpoint,
             "capabilities": capabilities,
@@ -811,6 +814,15 @@ class Node:
         return min(live, key=lambda info: self._outstanding[info.name]).name
 
     # ------------------------------------------------------------------ introspection
+
+    async def _stats_handler(self, body: Any) -> dict[str, Any]:
+        """``mesh.stats``: this node's :meth:`stats` for ``mesh status`` (any member of the
+        mesh may ask: it reveals counters, not traffic)."""
+        found = self.stats()
+        found["uptime_s"] = round((now_ms() - self.started_ms) / 1000, 3)
+        for figures in found["calls"].values():
+            figures.pop("latency", None)  # the raw histogram: too big for a status line
+        return found
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: drops by reason, sessions, and per peer the calls in flight and credit.

@@ -1,0 +1,59 @@
+"""``mesh status`` against real processes: what it shows, and a node going down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mesh.node import Node
+from tests.processes import ROOT
+
+
+def status(home, discovery: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "status", "--discovery", discovery, "--timeout", "1",
+         *extra],
+        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_status_shows_the_mesh_and_a_node_going_down(spawn, discovery, home):
+    alpha = spawn("run", "echo", "--name", "alpha", "--discovery", discovery)
+    beta = spawn("run", "echo", "--name", "beta", "--discovery", discovery)
+    alpha.endpoint(), beta.endpoint()
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        for i in range(5):
+            await node.request("alpha", "echo", i, timeout=10)
+    done = status(home, discovery, "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert {"alpha", "beta"} <= set(rows)
+    assert rows["alpha"]["state"] == "up" and rows["alpha"]["rtt_ms"] > 0
+    assert rows["alpha"]["requests"] >= 5 and rows["alpha"]["host"] == "127.0.0.1"
+    assert rows["beta"]["drops"] == {} and rows["beta"]["errors"] == 0
+
+    beta.kill()
+    killed = time.monotonic()
+    done = status(home, discovery, "--json")  # still registered (its lease), but silent
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert rows["beta"]["state"].startswith("unreachable"), rows["beta"]
+    assert rows["alpha"]["state"] == "up"
+    assert time.monotonic() - killed < 20  # one look, bounded by --timeout per node
+
+    plain = status(home, discovery)
+    assert plain.returncode == 0 and "alpha" in plain.stdout and "unreachable" in plain.stdout
+
+
+def test_status_errors_are_one_line(home):
+    done = status(home, "tcp://127.0.0.1:9", "--timeout", "-1")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "mesh: error: --timeout and --watch take a positive number of seconds"
+    ]
