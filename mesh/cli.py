@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import cli_bench, cli_deadletters, cli_launch, cli_live, cli_status
+from .completion import script as completion_script
 from .errors import MeshError
 from .identity import Certificate, Identity
 from .keystore import default_mesh_dir, mesh_directory
+from .logs import configure as configure_logs
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -30,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not hasattr(args, "agent_options"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.agent_options = extra
+    if args.verbose or args.log_json:
+        configure_logs(args.verbose, args.log_json)
     try:
         return int(args.run(args) or 0)
     except MeshError as exc:
@@ -60,9 +65,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"mesh directory (default: $MESH_HOME or {default_mesh_dir()})",
     )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=_env_verbosity(),
+        help="log more (-v info, -vv debug) to stderr (default: $MESH_LOG: info or debug)",
+    )  # fmt: skip
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    init = commands.add_parser("init", help="create the mesh authority (idempotent)")
+    init = commands.add_parser(
+        "init",
+        help="create the mesh authority (idempotent)",
+        description="Create this mesh's authority key (kept here; other hosts need only "
+        "authority.pub). Examples: mesh init; mesh --mesh /srv/mesh init",
+    )
     init.set_defaults(run=_cmd_init)
 
     issue = commands.add_parser(
@@ -80,7 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     issue.set_defaults(run=_cmd_issue)
 
-    show = commands.add_parser("show", help="show the authority or an identity")
+    show = commands.add_parser(
+        "show",
+        help="show the authority or an identity",
+        description="Examples: mesh show; mesh show alice --json",
+    )
     show.add_argument("name", nargs="?", help="identity to show (default: the authority)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(run=_cmd_show)
@@ -89,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         "selfcheck",
         help="handshake, seal and open in this process",
         description="Run a handshake between two identities of the "
-        "mesh and seal, open, tamper with and replay envelopes.",
+        "mesh and seal, open, tamper with and replay envelopes. Examples: mesh selfcheck; "
+        "mesh selfcheck --json",
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(run=_cmd_selfcheck)
@@ -97,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="start a local mesh and show it working",
         description="Start a discovery node and three echo agents as "
-        "processes, call them, and stop them.",
+        "processes, call them, and stop them. Example: mesh demo",
     )
     demo.set_defaults(run=_cmd_demo)
     cli_live.add_commands(commands)
@@ -105,7 +125,19 @@ def _parser() -> argparse.ArgumentParser:
     cli_launch.add_commands(commands)
     cli_bench.add_commands(commands)
     cli_status.add_commands(commands)
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Examples: source <(mesh completion bash); "
+        "mesh completion zsh > ~/.mesh-completion.zsh",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(run=lambda args: print(completion_script(parser, args.shell)) or 0)
     return parser
+
+
+def _env_verbosity() -> int:
+    return {"info": 1, "debug": 2}.get(os.environ.get("MESH_LOG", "").lower(), 0)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

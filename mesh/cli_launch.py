@@ -30,7 +30,8 @@ def add_commands(commands: Any) -> None:
     keygen = commands.add_parser(
         "keygen",
         help="make NAME's keys here for a certificate from elsewhere (prints public keys)",
-        description="Run by mesh launch on each host: the secret keys stay on this host.",
+        description="Run by mesh launch on each host: the secret keys stay on this host. "
+        "Example: mesh keygen worker-1 (prints the public keys as JSON)",
     )
     keygen.add_argument("name")
     keygen.set_defaults(run=_keygen)
@@ -38,7 +39,8 @@ def add_commands(commands: Any) -> None:
     install = commands.add_parser(
         "install",
         help="install NAME's certificate and the authority's public key",
-        description="Run by mesh launch on each host after keygen.",
+        description="Run by mesh launch on each host after keygen. Example: mesh install "
+        "worker-1 --certificate HEX --authority HEX",
     )
     install.add_argument("name")
     install.add_argument("--certificate", required=True, help="hex")

@@ -120,10 +120,16 @@ def _metrics_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=_env_int(ENV_METRICS_PORT),
+        default=None,
         help="serve Prometheus metrics on this port at 127.0.0.1/metrics (needs "
         "prometheus-client; default: $MESH_METRICS_PORT, or none)",
     )
+
+
+def _metrics_port(args: argparse.Namespace) -> int | None:
+    if args.metrics_port is not None:
+        return int(args.metrics_port)
+    return _env_int(ENV_METRICS_PORT)
 
 
 def _env_int(name: str) -> int | None:
@@ -204,10 +210,11 @@ async def _discovery(args: argparse.Namespace) -> int:
     signals = StopSignals()
     async with DiscoveryServer(bind=args.bind, mesh=mesh_directory(args.mesh)) as server:
         metrics = None
-        if args.metrics_port is not None:
+        port = _metrics_port(args)
+        if port is not None:
             from .metrics import MetricsServer
 
-            metrics = MetricsServer(server.stats, args.metrics_port, "127.0.0.1")
+            metrics = MetricsServer(server.stats, port, "127.0.0.1")
         print(f"discovery serving on {server.endpoint}", flush=True)
         if metrics is not None:
             print(f"metrics on http://127.0.0.1:{metrics.port}/metrics", flush=True)
@@ -231,7 +238,7 @@ async def _agent(args: argparse.Namespace) -> int:
         "heartbeat": args.heartbeat,
         "lease_ms": args.lease_ms,
         "window": Window(args.window),
-        "metrics_port": args.metrics_port,
+        "metrics_port": _metrics_port(args),
     }
     if hasattr(factory, "from_command_line"):  # an agents.Agent class: it owns its node
         return await _agent_class(factory, args.agent_options, node_options)

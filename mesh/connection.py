@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from .session import Session, SessionTable
 from .telemetry import Traffic
 from .wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind
 
+log = logging.getLogger("mesh.connection")
 CONNECT_TIMEOUT_S = 5.0
 # one-way messages sent in one turn of the event loop go out as one frame (protocol.md 11.1):
 # at most this many, this many bytes of rows, and only rows this small (larger ones go alone)
@@ -151,6 +153,7 @@ class Connection:
             raise
         self.last_heard = asyncio.get_running_loop().time()
         self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"beat {self.endpoint}"))
+        log.info("connected to %s", self.name, extra={"peer": self.name, "endpoint": self.endpoint})
 
     async def _exchange(self, frames: list[bytes]) -> list[bytes]:
         """Send a handshake-level frame (retrying until connected) and await the answer."""
@@ -448,6 +451,9 @@ class Connection:
         """The peer is gone: fail every call in flight with PeerLost and close."""
         if self.closed:
             return
+        log.info(
+            "lost %s: %s", self.name, reason, extra={"peer": self.name, "calls": len(self.calls)}
+        )
         calls, self.calls = self.calls, {}
         for call in calls.values():
             self._finish(call, error=PeerLost(reason, peer=self.name, method=call.method))

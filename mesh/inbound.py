@@ -9,6 +9,7 @@ authenticated (a REJECT is the only answer, and only for refusals a peer can act
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from .session import Session, SessionTable
 from .wire import PROTOCOL_VERSION, FrameType
 
 OnMessages = Callable[[Session, Opened], None]
+log = logging.getLogger("mesh.inbound")
 _SEALED, _HELLO, _CERT_REQUEST = FrameType.SEALED, FrameType.HELLO, FrameType.CERT_REQUEST
 _CERT_REQUEST_FRAME = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
 
@@ -77,6 +79,8 @@ class Inbound:
             self.handle(frames)
         except ProtocolError as error:
             self._drops[error.reason] += 1
+            if log.isEnabledFor(logging.DEBUG):  # per frame: one level check otherwise
+                log.debug("dropped a frame: %s", error, extra={"reason": error.reason})
 
     def handle(self, frames: list[bytes]) -> None:
         if len(frames) < 2 or len(frames[1]) < 2:
@@ -112,6 +116,7 @@ class Inbound:
         self._routes[session.recv_id] = routing
         self._by_routing[routing] = session
         self._send_raw([routing, *welcome])
+        log.info("session with %s", session.peer.name, extra={"peer": session.peer.name})
         if self._on_session is not None:
             self._on_session(session)
 
