@@ -12,9 +12,11 @@ responder. Streamed replies, blocking callers and topic fan-out are left out for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import struct
 import sys
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +26,7 @@ from .errors import InvalidArgument
 SKIPPED = ("stream", "blocking", "fan-out")  # steps RabbitMQ does not run here
 QUEUES = ("bench.echo", "bench.sink", "bench.count")
 CONNECT_TIMEOUT_S = 10.0
+STARTING_S = 30.0  # a broker that just opened its port may still refuse AMQP for a while
 CALL_TIMEOUT_S = 30.0
 
 
@@ -68,11 +71,21 @@ class RabbitTarget:
 
     @classmethod
     async def connect(cls, url: str) -> RabbitTarget:
-        target = cls()
         await reachable(url)
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            await target._open(url)
-        return target
+        deadline = time.monotonic() + STARTING_S
+        while True:
+            target = cls()
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await target._open(url)
+                return target
+            except (InvalidArgument, TimeoutError) as exc:
+                await target.close()
+                if time.monotonic() > deadline:
+                    raise InvalidArgument(
+                        f"rabbitmq at {url} did not open a session: {exc}"
+                    ) from None
+                await asyncio.sleep(0.5)
 
     async def _open(self, url: str) -> None:
         """pika's callbacks, each step turned into an await."""
@@ -136,14 +149,23 @@ class RabbitTarget:
 
     async def close(self) -> None:
         if self._connection is not None and not self._connection.is_closed:
-            self._connection.close()
+            with contextlib.suppress(Exception):  # pika refuses to close a half-open one
+                self._connection.close()
             await asyncio.sleep(0)
 
 
 def respond(url: str) -> None:
     """The responder: echo, sink and count, each reply to ``reply_to`` with the same id."""
     pika = _pika()
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    deadline = time.monotonic() + STARTING_S
+    while True:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(url))
+            break
+        except pika.exceptions.AMQPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     channel = connection.channel()
     for queue in QUEUES:
         channel.queue_declare(queue, auto_delete=True)

@@ -25,22 +25,21 @@ from typing import Any
 import zmq
 
 from . import sockets
+from .callers import Callers
 from .codec import Message
 from .connection import Call, Connection, next_msg_id, stream_end
 from .delivery import AT_MOST_ONCE, MODES, Deliveries
 from .discovery_client import DiscoveryClient
-from .envelope import Opened
 from .errors import (
     DiscoveryUnavailable,
     InvalidArgument,
-    MeshError,
     NodeClosed,
     PeerLost,
     PeerNotFound,
     RequestTimeout,
 )
-from .flow import ReceiveCredit, Window
-from .handlers import Handler, HandlerRunner, error_message
+from .flow import Window
+from .handlers import Handler
 from .identity import Certificate, Identity, Trust
 from .inbound import Inbound, cancel_and_wait, now_ms
 from .keystore import MeshDirectory, mesh_directory
@@ -48,12 +47,12 @@ from .metrics import MetricsServer
 from .outbox import DeliveryStore
 from .peers import PeerDirectory, PeerInfo
 from .sequencer import DEFAULT_HOLD_S
-from .session import Session, SessionTable
+from .session import SessionTable
 from .subjects import validate_pattern
 from .subscription import DEFAULT_QUEUE, Subscription
 from .telemetry import CallStats, Traffic, client_span, tracing
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
-from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, ErrorCode, Kind
+from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, Kind
 
 log = logging.getLogger("mesh")
 STATS_METHOD = "mesh.stats"
@@ -141,19 +140,18 @@ class Node:
         self._register = register
         self.window = window or Window()
         self.peer_windows = dict(peer_windows or {})
-        self._inflow: dict[bytes, ReceiveCredit] = {}  # per inbound session: what we grant
         self._urls = _discovery_urls(discovery)
         self._context = context or sockets.shared_context()
         self._table = SessionTable()
         self.drops: Counter[str] = Counter()
         self.traffic = Traffic()  # messages and bytes by kind, each way
         self.call_stats = CallStats()  # per peer called: latency and outcomes
+        self._callers = Callers(self.drops, self.traffic, self.window_for)
         self._tracing = tracing()  # None unless opentelemetry-api is installed
-        self._runner = HandlerRunner(self._send_to_peer)
+        self._runner = self._callers.runner
         self._runner.tracing = self._tracing
         self._runner.add(STATS_METHOD, self._stats_handler)  # for mesh status
         self._inbound: Inbound | None = None
-        self._inbound_sessions: dict[bytes, Session] = {}
         self._connections: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self.known = PeerDirectory(self.trust, self.drops)
@@ -170,10 +168,11 @@ class Node:
             outbox,
             self._resolve,
             self._runner,
-            self._send_to_peer,
+            self._callers.send_to_peer,
             self.publish if publish_dead_letters else None,
             gap_hold_s,
         )
+        self._callers.deliveries = self._deliveries
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,9 +184,9 @@ class Node:
             self.trust,
             self._table,
             self._bind,
-            self._on_inbound,
+            self._callers.on_frame,
             self.drops,
-            self._on_inbound_session,
+            self._callers.on_session,
             self.window_for,
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
@@ -202,8 +201,9 @@ class Node:
             resolve=self._resolve,
             lookup=self._lookup if self._urls else None,
             reregister=self._reregister,
-            reply=self._send_to_peer,
+            reply=self._callers.send_to_peer,
         )
+        self._callers.inbound, self._callers.topics = self._inbound, self._topics
         self._inbound.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"{self.name} gc"))
         if self._urls:
@@ -319,121 +319,6 @@ class Node:
     def window_for(self, peer: Certificate) -> Window:
         """The credit window this node grants ``peer``: its own entry, or the default."""
         return self.peer_windows.get(peer.name, self.window)
-
-    def _on_inbound_session(self, session: Session) -> None:
-        """A caller handshook (first contact, reconnect or rekey): answer on the new key,
-        with a fresh credit window (credit never carries over between sessions)."""
-        self._inbound_sessions[session.peer.node_id] = session
-        self._inflow[session.recv_id] = ReceiveCredit(self.window_for(session.peer))
-
-    def _on_inbound(self, session: Session, opened: Opened) -> None:
-        self.traffic.received(opened.messages, opened.size)
-        peer_id = session.peer.node_id
-        if session.retired_ms is None:  # a late frame on a replaced key must not revive it
-            self._inbound_sessions[peer_id] = session
-        credited = sum(1 for m in opened.messages if m.kind == Kind.REQUEST or m.kind == Kind.SEND)
-        admitted = False
-        if credited:  # one frame, coalesced or not: k messages and its size (protocol 11.1)
-            inflow = self._inflow.get(session.recv_id)
-            admitted = inflow is not None and inflow.receive(opened.size, credited)
-        size = opened.size  # charged to the first credited message, 0 to the others
-        for message in opened.messages:
-            kind = message.kind
-            if kind == Kind.REQUEST or kind == Kind.SEND:
-                if not admitted:
-                    self._refuse(session, message)
-                elif message.meta is not None and "dlv" in message.meta:
-                    self._start_delivery(session, message, size)
-                else:
-                    self._start_handler(session, message, size)
-                size = 0
-            elif kind == Kind.PING:
-                self._send_to_peer(peer_id, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
-            elif kind == Kind.CANCEL:
-                self._runner.cancel(peer_id, message.corr_id)
-            elif kind == Kind.CREDIT:
-                if message.corr_id:
-                    self._runner.grant(peer_id, message.corr_id, message.body)
-            elif kind == Kind.SUBSCRIBE and self._topics is not None:
-                self._send_on(session, [self._topics.answer_subscribe(message)])
-            elif kind == Kind.TOPIC_OFFER and self._topics is not None:
-                self._topics.on_offer(session, message)
-            elif kind == Kind.BYE:
-                if self._topics is not None:
-                    self._topics.on_goodbye(session)
-                self._runner.cancel_peer(peer_id)
-                self._inbound_sessions.pop(peer_id, None)
-                self._inflow.pop(session.recv_id, None)
-                assert self._inbound is not None
-                self._inbound.forget(session)
-            else:
-                self.drops["unexpected_kind"] += 1
-
-    def _refuse(self, session: Session, message: Message) -> None:
-        """The caller ignored our window: refuse, visibly. A reliable message is not acked
-        (its sender will try again); a plain REQUEST is answered NO_CREDIT."""
-        self.drops["no_credit"] += 1
-        if message.kind == Kind.REQUEST and not (message.meta and "dlv" in message.meta):
-            self._send_to_peer(
-                session.peer.node_id,
-                [error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")],
-            )
-
-    def _start_handler(self, session: Session, message: Message, size: int) -> None:
-        """Run an admitted REQUEST or SEND; grant back when the handler has consumed it."""
-        inflow = self._inflow[session.recv_id]
-
-        def consumed(reply_follows: bool) -> None:
-            inflow.consume(size)
-            if not reply_follows:  # nothing to carry the grant: send it alone when due
-                self._flush_grant(session)
-
-        self._runner.start(session.peer.node_id, session.peer.name, message, consumed)
-
-    def _start_delivery(self, session: Session, message: Message, size: int) -> None:
-        """A reliable message (``meta.dlv``): in order and deduplicated, acked when handled."""
-        inflow = self._inflow[session.recv_id]
-
-        def consumed() -> None:
-            inflow.consume(size)
-
-        peer = session.peer
-        self._deliveries.receive(peer.node_id, peer.name, message, consumed)
-
-    def _flush_grant(self, session: Session) -> None:
-        inflow = self._inflow.get(session.recv_id)
-        if inflow is not None and inflow.due() != (0, 0):
-            self._send_on(session, [Message(Kind.CREDIT, next_msg_id())])
-
-    def _send_to_peer(self, peer_id: bytes, messages: list[Message]) -> int:
-        """Send to the newest inbound session of a peer (it may have reconnected)."""
-        session = self._inbound_sessions.get(peer_id)
-        if session is None:
-            return 0
-        return self._send_on(session, messages)
-
-    def _send_on(self, session: Session, messages: list[Message]) -> int:
-        """Seal and send, with any credit grant that is due riding along; bytes sent."""
-        if self._inbound is None:
-            return 0
-        inflow = self._inflow.get(session.recv_id)
-        grant = inflow.due() if inflow is not None else (0, 0)
-        try:
-            sent = self._inbound.send(session, messages, grant)
-        except MeshError as exc:  # a reply the codec cannot carry becomes an error
-            text = f"reply cannot be sent: {exc}"
-            error = error_message(messages[0].corr_id, ErrorCode.HANDLER_FAILED, text)
-            messages = [error]
-            try:
-                sent = self._inbound.send(session, messages, grant)
-            except MeshError:
-                self.drops["unsendable"] += 1
-                return 0
-        if sent:
-            self.traffic.sent(messages, sent)
-            if inflow is not None and grant != (0, 0):
-                inflow.granted(grant)
-        return sent
 
     # ------------------------------------------------------------------ calling
 
@@ -837,17 +722,6 @@ class Node:
         the replies (``latency``: the histogram itself). The keys are stable: Prometheus
         (``metrics_port``) and ``mesh status`` read them.
         """
-        callers = {}
-        for session in self._inbound_sessions.values():
-            inflow = self._inflow.get(session.recv_id)
-            if inflow is not None:
-                held_messages, held_bytes = inflow.held()
-                callers[session.peer.name] = {
-                    "held_messages": held_messages,
-                    "held_bytes": held_bytes,
-                    "granted_messages": inflow.granted_messages,
-                    "granted_bytes": inflow.granted_bytes,
-                }
         return {
             "name": self.name,
             "endpoint": self.endpoint,
@@ -863,7 +737,7 @@ class Node:
                 }
                 for name, c in self._connections.items()
             },
-            "callers": callers,
+            "callers": self._callers.stats(),
             "handler_failures": self._runner.failures,
             "duplicates": self._runner.duplicates,
             "directory_events": self.known.events_seen,
@@ -879,6 +753,4 @@ class Node:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             for session in self._table.expire(now_ms()):
-                self._inflow.pop(session.recv_id, None)
-                if self._inbound is not None:
-                    self._inbound.forget(session)
+                self._callers.forget(session)
