@@ -50,7 +50,7 @@ from .sequencer import DEFAULT_HOLD_S
 from .session import SessionTable
 from .subjects import validate_pattern
 from .subscription import DEFAULT_QUEUE, Subscription
-from .telemetry import CallStats, Traffic, client_span, tracing
+from .telemetry import CallStats, Traffic, client_span, stream_span, tracing
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
 from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, Kind
 
@@ -412,15 +412,23 @@ class Node:
         most ``window`` chunks ahead of this reader: credit is granted as chunks are taken
         here, so a reader that stops reading pauses the generator."""
         method = _method(method, capability)
-        connection, msg_id, call = await self._start(
-            peer,
-            capability,
-            method,
-            body,
-            timeout=timeout,
-            block=True,
-            window=Window(window, DEFAULT_STREAM_BYTES),
-        )
+        otel = self._tracing.tracer() if self._tracing is not None else None
+        span, meta = stream_span(otel, peer or f"capability:{capability}", method)
+        try:
+            connection, msg_id, call = await self._start(
+                peer,
+                capability,
+                method,
+                body,
+                timeout=timeout,
+                block=True,
+                window=Window(window, DEFAULT_STREAM_BYTES),
+                meta=meta,
+            )
+        except BaseException:
+            if span is not None:
+                span.end()
+            raise
         assert call.queue is not None
         end = stream_end()
         try:
@@ -444,6 +452,8 @@ class Node:
             self._outstanding[connection.name] -= 1
             if msg_id in connection.calls:
                 connection.cancel_call(msg_id)
+            if span is not None:
+                span.end()
 
     async def _start(
         self,

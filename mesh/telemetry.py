@@ -142,6 +142,29 @@ def client_span(otel: Any, peer: str, method: str) -> Iterator[dict[str, Any] | 
         yield {TRACEPARENT: carrier[TRACEPARENT]} if TRACEPARENT in carrier else None
 
 
+def stream_span(otel: Any, peer: str, method: str) -> tuple[Any, dict[str, Any] | None]:
+    """A CLIENT span for a streamed call and the ``meta`` carrying it, or (None, None).
+
+    Started, not made current: a stream is read across an async generator's yields, and a
+    context set inside one would leak into whatever the reader does between chunks. The
+    caller ends it when the stream ends."""
+    if otel is None:
+        return None, None
+    from opentelemetry import trace
+    from opentelemetry.propagate import inject
+
+    span = otel.start_span(
+        f"mesh.stream {method}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"rpc.system": "agent-mesh", "rpc.method": method, "peer.name": peer},
+    )
+    if not span.is_recording():
+        return span, None
+    carrier: dict[str, str] = {}
+    inject(carrier, context=trace.set_span_in_context(span))
+    return span, ({TRACEPARENT: carrier[TRACEPARENT]} if TRACEPARENT in carrier else None)
+
+
 @contextlib.contextmanager
 def server_span(otel: Any, message: Message, peer: str) -> Iterator[None]:
     """A SERVER span around a handler, the child of the caller's span when the request

@@ -80,6 +80,10 @@ def test_a_request_through_two_hops_is_one_trace():
     handled = spans["mesh.handle relay/SERVER"]
     inner = spans["mesh.request echo/CLIENT"]
     last = spans["mesh.handle echo/SERVER"]
+    stream, generated = spans["mesh.stream count/CLIENT"], spans["mesh.handle count/SERVER"]
+    assert generated["parent"] == stream["span"] and generated["trace"] == stream["trace"]
+    assert stream["parent"] is None and stream["trace"] != first["trace"]  # a trace of its own
+    del spans["mesh.stream count/CLIENT"], spans["mesh.handle count/SERVER"]
     assert len({s["trace"] for s in spans.values()}) == 1  # one trace
     assert first["parent"] is None
     assert handled["parent"] == first["span"]  # across the wire, via traceparent

@@ -1,6 +1,7 @@
 """Run by test_telemetry in its own process (a tracer provider can be set once per process):
 three nodes, a request from ``front`` to ``middle``'s ``relay``, which calls ``back``'s
-``echo``; prints every finished span as one JSON line."""
+``echo``, then a stream from ``front`` of ``middle``'s ``count``; prints every finished span
+as one JSON line."""
 
 from __future__ import annotations
 
@@ -38,11 +39,17 @@ async def main() -> None:
             async def relay(body: object) -> object:
                 return await middle.request("back", "echo", body, timeout=10)
 
+            async def count(body: int):
+                for i in range(body):
+                    yield i
+
             back.handler("echo", echo)
             middle.handler("relay", relay)
+            middle.handler("count", count)
             middle.add_peer(back.identity.require_certificate(), back.endpoint)
             front.add_peer(middle.identity.require_certificate(), middle.endpoint)
             assert await front.request("middle", "relay", "traced", timeout=10) == "traced"
+            assert [i async for i in front.stream("middle", "count", 3, timeout=10)] == [0, 1, 2]
     for span in exporter.get_finished_spans():
         parent = span.parent.span_id if span.parent is not None else None
         print(json.dumps({
