@@ -121,6 +121,12 @@ class CertificateExpired(Unauthorized):
     reason = "cert_expired"
 
 
+class HandshakeBusy(HandshakeFailed):
+    """Too many HELLOs from one source: refused before any work (REJECT 5, busy)."""
+
+    reason = "handshake_busy"
+
+
 class HandshakeRejected(HandshakeFailed):
     """The peer answered our HELLO with a REJECT carrying ``code``."""
 

@@ -41,6 +41,7 @@ from .errors import (
     AuthenticationFailed,
     CertificateExpired,
     ClockSkew,
+    HandshakeBusy,
     HandshakeFailed,
     HandshakeRejected,
     MalformedEnvelope,
@@ -452,4 +453,5 @@ _REJECT_CODES: dict[type, RejectCode] = {
     Unauthorized: RejectCode.UNTRUSTED_CERTIFICATE,
     CertificateExpired: RejectCode.CERTIFICATE_EXPIRED,
     ClockSkew: RejectCode.CLOCK_SKEW,
+    HandshakeBusy: RejectCode.BUSY,
 }

@@ -19,10 +19,11 @@ import zmq
 from . import sockets
 from .codec import Message
 from .envelope import Opened
-from .errors import ProtocolError
+from .errors import HandshakeBusy, ProtocolError
 from .flow import Window
 from .handshake import Responder
 from .identity import Certificate, Identity, Trust
+from .ratelimit import RateLimiter
 from .reactor import Reactor
 from .session import Session, SessionTable
 from .wire import PROTOCOL_VERSION, FrameType
@@ -53,6 +54,7 @@ class Inbound:
         window_for: Callable[[Certificate], Window] | None = None,
     ) -> None:
         self.socket, self.endpoint = sockets.router(context, bind)
+        self._hellos = RateLimiter()  # per connection: a HELLO costs two public-key operations
         self._identity = identity
         self._table = table
         choose = window_for or (lambda _certificate: Window())
@@ -107,6 +109,8 @@ class Inbound:
     def _hello(self, routing: bytes, frames: Sequence[bytes]) -> None:
         previous = self._by_routing.get(routing)  # a rekey on the same connection
         try:
+            if not self._hellos.allow(routing, time.monotonic()):
+                raise HandshakeBusy("too many handshakes from this connection")
             session, welcome = self._responder.receive(frames, now_ms(), previous)
         except ProtocolError as error:
             reject = Responder.reject_frames(frames, error)

@@ -209,20 +209,29 @@ def test_msgpack_bombs_are_dropped(target, bomb):
 
 
 def test_a_flood_of_handshakes_from_strangers_leaves_no_state(target):
-    """Unauthenticated peers get no session and no memory: state stays as it was."""
+    """Unauthenticated peers get no session and no memory, and one connection's flood is cut
+    to its rate (REJECT 5, busy, before any public-key work) while others handshake freely."""
     other = Authority.generate()
     sessions = target.loop.call(lambda: target.victim.stats()["sessions"])
     flooder = target.peer(target.mesh.identity("flooder"))
     count = 2000
-    before = target.drops("unauthorized")
+    before = target.drops("unauthorized") + target.drops("handshake_busy")
+    busy_before = target.drops("handshake_busy")
     for index in range(count):
         stranger = other.issue_for(Identity.generate(f"s{index}"), not_before=int(time.time()))
         flooder.identity = stranger
         flooder.send(flooder.hello().hello_frames())
-    until(lambda: target.drops("unauthorized") >= before + count, 60)
-    assert target.drops("unauthorized") == before + count
+
+    def refused() -> int:
+        return target.drops("unauthorized") + target.drops("handshake_busy")
+
+    until(lambda: refused() >= before + count, 60)
+    assert refused() == before + count
+    assert target.drops("handshake_busy") - busy_before >= count // 2  # most never cost work
+    busy = flooder.receive(lambda f: f[0][1:3] == bytes([FrameType.REJECT, 5]))
+    assert busy  # the flooder was told: busy
     assert target.loop.call(lambda: target.victim.stats()["sessions"]) == sessions
-    still_serving(target)
+    still_serving(target)  # another connection, at once: the limit is per source
 
 
 def test_clock_skew_beyond_the_bound_is_refused(target):
