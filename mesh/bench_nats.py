@@ -14,8 +14,8 @@ import asyncio
 import struct
 import sys
 from typing import Any
-from urllib.parse import urlsplit
 
+from .bench_targets import reachable
 from .codec import Blob
 from .errors import InvalidArgument
 
@@ -62,11 +62,9 @@ async def connect(url: str) -> Any:
     """A nats-py connection, or one InvalidArgument line (nats-py itself would retry an
     unreachable server forever, logging each try)."""
     nats = _nats()
-    address = urlsplit(url)
+    await reachable(url, 4222, "nats-server")
     try:
         async with asyncio.timeout(10):
-            _, writer = await asyncio.open_connection(address.hostname, address.port or 4222)
-            writer.close()
             return await nats.connect(url, allow_reconnect=False, connect_timeout=5)
     except (OSError, TimeoutError) as exc:
         raise InvalidArgument(f"cannot reach nats-server at {url}: {exc}") from exc

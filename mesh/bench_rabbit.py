@@ -18,8 +18,8 @@ import struct
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
+from .bench_targets import reachable
 from .codec import Blob
 from .errors import InvalidArgument
 
@@ -46,17 +46,6 @@ def _bytes(body: Any) -> bytes:
     return bytes(body)
 
 
-async def reachable(url: str) -> None:
-    """One InvalidArgument line unless a broker answers TCP at ``url``."""
-    address = urlsplit(url)
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            _, writer = await asyncio.open_connection(address.hostname, address.port or 5672)
-            writer.close()
-    except (OSError, TimeoutError) as exc:
-        raise InvalidArgument(f"cannot reach rabbitmq-server at {url}: {exc}") from exc
-
-
 class RabbitTarget:
     name = "rabbitmq"
     skipped = SKIPPED
@@ -71,7 +60,7 @@ class RabbitTarget:
 
     @classmethod
     async def connect(cls, url: str) -> RabbitTarget:
-        await reachable(url)
+        await reachable(url, 5672, "rabbitmq-server", CONNECT_TIMEOUT_S)
         deadline = time.monotonic() + STARTING_S
         while True:
             target = cls()

@@ -15,17 +15,33 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
 
 from .codec import Blob
+from .errors import InvalidArgument
 from .identity import Certificate, Identity
 from .node import Node
 from .sync import SyncNode
 
 SERVER = "bench-server"
 BLOB_FROM = 4096  # bodies this large travel as attachments, as a user would send them
+
+
+async def reachable(url: str, default_port: int, server: str, timeout: float = 10.0) -> None:
+    """One InvalidArgument line unless something answers TCP at ``url``: broker clients
+    would otherwise retry an unreachable server for a long time, or forever."""
+    address = urlsplit(url)
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                address.hostname, address.port or default_port
+            )
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        raise InvalidArgument(f"cannot reach {server} at {url}: {exc}") from exc
 
 
 def body_of(size: int) -> Any:

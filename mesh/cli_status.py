@@ -65,11 +65,12 @@ def _show(rows: list[dict[str, Any]], as_json: bool, status: Any) -> None:
     if as_json:
         print(json.dumps(rows), flush=True)
         return
-    try:
-        from rich.console import Console
-    except ImportError:
-        Console = None  # noqa: N806
-    if Console is None or not sys.stdout.isatty():  # pipes and logs get plain columns
-        print(status.table(rows), flush=True)
-        return
-    Console().print(status.rich_table(rows))
+    if sys.stdout.isatty():  # pipes and logs get plain columns
+        try:
+            from rich.console import Console
+        except ImportError:
+            pass
+        else:
+            Console().print(status.rich_table(rows))
+            return
+    print(status.table(rows), flush=True)

@@ -81,9 +81,7 @@ def test_an_unreachable_nats_server_is_one_line(tmp_path):
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="scripts/bench-peers installs it")
 def test_nats_runs_beside_the_mesh_when_its_server_is_up(tmp_path):
     pytest.importorskip("nats", reason="nats-py is installed by scripts/bench-peers")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     server = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -140,9 +138,7 @@ def test_an_unreachable_rabbitmq_is_one_line():
 )
 def test_rabbitmq_rpc_runs_beside_the_mesh_when_its_server_is_up(tmp_path):
     pytest.importorskip("pika", reason="pika comes with the dev extra")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     server = subprocess.Popen(
         [str(ROOT / "scripts" / "rabbitmq-loopback"), str(port), str(tmp_path / "rabbitmq")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -166,6 +162,12 @@ def test_rabbitmq_rpc_runs_beside_the_mesh_when_its_server_is_up(tmp_path):
     finally:
         server.terminate()
         server.wait(60)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _wait_for_port(port: int, seconds: float) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -40,12 +39,10 @@ async def test_status_shows_the_mesh_and_a_node_going_down(spawn, discovery, hom
     assert rows["beta"]["drops"] == {} and rows["beta"]["errors"] == 0
 
     beta.kill()
-    killed = time.monotonic()
     done = status(home, discovery, "--json")  # still registered (its lease), but silent
     rows = {row["name"]: row for row in json.loads(done.stdout)}
     assert rows["beta"]["state"].startswith("unreachable"), rows["beta"]
     assert rows["alpha"]["state"] == "up"
-    assert time.monotonic() - killed < 20  # one look, bounded by --timeout per node
 
     plain = status(home, discovery)
     assert plain.returncode == 0 and "alpha" in plain.stdout and "unreachable" in plain.stdout
