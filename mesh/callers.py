@@ -1,14 +1,17 @@
 """The callee side of a node: who is calling, the credit each caller gets, and what arrives.
 
-Each caller's newest inbound session is where answers go (a caller may have reconnected or
-rekeyed); each session has its own receive credit (protocol.md 11.1), charged per frame as it
-arrives and given back as handlers consume. Calls go to the handler runner or, when they
+Answers to a request go back on the connection it came on (its newest session, a rekey
+replaces the key); two processes sharing one identity each get their own. Each session has
+its own receive credit (protocol.md 11.1), charged per frame as it arrives and given back as
+handlers consume. A certified node holds at most ``MAX_SESSIONS_PER_PEER`` sessions here (the
+oldest goes), so however many connections a member opens, what it can make this node hold
+is bounded per member, not per connection. Calls go to the handler runner or, when they
 carry ``meta.dlv``, to reliable delivery; topic requests to the node's topics.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,7 +20,7 @@ from .connection import next_msg_id
 from .envelope import Opened
 from .errors import MeshError
 from .flow import ReceiveCredit, Window
-from .handlers import HandlerRunner, error_message
+from .handlers import Caller, HandlerRunner, error_message
 from .identity import Certificate
 from .inbound import Inbound
 from .session import Session
@@ -27,6 +30,8 @@ from .wire import ErrorCode, Kind
 if TYPE_CHECKING:
     from .delivery import Deliveries
     from .topics import Topics
+
+MAX_SESSIONS_PER_PEER = 16  # live inbound sessions per certified node (its processes, rekeys)
 
 
 class Callers:
@@ -41,7 +46,9 @@ class Callers:
         self._window_for = window_for
         self.sessions: dict[bytes, Session] = {}  # newest inbound session per peer node id
         self.inflow: dict[bytes, ReceiveCredit] = {}  # per inbound session: what we grant
-        self.runner = HandlerRunner(self.send_to_peer)
+        self._by_peer: dict[bytes, OrderedDict[bytes, Session]] = {}  # node id -> sessions
+        self._caller_of: dict[bytes, Caller] = {}  # per inbound session
+        self.runner = HandlerRunner(self.send_to_caller, self._same_connection)
         self.deliveries: Deliveries | None = None
         self.inbound: Inbound | None = None
         self.topics: Topics | None = None
@@ -49,14 +56,26 @@ class Callers:
     def on_session(self, session: Session) -> None:
         """A caller handshook (first contact, reconnect or rekey): answer on the new key,
         with a fresh credit window (credit never carries over between sessions)."""
-        self.sessions[session.peer.node_id] = session
+        peer_id = session.peer.node_id
+        self.sessions[peer_id] = session
         self.inflow[session.recv_id] = ReceiveCredit(self._window_for(session.peer))
+        self._caller_of[session.recv_id] = Caller(session)
+        held = self._by_peer.setdefault(peer_id, OrderedDict())
+        held[session.recv_id] = session
+        while len(held) > MAX_SESSIONS_PER_PEER:
+            _, oldest = held.popitem(last=False)
+            self._drops["sessions_per_peer"] += 1
+            self.forget(oldest)
 
     def on_frame(self, session: Session, opened: Opened) -> None:
         """Everything that arrives on an inbound session: calls under credit, pings,
         cancels, stream credit, topic requests, goodbyes."""
         self._traffic.received(opened.messages, opened.size)
         peer_id = session.peer.node_id
+        caller = self._caller_of.get(session.recv_id)
+        if caller is None:  # forgotten (expired, or beyond the per-peer bound): not served
+            self._drops["forgotten_session"] += 1
+            return
         if session.retired_ms is None:  # a late frame on a replaced key must not revive it
             self.sessions[peer_id] = session
         credited = sum(1 for m in opened.messages if m.kind == Kind.REQUEST or m.kind == Kind.SEND)
@@ -69,19 +88,19 @@ class Callers:
             kind = message.kind
             if kind == Kind.REQUEST or kind == Kind.SEND:
                 if not admitted:
-                    self._refuse(session, message)
+                    self._refuse(caller, message)
                 elif message.meta is not None and "dlv" in message.meta:
-                    self._start_delivery(session, message, size)
+                    self._start_delivery(caller, message, size)
                 else:
-                    self._start_handler(session, message, size)
+                    self._start_handler(caller, message, size)
                 size = 0
             elif kind == Kind.PING:
-                self.send_to_peer(peer_id, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
+                self.send_on(session, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
             elif kind == Kind.CANCEL:
-                self.runner.cancel(peer_id, message.corr_id)
+                self.runner.cancel(caller, message.corr_id)
             elif kind == Kind.CREDIT:
                 if message.corr_id:
-                    self.runner.grant(peer_id, message.corr_id, message.body)
+                    self.runner.grant(caller, message.corr_id, message.body)
             elif kind == Kind.SUBSCRIBE and self.topics is not None:
                 self.send_on(session, [self.topics.answer_subscribe(message)])
             elif kind == Kind.TOPIC_OFFER and self.topics is not None:
@@ -89,45 +108,40 @@ class Callers:
             elif kind == Kind.BYE:
                 if self.topics is not None:
                     self.topics.on_goodbye(session)
-                self.runner.cancel_peer(peer_id)
-                self.sessions.pop(peer_id, None)
-                self.inflow.pop(session.recv_id, None)
-                assert self.inbound is not None
-                self.inbound.forget(session)
+                self.runner.cancel_peer(caller)
+                self.forget(session)
             else:
                 self._drops["unexpected_kind"] += 1
 
-    def _refuse(self, session: Session, message: Message) -> None:
+    def _refuse(self, caller: Caller, message: Message) -> None:
         """The caller ignored our window: refuse, visibly. A reliable message is not acked
         (its sender will try again); a plain REQUEST is answered NO_CREDIT."""
         self._drops["no_credit"] += 1
         if message.kind == Kind.REQUEST and not (message.meta and "dlv" in message.meta):
-            self.send_to_peer(
-                session.peer.node_id,
-                [error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")],
-            )
+            error = error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")
+            self.send_to_caller(caller, [error])
 
-    def _start_handler(self, session: Session, message: Message, size: int) -> None:
+    def _start_handler(self, caller: Caller, message: Message, size: int) -> None:
         """Run an admitted REQUEST or SEND; grant back when the handler has consumed it."""
+        session = caller.session
         inflow = self.inflow[session.recv_id]
 
         def consumed(reply_follows: bool) -> None:
             inflow.consume(size)
             if not reply_follows:  # nothing to carry the grant: send it alone when due
-                self._flush_grant(session)
+                self._flush_grant(self._current(session))
 
-        self.runner.start(session.peer.node_id, session.peer.name, message, consumed)
+        self.runner.start(caller, message, consumed)
 
-    def _start_delivery(self, session: Session, message: Message, size: int) -> None:
+    def _start_delivery(self, caller: Caller, message: Message, size: int) -> None:
         """A reliable message (``meta.dlv``): in order and deduplicated, acked when handled."""
-        inflow = self.inflow[session.recv_id]
+        inflow = self.inflow[caller.session.recv_id]
 
         def consumed() -> None:
             inflow.consume(size)
 
-        peer = session.peer
         assert self.deliveries is not None
-        self.deliveries.receive(peer.node_id, peer.name, message, consumed)
+        self.deliveries.receive(caller, message, consumed)
 
     def _flush_grant(self, session: Session) -> None:
         inflow = self.inflow.get(session.recv_id)
@@ -140,6 +154,21 @@ class Callers:
         if session is None:
             return 0
         return self.send_on(session, messages)
+
+    def send_to_caller(self, caller: Caller, messages: list[Message]) -> int:
+        """Answer on the connection the caller's request came on; bytes sent, 0 if gone."""
+        return self.send_on(self._current(caller.session), messages)
+
+    def _current(self, session: Session) -> Session:
+        return self.inbound.newest_on_connection(session) if self.inbound else session
+
+    def _same_connection(self, a: Caller, b: Caller) -> bool:
+        if a.session is b.session:
+            return True
+        if self.inbound is None or a.node_id != b.node_id:
+            return False
+        route = self.inbound.connection_of(a.session)
+        return route is not None and route == self.inbound.connection_of(b.session)
 
     def send_on(self, session: Session, messages: list[Message]) -> int:
         """Seal and send, with any credit grant that is due riding along; bytes sent."""
@@ -165,8 +194,22 @@ class Callers:
         return sent
 
     def forget(self, session: Session) -> None:
-        """A session expired: its credit state goes with it."""
+        """A session ended (BYE, expiry, or beyond the per-peer bound): its credit state
+        goes with it, and answers for that node go to another of its sessions if any."""
+        peer_id = session.peer.node_id
         self.inflow.pop(session.recv_id, None)
+        self._caller_of.pop(session.recv_id, None)
+        held = self._by_peer.get(peer_id)
+        if held is not None:
+            held.pop(session.recv_id, None)
+            if not held:
+                del self._by_peer[peer_id]
+        if self.sessions.get(peer_id) is session:
+            others = list(held.values()) if held else []
+            if others:
+                self.sessions[peer_id] = others[-1]
+            else:
+                del self.sessions[peer_id]
         if self.inbound is not None:
             self.inbound.forget(session)
 

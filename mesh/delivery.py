@@ -6,7 +6,10 @@ its REPLY (empty) is the ack, sent after the handler finished. The sender keeps 
 per receiver: messages numbered in send order, each retried with backoff (same message id,
 same number) until acked, until its deadline passes (dead letter ``deadline``, or
 ``peer_gone`` if the peer could not be reached), or until its handler has failed
-``max_attempts`` times (``handler_failed``); ``no_such_method`` at once. Durable messages
+``max_attempts`` times (``handler_failed``); ``no_such_method`` and ``refused`` at once, and
+``unsendable`` when the body stopped being encodable after ``send`` checked it. Any other
+failure of an attempt is retried until the deadline: a lane's task never dies of one. The
+reasons are :class:`DeadReason` (stored and shown as their string values). Durable messages
 are written to the :class:`~mesh.outbox.DeliveryStore` first and resumed after a restart.
 At most ``LANE_WINDOW`` messages per lane are in flight; ``send`` waits when a lane holds
 ``LANE_LIMIT`` unacknowledged messages, so a dead peer never grows memory without bound.
@@ -16,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import Message
+from .codec import Message, encode_payload
 from .connection import Connection, next_msg_id
 from .errors import (
     CallError,
@@ -35,9 +38,9 @@ from .errors import (
     PeerNotFound,
     RemoteError,
 )
-from .handlers import HandlerRunner, error_code, error_message
+from .handlers import Caller, HandlerRunner, error_code, error_message
 from .outbox import DeliveryStore, now_ms, pack_body
-from .sequencer import DEFAULT_HOLD_S, Sequencer
+from .sequencer import DEFAULT_HOLD_S, KEPT, Arrival, Sequencer
 from .wire import ErrorCode, Kind
 
 AT_MOST_ONCE = "at_most_once"
@@ -54,6 +57,18 @@ LANE_LIMIT = 10_000
 RETRY_POLL_S = 1.0
 MAX_STREAMS = 10_000  # receiving streams remembered (LRU, idle ones only)
 DEADLETTERS_TOPIC = "deadletters"
+
+
+class DeadReason(enum.StrEnum):
+    """Why a reliable message became a dead letter (the values are stored in the delivery
+    store and shown by ``mesh deadletters``: they never change)."""
+
+    DEADLINE = "deadline"  # not acked before its deadline
+    PEER_GONE = "peer_gone"  # the deadline passed while the peer could not be reached
+    HANDLER_FAILED = "handler_failed"  # the receiver's handler failed max_attempts times
+    NO_SUCH_METHOD = "no_such_method"  # the receiver has no handler for it
+    REFUSED = "refused"  # the receiver answered another error (bad request, overloaded...)
+    UNSENDABLE = "unsendable"  # the body could no longer be encoded when it was sent
 
 
 @dataclass
@@ -93,6 +108,7 @@ class Lane:
 
 
 Resolve = Callable[[str], Awaitable[Connection]]
+Held = tuple[Message, Callable[[], None], Caller]  # a message, its credit's return, its sender
 
 
 class Deliveries:
@@ -103,7 +119,7 @@ class Deliveries:
         store_path: str | os.PathLike[str],
         resolve: Resolve,
         runner: HandlerRunner,
-        reply: Callable[[bytes, list[Message]], int],
+        reply: Callable[[Caller, list[Message]], int],
         publish: Callable[[str, Any], Awaitable[int]] | None = None,
         hold_s: float = DEFAULT_HOLD_S,
     ) -> None:
@@ -114,7 +130,7 @@ class Deliveries:
         self._reply = reply
         self._publish = publish
         self._lanes: dict[tuple[str, bool], Lane] = {}
-        self._inbox: OrderedDict[tuple[bytes, int], Sequencer[Any]] = OrderedDict()
+        self._inbox: OrderedDict[tuple[bytes, int], Sequencer[Held]] = OrderedDict()
         self._workers: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._wakeups: dict[tuple[bytes, int], asyncio.Event] = {}
         self._hold_s = hold_s
@@ -171,6 +187,9 @@ class Deliveries:
         attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
         if deadline_s <= 0 or attempts < 1:
             raise InvalidArgument("deadline must be positive and max_attempts at least 1")
+        # Encoded once here, as every attempt will: a body the codec refuses (a set, say)
+        # is the caller's mistake now, not a lane task dying on its first attempt.
+        encode_payload([Message(Kind.REQUEST, 0, name=method, body=body, meta={"dlv": [0, 0, 0]})])
         packed = pack_body(body) if mode == DURABLE else None
         lane = self._lane(peer, durable=mode == DURABLE)
         async with lane.room:
@@ -207,42 +226,50 @@ class Deliveries:
         task.add_done_callback(lane.tasks.discard)
 
     async def _deliver(self, lane: Lane, letter: Letter) -> None:
-        async with lane.in_flight:
-            reason, detail = await self._attempts(lane, letter)
-        if reason:
-            await self._bury(letter, reason, detail)
-        else:
-            lane.counts["acked"] += 1
-            if letter.row is not None:
-                self.store.acked(letter.row)
-        del lane.letters[letter.seq]
-        async with lane.room:
-            lane.room.notify_all()
+        try:
+            async with lane.in_flight:
+                reason, detail = await self._attempts(lane, letter)
+            if reason is not None:
+                await self._bury(letter, reason, detail)
+            else:
+                lane.counts["acked"] += 1
+                if letter.row is not None:
+                    self.store.acked(letter.row)
+        finally:  # settled (or the store failed, or we close): the lane must not wait on it
+            lane.letters.pop(letter.seq, None)
+            async with lane.room:
+                lane.room.notify_all()
 
-    async def _attempts(self, lane: Lane, letter: Letter) -> tuple[str, str]:
-        """Send until acked (``("", "")``) or given up (reason, detail)."""
+    async def _attempts(self, lane: Lane, letter: Letter) -> tuple[DeadReason | None, str]:
+        """Send until acked (``(None, "")``) or given up (reason, detail). Raises nothing
+        but CancelledError: whatever an attempt raises ends in a retry or a reason."""
         backoff = RETRY_S
         detail = ""
         while True:
             left_s = (letter.deadline_ms - now_ms()) / 1000
             if left_s <= 0:
-                return ("peer_gone" if letter.unreachable else "deadline"), detail
+                reason = DeadReason.PEER_GONE if letter.unreachable else DeadReason.DEADLINE
+                return reason, detail
             try:
                 await self._try_once(lane, letter, min(left_s, ACK_WAIT_S))
-                return "", ""
+                return None, ""
             except NoSuchMethod as exc:
-                return "no_such_method", str(exc)
+                return DeadReason.NO_SUCH_METHOD, str(exc)
             except RemoteError as exc:
                 if exc.code != ErrorCode.HANDLER_FAILED:
-                    return "refused", f"{exc.remote_type or exc.code}: {exc}"
+                    return DeadReason.REFUSED, f"{exc.remote_type or exc.code}: {exc}"
                 letter.failures += 1
                 detail = f"{exc.remote_type or 'error'}: {exc}"
                 if letter.failures >= letter.max_attempts:
-                    return "handler_failed", detail
+                    return DeadReason.HANDLER_FAILED, detail
             except (PeerNotFound, PeerLost, DiscoveryUnavailable) as exc:
                 letter.unreachable, detail = True, str(exc)
             except (TimeoutError, CallError) as exc:  # unreachable says where it stopped
                 detail = str(exc) or ("peer unreachable" if letter.unreachable else "no ack")
+            except InvalidBody as exc:  # mutated after send() checked it: no retry helps
+                return DeadReason.UNSENDABLE, str(exc)
+            except Exception as exc:  # unforeseen: retried until the deadline, then buried
+                detail = f"{type(exc).__name__}: {exc}"
             lane.counts["retries"] += 1
             await asyncio.sleep(min(backoff, max(left_s, 0.0)))
             backoff = min(backoff * 2, RETRY_MAX_S)
@@ -263,20 +290,20 @@ class Deliveries:
             finally:
                 connection.calls.pop(letter.msg_id, None)
 
-    async def _bury(self, letter: Letter, reason: str, detail: str) -> None:
-        self.dead[reason] += 1
+    async def _bury(self, letter: Letter, reason: DeadReason, detail: str) -> None:
+        self.dead[reason.value] += 1
         try:
             body: bytes | None = pack_body(letter.body)
         except InvalidBody:  # an attachment: the dead letter keeps everything else
             body, detail = None, f"{detail} (body not kept: not plain msgpack)"
         letter_id = self.store.bury(
-            letter.peer, letter.method, body, reason, detail, letter.failures or letter.sends,
+            letter.peer, letter.method, body, reason.value, detail, letter.failures or letter.sends,
             letter.created_ms, letter.row,
         )  # fmt: skip
         if self._publish is not None:
             note = {"id": letter_id, "peer": letter.peer, "method": letter.method}
             with contextlib.suppress(Exception):  # a notice, not the dead letter itself
-                await self._publish(DEADLETTERS_TOPIC, {**note, "reason": reason})
+                await self._publish(DEADLETTERS_TOPIC, {**note, "reason": reason.value})
 
     async def _poll_retries(self) -> None:
         """Dead letters marked for retry (``mesh deadletters retry``) go out again, durably."""
@@ -298,10 +325,15 @@ class Deliveries:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(
-        self, peer_id: bytes, peer_name: str, message: Message, consumed: Callable[[], None]
-    ) -> None:
-        """A reliable message arrived: ack a duplicate, hold or run it in order."""
+    def receive(self, caller: Caller, message: Message, consumed: Callable[[], None]) -> None:
+        """A reliable message arrived: ack a duplicate, hold or run it in order. Acks go to
+        the caller (its connection) each message came from.
+
+        ``consumed`` returns the message's credit. It is called exactly once per arrival:
+        after its handler ran (or failed: a retry is a new arrival), at once for a
+        duplicate, a copy of the running one, a bad ``dlv`` or a drop by the sequencer's
+        bounds, and when the sequencer lets a held one go (a newer copy replaces it, the
+        sender gave up on it, or a lower one displaces it)."""
         dlv = (message.meta or {}).get("dlv")
         if not (
             isinstance(dlv, list)
@@ -309,28 +341,32 @@ class Deliveries:
             and all(type(n) is int and 0 <= n < 2**63 for n in dlv)
         ):
             consumed()
-            self._reply(peer_id, [error_message(message.msg_id, ErrorCode.BAD_REQUEST, "bad dlv")])
+            self._reply(caller, [error_message(message.msg_id, ErrorCode.BAD_REQUEST, "bad dlv")])
             return
         stream, seq, low = dlv
-        key = (peer_id, stream)
+        key = (caller.node_id, stream)
         sequencer = self._inbox.get(key)
         if sequencer is None:
             sequencer = self._inbox[key] = Sequencer(self._hold_s)
             self._forget_idle_streams()
         else:
             self._inbox.move_to_end(key)
-        verdict = sequencer.arrive(seq, low, (message, consumed), time.monotonic())
-        if verdict in ("duplicate", "busy"):
+        now = asyncio.get_running_loop().time()
+        outcome = sequencer.arrive(seq, low, (message, consumed, caller), now)
+        for _, let_go, _ in outcome.released:
+            let_go()  # not acked: its sender retries it, or has given it up
+        if outcome.verdict not in KEPT:
             consumed()
-            if verdict == "duplicate":
+            if outcome.verdict is Arrival.DUPLICATE:
                 self.received["duplicates_suppressed"] += 1
-                self._reply(peer_id, [Message(Kind.REPLY, next_msg_id(), message.msg_id)])
+                self._reply(caller, [Message(Kind.REPLY, next_msg_id(), message.msg_id)])
+        if not sequencer.held:
             return
         if key in self._workers:
             self._wakeups[key].set()  # it may be waiting out a gap that this closed
         else:
             self._wakeups[key] = asyncio.Event()
-            self._workers[key] = asyncio.create_task(self._work(key, peer_name, sequencer))
+            self._workers[key] = asyncio.create_task(self._work(key, sequencer))
 
     def _forget_idle_streams(self) -> None:
         """Keep at most MAX_STREAMS streams (every sender restart starts new ones): the
@@ -344,17 +380,19 @@ class Deliveries:
             if key not in self._workers and not sequencer.held and sequencer.running is None:
                 self.received["gaps_forgotten"] += sequencer.gaps
                 self.received["late_forgotten"] += sequencer.late
+                self.received["dropped_forgotten"] += sequencer.dropped
                 del self._inbox[key]
                 excess -= 1
 
-    async def _work(
-        self, key: tuple[bytes, int], peer_name: str, sequencer: Sequencer[Any]
-    ) -> None:
+    async def _work(self, key: tuple[bytes, int], sequencer: Sequencer[Held]) -> None:
         """Run one stream's messages one at a time, in order; ends when nothing is held."""
-        peer_id = key[0]
+        clock = asyncio.get_running_loop().time
         try:
             while True:
-                ready = sequencer.next(time.monotonic())
+                now = clock()
+                for _, let_go, _ in sequencer.overdue(now):
+                    let_go()  # held too long and no gap could be reported: its sender retries
+                ready = sequencer.next(now)
                 if ready is None:
                     due = sequencer.deadline()
                     if due is None:
@@ -362,15 +400,15 @@ class Deliveries:
                     wakeup = self._wakeups[key]
                     wakeup.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(due - time.monotonic(), 0.0)):
+                        async with asyncio.timeout(max(due - clock(), 0.0)):
                             await wakeup.wait()
                     continue
-                seq, (message, consumed) = ready
-                ok, answer = await self._handle(peer_name, message)
-                sequencer.done(seq, ok, time.monotonic())
+                seq, (message, consumed, caller) = ready
+                ok, answer = await self._handle(caller.name, message)
+                sequencer.done(seq, ok, clock())
                 self.received["handled" if ok else "failed"] += 1
                 consumed()
-                self._reply(peer_id, [answer])
+                self._reply(caller, [answer])
         finally:
             self._workers.pop(key, None)
             self._wakeups.pop(key, None)
@@ -412,6 +450,8 @@ class Deliveries:
                 "duplicates_suppressed": self.received["duplicates_suppressed"],
                 "gaps": self.received["gaps_forgotten"] + sum(s.gaps for s in self._inbox.values()),
                 "late": self.received["late_forgotten"] + sum(s.late for s in self._inbox.values()),
+                "dropped": self.received["dropped_forgotten"]
+                + sum(s.dropped for s in self._inbox.values()),
                 "streams": len(self._inbox),
             },
             "dead_letters": dict(self.dead),

@@ -2,8 +2,14 @@
 
 Pure: every method takes ``now_ms``. A registration comes from an authenticated session,
 so the certificate in it has already been verified by the handshake; the directory adds the
-one rule a handshake cannot: a live name belongs to one set of keys (a second registration
-of a live name with other keys is a conflict). Leases expire unless renewed.
+rule a handshake cannot: a live name belongs to one process. A process is told apart by
+what its registration carries, its keys, ``endpoint`` and ``started_ms``: the same process
+registering again (a renewal, new capabilities or topics, a reconnect, a restarted discovery
+node) refreshes its entry; another process under a live name is a conflict, whether it has
+other keys or the same ones (two ``mesh run --name echo-1``). Leases expire unless renewed,
+and an expired or unregistered name is free again. Whether a holder is gone before its lease
+ran out is for the discovery server to judge (it knows the holder's connection), see
+:meth:`Directory.holder`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ class Entry:
     @property
     def name(self) -> str:
         return self.certificate.name
+
+    @property
+    def registration(self) -> tuple[str, int]:
+        """What tells this process's registration from another's under the same keys."""
+        return (self.endpoint, self.started_ms)
+
+    def same_process(self, other: Entry) -> bool:
+        return (
+            self.certificate.node_id == other.certificate.node_id
+            and self.registration == other.registration
+        )
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -96,6 +113,22 @@ def parse_registration(certificate: Certificate, body: Any, now_ms: int) -> Entr
     )
 
 
+def parse_registration_key(body: Any) -> tuple[str, int] | None:
+    """The ``{endpoint, started_ms}`` a RENEW or UNREGISTER names its registration by; None
+    for a nil body (an older node: its keys alone say which entry it means)."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise InvalidArgument("RENEW and UNREGISTER take nil or {endpoint, started_ms}")
+    endpoint, started = body.get("endpoint"), body.get("started_ms")
+    if (
+        not (isinstance(endpoint, str) and len(endpoint) <= MAX_ENDPOINT_LEN)
+        or type(started) is not int
+    ):
+        raise InvalidArgument("endpoint must be a string and started_ms an integer")
+    return (endpoint, started)
+
+
 def _names(value: Any, validate: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_TOPICS:
         raise InvalidArgument(f"{what} must be a list of at most {MAX_TOPICS} names")
@@ -111,26 +144,59 @@ class Directory:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def holder(self, entry: Entry) -> Entry | None:
+        """The entry of another process holding ``entry``'s name, or None: the name is free
+        or held by ``entry``'s own process. Call :meth:`expire` first: an expired lease holds
+        nothing."""
+        current = self._entries.get(entry.name)
+        if current is None or current.same_process(entry):
+            return None
+        return current
+
     def register(self, entry: Entry) -> str:
-        """Add or refresh ``entry``; returns the event: ``"JOIN"`` or ``"UPDATE"``."""
+        """Add or refresh ``entry``; returns the event: ``"JOIN"`` or ``"UPDATE"``. Raises
+        NameConflict while another process holds the name (see :meth:`holder`)."""
         current = self._entries.get(entry.name)
         if current is not None and current.certificate.node_id != entry.certificate.node_id:
             raise NameConflict(f"name {entry.name!r} is live with other keys", peer=entry.name)
+        if current is not None and not current.same_process(entry):
+            raise NameConflict(
+                f"name {entry.name!r} is live in another process (at {current.endpoint}); "
+                "stop it or pick another name",
+                peer=entry.name,
+            )
         self._entries[entry.name] = entry
         return "JOIN" if current is None else "UPDATE"
 
-    def renew(self, certificate: Certificate, now_ms: int) -> Entry:
-        entry = self._entries.get(certificate.name)
-        if entry is None or entry.certificate.node_id != certificate.node_id:
+    def renew(
+        self, certificate: Certificate, now_ms: int, registration: tuple[str, int] | None = None
+    ) -> Entry:
+        """Extend the lease of ``certificate``'s entry (of that ``registration`` only, when
+        given: a process whose name passed to another is not registered any more)."""
+        entry = self._entry_of(certificate, registration)
+        if entry is None:
             raise PeerNotFound(f"{certificate.name!r} is not registered", peer=certificate.name)
         entry.expires_ms = now_ms + entry.lease_ms
         return entry
 
-    def unregister(self, certificate: Certificate) -> Entry | None:
+    def unregister(
+        self, certificate: Certificate, registration: tuple[str, int] | None = None
+    ) -> Entry | None:
+        """Remove ``certificate``'s entry (only that ``registration``'s, when given: a process
+        refused under a live name never removes the one that holds it)."""
+        if self._entry_of(certificate, registration) is None:
+            return None
+        return self._entries.pop(certificate.name)
+
+    def _entry_of(
+        self, certificate: Certificate, registration: tuple[str, int] | None
+    ) -> Entry | None:
         entry = self._entries.get(certificate.name)
-        if entry is not None and entry.certificate.node_id == certificate.node_id:
-            return self._entries.pop(certificate.name)
-        return None
+        if entry is None or entry.certificate.node_id != certificate.node_id:
+            return None
+        if registration is not None and entry.registration != registration:
+            return None
+        return entry
 
     def lookup(
         self,

@@ -5,6 +5,12 @@ the mesh authority can register or look anything up. Requests are REGISTER, RENE
 and UNREGISTER messages; answers are REPLY, ENTRIES or ERROR with the request's id as
 ``corr_id``. A discovery node restarted with empty state is simply repopulated: a node whose
 RENEW comes back NOT_FOUND registers again.
+
+A live name belongs to one process (the rule is :mod:`mesh.directory`'s): a second process
+registering it is refused with CONFLICT while the first holds it. The first holds it until it
+unregisters or its lease runs out, or, under the same keys, until the connection it last
+registered or renewed on is gone: a process killed with SIGKILL and started again at once
+gets its name back without waiting for the old lease.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import zmq
 from . import sockets
 from .codec import Message
 from .connection import next_msg_id
-from .directory import Directory, Entry, parse_registration
+from .directory import Directory, Entry, parse_registration, parse_registration_key
 from .envelope import Opened
 from .errors import InvalidArgument, MeshError, NameConflict, PeerNotFound
 from .identity import Identity, Trust
@@ -28,6 +34,7 @@ from .keystore import MeshDirectory, mesh_directory
 from .publish import TopicKey, seal_publish
 from .session import Session, SessionTable
 from .subjects import validate_pattern, validate_topic
+from .transport import ZmqNetwork
 from .wire import DIRECTORY_TOPIC, ErrorCode, Kind
 
 log = logging.getLogger("mesh.discovery")
@@ -51,6 +58,7 @@ class DiscoveryServer:
         self.identity = identity or directory.identity(name)
         self.trust = trust or directory.verifier()
         self.directory = Directory()
+        self._holders: dict[str, Session] = {}  # name -> session it last registered/renewed on
         self.drops: Counter[str] = Counter()
         self._bind = bind
         self._events_bind = events_bind or bind.rsplit(":", 1)[0] + ":0"
@@ -67,7 +75,7 @@ class DiscoveryServer:
         self._context = zmq.Context()
         self._publisher, self.events_endpoint = sockets.publisher(self._context, self._events_bind)
         self._inbound = Inbound(
-            self._context,
+            ZmqNetwork(self._context),
             self.identity,
             self.trust,
             SessionTable(),
@@ -101,9 +109,47 @@ class DiscoveryServer:
     async def _expire(self) -> None:
         while True:
             await asyncio.sleep(EXPIRE_EVERY_S)
-            for entry in self.directory.expire(now_ms()):
-                log.info("lease of %s expired", entry.name)
-                self._publish("LEAVE", entry)
+            self._sweep(now_ms())
+
+    def _sweep(self, now: int) -> None:
+        for entry in self.directory.expire(now):
+            log.info("lease of %s expired", entry.name)
+            self._left(entry)
+
+    def _left(self, entry: Entry) -> None:
+        self._holders.pop(entry.name, None)
+        self._publish("LEAVE", entry)
+
+    def _register(self, session: Session, body: Any) -> Entry:
+        now = now_ms()
+        entry = parse_registration(session.peer, body, now)
+        self._sweep(now)  # a lease that ran out frees its name now, not at the next sweep
+        holder = self.directory.holder(entry)
+        if holder is not None and self._gone(holder, entry):
+            log.info("%s at %s is gone: its name passes on", holder.name, holder.endpoint)
+            self.directory.unregister(holder.certificate, holder.registration)
+            self._left(holder)
+        event = self.directory.register(entry)  # NameConflict while the holder lives
+        self._holders[entry.name] = session
+        log.info("%s %s at %s", event, entry.name, entry.endpoint)
+        self._publish(event, entry)
+        return entry
+
+    def _gone(self, holder: Entry, newcomer: Entry) -> bool:
+        """Whether ``holder``, a live entry under the newcomer's own keys, belongs to a
+        process that has gone: the connection it last registered or renewed on is closed (a
+        probe sent there is unroutable). A process alive but silent (stopped, cut off) keeps
+        its connection, and its name until its lease runs out; so does a holder with other
+        keys, whatever its connection."""
+        if holder.certificate.node_id != newcomer.certificate.node_id:
+            return False
+        session = self._holders.get(holder.name)
+        if session is None or self._inbound is None:
+            return False
+        try:
+            return self._inbound.send(session, [Message(Kind.PONG, next_msg_id())]) == 0
+        except MeshError:  # its session aged out: no telling, so its lease decides
+            return False
 
     def _on_messages(self, session: Session, opened: Opened) -> None:
         assert self._inbound is not None
@@ -118,10 +164,7 @@ class DiscoveryServer:
         kind, corr = message.kind, message.msg_id
         try:
             if kind == Kind.REGISTER:
-                entry = parse_registration(session.peer, message.body, now_ms())
-                event = self.directory.register(entry)
-                log.info("%s %s at %s", event, entry.name, entry.endpoint)
-                self._publish(event, entry)
+                entry = self._register(session, message.body)
                 return Message(
                     Kind.REPLY,
                     next_msg_id(),
@@ -129,14 +172,17 @@ class DiscoveryServer:
                     body={"lease_ms": entry.lease_ms, "events": self._events_info()},
                 )
             if kind == Kind.RENEW:
-                entry = self.directory.renew(session.peer, now_ms())
+                key = parse_registration_key(message.body)
+                entry = self.directory.renew(session.peer, now_ms(), key)
+                self._holders[entry.name] = session
                 return Message(Kind.REPLY, next_msg_id(), corr, body={"lease_ms": entry.lease_ms})
             if kind == Kind.LOOKUP:
                 return Message(Kind.ENTRIES, next_msg_id(), corr, body=self._lookup(message.body))
             if kind == Kind.UNREGISTER:
-                gone = self.directory.unregister(session.peer)
+                key = parse_registration_key(message.body)
+                gone = self.directory.unregister(session.peer, key)
                 if gone is not None:
-                    self._publish("LEAVE", gone)
+                    self._left(gone)
                 return Message(Kind.REPLY, next_msg_id(), corr)
             if kind == Kind.PING:
                 return Message(Kind.PONG, next_msg_id(), corr)
@@ -145,7 +191,7 @@ class DiscoveryServer:
                 self._inbound.forget(session)
                 return None
             return _error(corr, ErrorCode.BAD_REQUEST, f"discovery does not serve kind {kind}")
-        except NameConflict as exc:  # a live name with other keys: refused, and counted
+        except NameConflict as exc:  # a live name held by another process: refused, counted
             self.drops["name_conflict"] += 1
             return _error(corr, ErrorCode.CONFLICT, str(exc))
         except PeerNotFound as exc:

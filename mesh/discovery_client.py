@@ -5,6 +5,11 @@ each; a RENEW answered NOT_FOUND (the discovery node restarted empty) leads stra
 new REGISTER, so a restarted discovery is repopulated by the live nodes themselves. Lookups
 ask every reachable link; the node merges them by name (the entry started last wins). When
 no link answers, a lookup fails fast with :class:`DiscoveryUnavailable`.
+
+RENEW and UNREGISTER name the registration they mean (its ``endpoint`` and ``started_ms``),
+and a node does not unregister where its registration was refused: a node refused because
+its name is live in another process (NameConflict) leaves that process's entry alone when it
+closes.
 """
 
 from __future__ import annotations
@@ -165,6 +170,7 @@ class DiscoveryClient:
         self._max_skew_ms = max_skew_ms
         self.registration: dict[str, Any] | None = None
         self.lease_ms = 10_000
+        self._refused: set[DiscoveryLink] = set()  # links that answered CONFLICT
 
     async def register(self, registration: dict[str, Any]) -> None:
         """Register with every link. A name conflict anywhere is fatal; an unreachable link
@@ -185,8 +191,10 @@ class DiscoveryClient:
             answer = await link.call(Kind.REGISTER, self.registration)
         except RemoteError as exc:
             if exc.code == ErrorCode.CONFLICT:
+                self._refused.add(link)
                 raise NameConflict(str(exc), peer=(self.registration or {}).get("name")) from exc
             raise
+        self._refused.discard(link)
         if isinstance(answer, dict) and isinstance(answer.get("lease_ms"), int):
             self.lease_ms = answer["lease_ms"]
         if isinstance(answer, dict):
@@ -207,7 +215,7 @@ class DiscoveryClient:
     async def _renew(self, link: DiscoveryLink) -> None:
         with contextlib.suppress(DiscoveryUnavailable, NameConflict, RemoteError):
             try:
-                await link.call(Kind.RENEW, None)
+                await link.call(Kind.RENEW, self._registration_key())
             except RemoteError as exc:
                 if exc.code != ErrorCode.NOT_FOUND:
                     raise
@@ -226,10 +234,22 @@ class DiscoveryClient:
         return [entry for answer in answers for entry in answer if isinstance(entry, dict)]
 
     async def unregister(self) -> None:
+        """Unregister from every link but those that refused the registration."""
+        key = self._registration_key()
+        ours = [link for link in self.links if link not in self._refused]
         await asyncio.gather(
-            *(link.call(Kind.UNREGISTER, None, timeout=1.0) for link in self.links),
+            *(link.call(Kind.UNREGISTER, key, timeout=1.0) for link in ours),
             return_exceptions=True,
         )
+
+    def _registration_key(self) -> dict[str, Any] | None:
+        """Which registration a RENEW or UNREGISTER is about: this process's."""
+        if self.registration is None:
+            return None
+        return {
+            "endpoint": self.registration.get("endpoint"),
+            "started_ms": self.registration.get("started_ms"),
+        }
 
     def close(self) -> None:
         for link in self.links:

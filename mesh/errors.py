@@ -159,6 +159,13 @@ class InvalidName(InvalidArgument):
     """A node name is empty, too long or uses characters outside ``[A-Za-z0-9._-]``."""
 
 
+class LocalProtocolError(MeshError):
+    """This side broke a rule of its own: an object used in the wrong state (a finished
+    handshake asked to finish again, a closed connection asked to send) or an internal
+    invariant that no longer holds (credit consumed twice). A bug or a misuse here, never the
+    peer's fault: it is not counted as a drop and never answered as the caller's BAD_REQUEST."""
+
+
 class SessionExpired(MeshError):
     """The session has reached its hard message or age limit and must not seal more."""
 
@@ -256,6 +263,16 @@ class Overloaded(RemoteError):
 
 class NameConflict(CallError):
     """Discovery refused a registration: the name is live with other keys."""
+
+
+class ReplyTooLarge(CallError):
+    """A plain request to a streaming method collected more chunks than it may hold (the
+    stream's window): read such a method with ``stream()``, which pauses the generator
+    instead of buffering it. ``limit`` is the number of chunks."""
+
+    def __init__(self, message: str, *, limit: int, **fields: str | None) -> None:
+        super().__init__(message, **fields)
+        self.limit = limit
 
 
 class NodeClosed(MeshError):

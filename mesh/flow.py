@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, LocalProtocolError
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,17 @@ class SendCredit:
 
     def charge(self, size: int) -> None:
         """Record one message of ``size`` bytes sent (call only when ``can_send()``)."""
-        self.reserve()
-        self.bytes -= size
+        self.reserve(size)
 
-    def reserve(self) -> None:
-        """Take one message's credit for a message to be coalesced into a frame whose bytes
-        are charged when it is sealed (:meth:`charge_bytes`)."""
-        if not self.can_send():
-            raise InvalidArgument("no credit to charge")
+    def reserve(self, size: int = 0) -> None:
+        """Take one message's credit and ``size`` bytes for a message to be coalesced into a
+        frame; the frame's own overhead is charged when it is sealed (:meth:`charge_bytes`).
+        Charging the rows as they are queued keeps :meth:`can_send` true to what the frame
+        will cost, so a request checked after them is never sent on credit already spent."""
+        if not self.can_send():  # the caller skipped its credit check: our bug, not the peer's
+            raise LocalProtocolError("no credit to charge")
         self.messages -= 1
+        self.bytes -= size
 
     def charge_bytes(self, size: int) -> None:
         self.bytes -= size
@@ -111,13 +113,13 @@ class ReceiveCredit:
     def consume(self, size: int) -> None:
         """The application has taken one received message of ``size`` bytes (of a frame of
         several, the first carries the frame's size and the others 0)."""
+        if (
+            self.consumed_messages + 1 > self.received_messages
+            or self.consumed_bytes + size > self.received_bytes
+        ):  # every arrival is consumed once: a second consume is a bug on this side
+            raise LocalProtocolError("consumed more than was received")
         self.consumed_messages += 1
         self.consumed_bytes += size
-        if (
-            self.consumed_messages > self.received_messages
-            or self.consumed_bytes > self.received_bytes
-        ):
-            raise InvalidArgument("consumed more than was received")
 
     def held(self) -> tuple[int, int]:
         """Received but not yet consumed."""

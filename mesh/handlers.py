@@ -8,7 +8,10 @@ A handler is ``fn(body)`` or ``fn(body, ctx)``:
   STREAM_END. Cancelling the caller's stream cancels the generator here (CANCEL).
 
 Requests are deduplicated by (caller node id, message id): a request retried after a timeout
-runs at most once; its reply is kept for a while and sent again to the retry.
+runs at most once; its reply is kept for a while and sent again to the retry. Answers go back
+to the :class:`Caller` a request came from (its session, so its connection), never merely to
+"the newest session of that node": two processes may share one identity (protocol.md 6.5),
+and each gets its own replies, and a BYE or CANCEL from one never stops the other's work.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .codec import Message
 from .connection import next_msg_id
 from .errors import BadRequest, InvalidArgument, Overloaded
 from .flow import SendCredit, Window
+from .session import Session
 from .telemetry import Tracing, server_span
 from .wire import ErrorCode, Kind
 
@@ -33,6 +37,26 @@ REPLY_CACHE_SIZE = 4096
 REPLY_CACHE_BYTES = 16 * 1024 * 1024
 STREAM_STALL_S = 60.0  # a stream whose reader grants nothing for this long is abandoned
 Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, and where its answers go: the session it arrived on (the
+    callee side follows that connection through rekeys)."""
+
+    session: Session
+
+    @property
+    def node_id(self) -> bytes:
+        return self.session.peer.node_id
+
+    @property
+    def name(self) -> str:
+        return self.session.peer.name
+
+
+SendToCaller = Callable[[Caller, list[Message]], int]  # bytes sent, 0 if not delivered
+SameConnection = Callable[[Caller, Caller], bool]
 
 
 @dataclass(frozen=True)
@@ -118,13 +142,17 @@ def error_message(corr: int, code: int, text: str, remote_type: str | None = Non
 
 
 class HandlerRunner:
-    """Runs handler tasks, remembers running and finished requests, applies CANCEL."""
+    """Runs handler tasks, remembers running and finished requests, applies CANCEL.
 
-    def __init__(self, send: Callable[[bytes, list[Message]], int]) -> None:
-        self._send = send  # (peer node id, messages) -> bytes sent, 0 if not delivered
+    ``send(caller, messages)`` answers a caller; ``same_connection(a, b)`` tells whether
+    two callers are one connection (a rekey gives a connection a new session)."""
+
+    def __init__(self, send: SendToCaller, same_connection: SameConnection | None = None) -> None:
+        self._send = send
+        self._same = same_connection or (lambda a, b: a.session is b.session)
         self.tracing: Tracing | None = None  # when set, handlers run in server spans
         self.handlers: dict[str, HandlerSpec] = {}
-        self._running: dict[tuple[bytes, int], asyncio.Task] = {}
+        self._running: dict[tuple[bytes, int], tuple[asyncio.Task, Caller]] = {}
         self._streams: dict[tuple[bytes, int], StreamCredit] = {}
         self._one_way: set[tuple[bytes, int]] = set()
         self._replies: OrderedDict[tuple[bytes, int], tuple[list[Message], int]] = OrderedDict()
@@ -137,15 +165,13 @@ class HandlerRunner:
             raise InvalidArgument("a handler needs a non-empty method name")
         self.handlers[name] = HandlerSpec.of(function)
 
-    def start(
-        self, peer_id: bytes, peer_name: str, message: Message, on_done: Callable[[bool], None]
-    ) -> None:
+    def start(self, caller: Caller, message: Message, on_done: Callable[[bool], None]) -> None:
         """Begin serving a REQUEST or SEND (or answer a duplicate from the cache).
 
         ``on_done(reply_follows)`` runs when the handler is finished with the message (the
         application has consumed it: flow control grants credit then), just before any
         reply is sent, so the grant rides on the reply."""
-        key = (peer_id, message.msg_id)
+        key = (caller.node_id, message.msg_id)
         if key in self._running:
             self.duplicates += 1
             on_done(False)
@@ -154,17 +180,23 @@ class HandlerRunner:
         if cached is not None:
             self.duplicates += 1
             on_done(True)
-            self._send(peer_id, cached[0])
+            self._send(caller, cached[0])
             return
-        context = CallContext(peer_name, message.name, message.msg_id)
-        task = asyncio.create_task(self._serve(key, message, context, on_done))
-        self._running[key] = task
+        context = CallContext(caller.name, message.name, message.msg_id)
+        task = asyncio.create_task(self._serve(key, caller, message, context, on_done))
+        self._running[key] = (task, caller)
         if message.kind == Kind.SEND:
             self._one_way.add(key)
 
-    def grant(self, peer_id: bytes, stream_id: int, body: object) -> None:
+    def _running_for(self, caller: Caller, msg_id: int) -> tuple[bytes, int] | None:
+        key = (caller.node_id, msg_id)
+        running = self._running.get(key)
+        return key if running is not None and self._same(running[1], caller) else None
+
+    def grant(self, caller: Caller, stream_id: int, body: object) -> None:
         """A CREDIT from a stream's reader: let its generator go on."""
-        stream = self._streams.get((peer_id, stream_id))
+        key = self._running_for(caller, stream_id)
+        stream = self._streams.get(key) if key is not None else None
         if (
             stream is not None
             and isinstance(body, list)
@@ -174,20 +206,22 @@ class HandlerRunner:
             stream.credit.grant(body[0], body[1])
             stream.wake()
 
-    def cancel(self, peer_id: bytes, msg_id: int) -> None:
-        task = self._running.get((peer_id, msg_id))
-        if task is not None:
-            task.cancel()
+    def cancel(self, caller: Caller, msg_id: int) -> None:
+        """A CANCEL: stop the handler of ``msg_id``, if this caller's connection sent it."""
+        key = self._running_for(caller, msg_id)
+        if key is not None:
+            self._running[key][0].cancel()
 
-    def cancel_peer(self, peer_id: bytes) -> None:
+    def cancel_peer(self, caller: Caller) -> None:
         """The caller left (BYE): stop work whose answer nobody will read. One-way messages
-        already accepted are the callee's work now and run to the end."""
-        for key, task in list(self._running.items()):
-            if key[0] == peer_id and key not in self._one_way:
+        already accepted are the callee's work now and run to the end. Only what arrived on
+        that caller's connection: another process under the same name is not leaving."""
+        for key, (task, started_by) in list(self._running.items()):
+            if key not in self._one_way and self._same(started_by, caller):
                 task.cancel()
 
     async def close(self) -> None:
-        tasks = list(self._running.values())
+        tasks = [task for task, _ in self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -195,19 +229,20 @@ class HandlerRunner:
     async def _serve(
         self,
         key: tuple[bytes, int],
+        caller: Caller,
         message: Message,
         context: CallContext,
         on_done: Callable[[bool], None],
     ) -> None:
-        peer_id, corr = key
+        corr = key[1]
         expects_reply = message.kind == Kind.REQUEST
         try:
             otel = self.tracing.tracer() if self.tracing is not None else None
             if otel is None:
-                reply = await self._run(key, message, context, expects_reply)
+                reply = await self._run(key, caller, message, context, expects_reply)
             else:
                 with server_span(otel, message, context.peer):
-                    reply = await self._run(key, message, context, expects_reply)
+                    reply = await self._run(key, caller, message, context, expects_reply)
         except asyncio.CancelledError:
             reply = [error_message(corr, ErrorCode.CANCELLED, "cancelled")] if expects_reply else []
         finally:
@@ -216,12 +251,17 @@ class HandlerRunner:
             self._one_way.discard(key)
         on_done(bool(expects_reply and reply))
         if expects_reply and reply:
-            self._remember(key, reply, self._send(peer_id, reply))
+            self._remember(key, reply, self._send(caller, reply))
 
     async def _run(
-        self, key: tuple[bytes, int], message: Message, context: CallContext, expects_reply: bool
+        self,
+        key: tuple[bytes, int],
+        caller: Caller,
+        message: Message,
+        context: CallContext,
+        expects_reply: bool,
     ) -> list[Message]:
-        peer_id, corr = key
+        corr = key[1]
         spec = self.handlers.get(message.name)
         if spec is None:
             return [
@@ -239,7 +279,7 @@ class HandlerRunner:
                             continue
                         await stream.wait()  # paused until the reader catches up
                         sent = self._send(
-                            peer_id, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
+                            caller, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
                         )
                         if not sent:
                             raise asyncio.CancelledError  # the caller is gone: stop generating

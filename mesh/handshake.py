@@ -20,10 +20,17 @@ Steal a long-term key later and past sessions stay closed (forward secrecy).
 
 Both sides then derive one key per direction from the ephemeral shared secret and a hash
 of both handshake frames. Separate keys mean a frame cannot be reflected back to its sender.
+
+An :class:`Initiator` takes exactly one answer: its :class:`HandshakeState` goes from
+``AWAITING_ANSWER`` to ``ESTABLISHED`` (one session registered) or ``FAILED``, and asking it
+to receive again raises :class:`LocalProtocolError` before it looks at the frame. A second
+session under the same receive id would come with a fresh replay window, so a frame the
+first one accepted would be accepted again.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import struct
@@ -44,6 +51,7 @@ from .errors import (
     HandshakeBusy,
     HandshakeFailed,
     HandshakeRejected,
+    LocalProtocolError,
     MalformedEnvelope,
     ProtocolError,
     ReplayDetected,
@@ -76,6 +84,14 @@ DEFAULT_CREDIT = (1024, 64 * 1024 * 1024)
 MAX_REMEMBERED_HELLOS = 65536
 
 Random = Callable[[int], bytes]
+
+
+class HandshakeState(enum.Enum):
+    """Where an :class:`Initiator` stands; only ``AWAITING_ANSWER`` may receive."""
+
+    AWAITING_ANSWER = "awaiting_answer"
+    ESTABLISHED = "established"
+    FAILED = "failed"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -211,7 +227,13 @@ def _establish(
 
 
 class Initiator:
-    """The calling side of one handshake. Build it, send ``hello``, feed it the answer."""
+    """The calling side of one handshake. Build it, send ``hello``, feed it the answer.
+
+    ``state`` is a :class:`HandshakeState`. One HELLO gets one answer: the caller picks it
+    with :meth:`matches` (cheap) and hands it to :meth:`receive` once; whatever that call
+    decides is final, and a failed handshake is retried with a new :class:`Initiator` (a
+    fresh ephemeral key).
+    """
 
     def __init__(
         self,
@@ -246,6 +268,7 @@ class Initiator:
         nonce = _random(NONCE_SIZE)
         boxed = Box(self._ephemeral, PublicKey(peer.box_public)).encrypt(plaintext, nonce)
         self.hello = clear + nonce + boxed.ciphertext
+        self.state = HandshakeState.AWAITING_ANSWER
 
     @property
     def ephemeral_public(self) -> bytes:
@@ -268,8 +291,25 @@ class Initiator:
     def receive(self, frames: Sequence[Frame], now_ms: int) -> Session:
         """Complete the handshake from a WELCOME; raise a typed error for anything else.
 
-        A REJECT raises :class:`HandshakeRejected`. The session is added to the table.
+        Returns the session, already added to the table; ``state`` is then ``ESTABLISHED``.
+        A REJECT raises :class:`HandshakeRejected`, any other bad answer a
+        :class:`ProtocolError`; ``state`` is then ``FAILED``. Raises
+        :class:`LocalProtocolError`, changing nothing, unless ``state`` is
+        ``AWAITING_ANSWER``: receiving twice is the caller's bug, not the peer's doing.
         """
+        if self.state is not HandshakeState.AWAITING_ANSWER:
+            raise LocalProtocolError(
+                f"this handshake is {self.state.value}: it takes one answer; start a new one"
+            )
+        try:
+            session = self._complete(frames, now_ms)
+        except Exception:
+            self.state = HandshakeState.FAILED
+            raise
+        self.state = HandshakeState.ESTABLISHED
+        return session
+
+    def _complete(self, frames: Sequence[Frame], now_ms: int) -> Session:
         if len(frames) == 1 and len(frames[0]) >= 2 and frames[0][1] == FrameType.REJECT:
             raise _rejection(bytes(frames[0]), self.ephemeral_public)
         data = _frame(frames, FrameType.WELCOME, WELCOME_CLEAR.size + NONCE_SIZE + MAC_SIZE)
@@ -330,7 +370,9 @@ class Responder:
 
     One per node. Its only state is the ephemeral keys of the HELLOs it accepted within the
     clock-skew bound (at most ``MAX_REMEMBERED_HELLOS``): a HELLO seen before is a replay.
-    Older HELLOs fail the skew check, so nothing older needs remembering.
+    Older HELLOs fail the skew check, so nothing older needs remembering. It has no finished
+    state to check: each HELLO is answered whole within one :meth:`receive`, and a second
+    delivery of the same HELLO is the peer's input, refused as ``replay_hello``.
     """
 
     def __init__(

@@ -14,18 +14,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-import zmq
-
-from . import sockets
 from .codec import Message
 from .envelope import Opened
-from .errors import HandshakeBusy, ProtocolError
+from .errors import HandshakeBusy, NodeClosed, ProtocolError
 from .flow import Window
 from .handshake import Responder
 from .identity import Certificate, Identity, Trust
 from .ratelimit import RateLimiter
-from .reactor import Reactor
 from .session import Session, SessionTable
+from .transport import Network, Transport
 from .wire import PROTOCOL_VERSION, FrameType
 
 OnMessages = Callable[[Session, Opened], None]
@@ -43,7 +40,7 @@ class Inbound:
 
     def __init__(
         self,
-        context: zmq.Context,
+        network: Network,
         identity: Identity,
         trust: Trust,
         table: SessionTable,
@@ -53,8 +50,12 @@ class Inbound:
         on_session: Callable[[Session], None] | None = None,
         window_for: Callable[[Certificate], Window] | None = None,
     ) -> None:
-        self.socket, self.endpoint = sockets.router(context, bind)
+        self._listener = network.listen(bind)
+        self.endpoint = self._listener.endpoint
         self._hellos = RateLimiter()  # per connection: a HELLO costs two public-key operations
+        # and per certified node: many connections of one member must not multiply its
+        # sessions (each holds credit and a replay window) beyond what one would get
+        self._peer_hellos = RateLimiter()
         self._identity = identity
         self._table = table
         choose = window_for or (lambda _certificate: Window())
@@ -65,7 +66,7 @@ class Inbound:
         self._on_session = on_session
         self._drops = drops
         self._routes: dict[bytes, bytes] = {}  # session recv id -> ROUTER routing id
-        self._reactor: Reactor | None = None
+        self._transport: Transport | None = None
         self._by_routing: dict[bytes, Session] = {}  # newest session per connection
         self._certificate_frame = (
             bytes([PROTOCOL_VERSION, FrameType.CERTIFICATE])
@@ -74,7 +75,7 @@ class Inbound:
 
     def start(self) -> None:
         """Start reading (call from the event loop's thread)."""
-        self._reactor = Reactor(self.socket, self._receive)
+        self._transport = self._listener.start(self._receive)
 
     def _receive(self, frames: list[bytes]) -> None:
         try:
@@ -112,6 +113,9 @@ class Inbound:
             if not self._hellos.allow(routing, time.monotonic()):
                 raise HandshakeBusy("too many handshakes from this connection")
             session, welcome = self._responder.receive(frames, now_ms(), previous)
+            if not self._peer_hellos.allow(session.peer.node_id, time.monotonic()):
+                self._table.remove(session)
+                raise HandshakeBusy(f"too many handshakes from {session.peer.name}")
         except ProtocolError as error:
             reject = Responder.reject_frames(frames, error)
             if reject is not None:
@@ -137,6 +141,19 @@ class Inbound:
             return 0
         return sum(len(frame) for frame in frames)
 
+    def connection_of(self, session: Session) -> bytes | None:
+        """The connection (ROUTER routing id) a session's frames last came on."""
+        return self._routes.get(session.recv_id)
+
+    def newest_on_connection(self, session: Session) -> Session:
+        """The session that now carries ``session``'s connection: a rekey replaces the key,
+        not the peer process, so answers to work begun under the old key go on the new."""
+        routing = self._routes.get(session.recv_id)
+        newest = self._by_routing.get(routing) if routing is not None else None
+        if newest is not None and newest.peer.node_id == session.peer.node_id:
+            return newest
+        return session
+
     def forget(self, session: Session) -> None:
         routing = self._routes.pop(session.recv_id, None)
         if routing is not None and self._by_routing.get(routing) is session:
@@ -144,16 +161,21 @@ class Inbound:
         self._table.remove(session)
 
     def _send_raw(self, frames: list) -> bool:
-        if self._reactor is not None and self._reactor.send(frames):
-            return True
+        if self._transport is None:
+            return False
+        try:
+            if self._transport.send(frames):
+                return True
+        except NodeClosed:
+            return False  # our own socket is shut: nothing to count against the peer
         self._drops["unroutable"] += 1  # EHOSTUNREACH (peer gone) or EAGAIN (queue full)
         return False
 
     def close(self) -> None:
-        if self._reactor is not None:
-            self._reactor.close()
+        if self._transport is not None:
+            self._transport.close()
         else:
-            self.socket.close()
+            self._listener.close()
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task]) -> None:

@@ -12,16 +12,25 @@ Every file is published with "write a private temporary file, then ``link`` it t
 name": ``link`` fails if the name exists, so when two processes start at the same instant
 exactly one file wins, complete, and both go on to read that one. They end up in one mesh
 with one identity per name, and nobody ever reads a half-written key.
+
+The authority is two files (the secret, then ``authority.pub``), so creating it is one step
+more: it happens under an exclusive ``flock`` on the mesh directory itself. A process that
+finds the mesh incomplete takes the same lock, so it waits (``CREATE_WAIT_S`` at most) for
+the creator to finish instead of reading half a mesh; the kernel drops the lock of a
+process that dies, and the next one completes what it left (``authority.pub`` is derived
+from the secret). Locking the directory, not a lock file, leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +46,8 @@ IDENTITY_KIND = "agent-mesh identity"
 PENDING_KIND = "agent-mesh pending identity"
 NOT_BEFORE_SLACK_S = 300  # certificates start a little in the past, for skewed peers
 EPHEMERAL_LIFETIME_S = 24 * 3600
+CREATE_WAIT_S = 30.0  # how long a process waits for another one creating the same mesh
+LOCK_POLL_S = 0.005
 
 
 def default_mesh_dir() -> Path:
@@ -64,6 +75,33 @@ def publish_file(path: Path, content: bytes, *, secret: bool) -> bool:
         return True
     finally:
         os.unlink(temporary)
+
+
+@contextlib.contextmanager
+def locked_directory(folder: Path, operation: int, wait_s: float | None = None) -> Iterator[None]:
+    """Hold ``flock(operation)`` on ``folder`` itself for the ``with`` block, waiting at most
+    ``wait_s`` (default ``CREATE_WAIT_S``) for another holder: KeyFileError after that (a
+    creator that hangs), never a process stuck for good."""
+    wait_s = CREATE_WAIT_S if wait_s is None else wait_s
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except NotADirectoryError as exc:
+        raise KeyFileError(str(folder), "is not a directory") from exc
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KeyFileError(
+                        str(folder), f"another process has held it locked for {wait_s:g} s"
+                    ) from None
+                time.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def read_secret_file(path: Path) -> bytes:
@@ -126,24 +164,41 @@ class MeshDirectory:
         return self.path / "identities" / f"{validate_name(name)}.key"
 
     def create(self) -> Authority:
-        """Create the mesh authority if there is none; return the authority either way."""
-        if not self.authority_file.exists():
-            fresh = Authority.generate()
-            record = {
-                "kind": AUTHORITY_KIND,
+        """Create the mesh authority if there is none; return the authority either way.
+
+        Safe when several processes call it at once on a fresh machine: one creates, under
+        the directory's lock, and the others wait for it and load the same authority."""
+        if not (self.authority_file.exists() and self.authority_public_file.exists()):
+            self._create_locked()
+        return self.authority()
+
+    def _create_locked(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise KeyFileError(str(self.path), "exists and is not a directory") from exc
+        with locked_directory(self.path, fcntl.LOCK_EX):
+            if not self.authority_file.exists():
+                fresh = Authority.generate()
+                record = {
+                    "kind": AUTHORITY_KIND,
+                    "version": 1,
+                    "signing_seed": bytes(fresh.signing_key).hex(),
+                    "verify_key": fresh.verify_key.hex(),
+                }
+                publish_file(self.authority_file, _dump(record), secret=True)
+            public = {
+                "kind": AUTHORITY_PUBLIC_KIND,
                 "version": 1,
-                "signing_seed": bytes(fresh.signing_key).hex(),
-                "verify_key": fresh.verify_key.hex(),
+                "verify_key": self.authority().verify_key.hex(),
             }
-            publish_file(self.authority_file, _dump(record), secret=True)
-        authority = self.authority()
-        public = {
-            "kind": AUTHORITY_PUBLIC_KIND,
-            "version": 1,
-            "verify_key": authority.verify_key.hex(),
-        }
-        publish_file(self.authority_public_file, _dump(public), secret=False)
-        return authority
+            publish_file(self.authority_public_file, _dump(public), secret=False)
+
+    def verifies_only(self) -> bool:
+        """True on a host that holds ``authority.pub`` but not the secret: it verifies
+        certificates and cannot issue them (``mesh launch`` sets such hosts up). Never true
+        of a mesh half created: the secret is written first."""
+        return self.authority_public_file.exists() and not self.authority_file.exists()
 
     def authority(self) -> Authority:
         """Load the secret authority key (only the machine that issues certificates has it)."""
@@ -155,7 +210,11 @@ class MeshDirectory:
         return Authority(SigningKey(seed))
 
     def trust(self) -> Trust:
-        """The authority's public key, from ``authority.pub`` (all a verifying host needs)."""
+        """The authority's public key, from ``authority.pub`` (all a verifying host needs).
+        Waits for a process creating this mesh right now to finish."""
+        if not self.authority_public_file.exists() and self.path.is_dir():
+            with locked_directory(self.path, fcntl.LOCK_SH):
+                pass
         try:
             raw = self.authority_public_file.read_bytes()
         except FileNotFoundError as exc:
@@ -171,7 +230,7 @@ class MeshDirectory:
     def verifier(self) -> Trust:
         """What a node here trusts: the installed ``authority.pub`` on a host that only
         verifies (``mesh launch`` installs it), else this directory's own authority."""
-        if self.authority_public_file.exists() and not self.authority_file.exists():
+        if self.verifies_only():
             return self.trust()
         return self.create().trust()
 
@@ -180,7 +239,7 @@ class MeshDirectory:
         where the authority lives: a verifying-only host needs it installed)."""
         path = self.identity_file(name)
         if not path.exists():
-            if self.authority_public_file.exists() and not self.authority_file.exists():
+            if self.verifies_only():
                 raise KeyFileError(str(path), "no such identity, and no authority here to issue it")
             authority = self.create()
             fresh = authority.issue_for(
@@ -195,9 +254,11 @@ class MeshDirectory:
         """A fresh identity certified by this mesh's authority and never written to disk.
 
         For short-lived processes such as ``mesh subscribe``: each gets keys of its own, so two
-        of them never collide in discovery, and nothing accumulates in the directory. Needs the
-        authority secret here (KeyFileError otherwise: use a stored identity instead)."""
-        return self.authority().issue_for(
+        of them never collide in discovery, and nothing accumulates in the directory. Creates
+        the mesh on a fresh machine, like :meth:`identity`; on a host that only verifies there
+        is no secret to issue with (KeyFileError: use a stored identity instead)."""
+        authority = self.authority() if self.verifies_only() else self.create()
+        return authority.issue_for(
             Identity.generate(name),
             not_before=int(time.time()) - NOT_BEFORE_SLACK_S,
             lifetime_s=lifetime_s,

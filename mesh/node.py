@@ -52,6 +52,7 @@ from .subjects import validate_pattern
 from .subscription import DEFAULT_QUEUE, Subscription
 from .telemetry import CallStats, Traffic, client_span, stream_span, tracing
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
+from .transport import Network, ZmqNetwork
 from .wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, Kind
 
 log = logging.getLogger("mesh")
@@ -91,7 +92,9 @@ class Node:
     after three), ``register`` (False: use discovery for lookups only, as ``mesh call`` does),
     ``window`` (how much each caller may have unconsumed here; flow control) and
     ``peer_windows`` (the same, per caller name), ``metrics_port`` (serve Prometheus
-    metrics there, on ``metrics_address``; 0 picks a free port, see ``metrics_url``).
+    metrics there, on ``metrics_address``; 0 picks a free port, see ``metrics_url``),
+    ``network`` (what makes the ROUTER and the DEALERs: ZeroMQ by default; the tests pass
+    an in-memory one).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Node:
         gap_hold_s: float = DEFAULT_HOLD_S,
         metrics_port: int | None = None,
         metrics_address: str = "127.0.0.1",
+        network: Network | None = None,
     ) -> None:
         self._metrics_at = (metrics_port, metrics_address)
         self._metrics: MetricsServer | None = None
@@ -142,6 +146,7 @@ class Node:
         self.peer_windows = dict(peer_windows or {})
         self._urls = _discovery_urls(discovery)
         self._context = context or sockets.shared_context()
+        self._network = network or ZmqNetwork(self._context)
         self._table = SessionTable()
         self.drops: Counter[str] = Counter()
         self.traffic = Traffic()  # messages and bytes by kind, each way
@@ -153,7 +158,7 @@ class Node:
         self._runner.add(STATS_METHOD, self._stats_handler)  # for mesh status
         self._inbound: Inbound | None = None
         self._connections: dict[str, Connection] = {}
-        self._connecting: dict[str, asyncio.Future[Connection]] = {}
+        self._connecting: dict[str, asyncio.Task[Connection]] = {}  # one connect per peer
         self.known = PeerDirectory(self.trust, self.drops)
         self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
         self._discovery: DiscoveryClient | None = None
@@ -164,11 +169,12 @@ class Node:
         self.endpoint = ""
         self.started_ms = 0
         self._closed = False
+        self._registered = False  # unregister only what this node registered
         self._deliveries = Deliveries(
             outbox,
             self._resolve,
             self._runner,
-            self._callers.send_to_peer,
+            self._callers.send_to_caller,
             self.publish if publish_dead_letters else None,
             gap_hold_s,
         )
@@ -177,9 +183,20 @@ class Node:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> Node:
-        """Bind, then register with discovery. Returns once the node can be called."""
+        """Bind, then register with discovery. Returns once the node can be called; if a
+        step fails, what the earlier ones opened is closed before the error is raised."""
+        if self._closed or self._inbound is not None:
+            raise NodeClosed("a node starts once: make a new one")
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _open(self) -> None:
         self._inbound = Inbound(
-            self._context,
+            self._network,
             self.identity,
             self.trust,
             self._table,
@@ -215,11 +232,8 @@ class Node:
                 self.trust.max_skew_ms,
             )
         if self._discovery is not None and self._register:
-            try:
-                await self._discovery.register(self._registration())
-            except BaseException:
-                await self.close()
-                raise
+            await self._discovery.register(self._registration())
+            self._registered = True
             self._tasks.append(
                 asyncio.create_task(self._discovery.renew_forever(), name=f"{self.name} renew")
             )
@@ -228,12 +242,7 @@ class Node:
         self._deliveries.resume()
         port, address = self._metrics_at
         if port is not None:
-            try:
-                self._metrics = MetricsServer(self.stats, port, address)
-            except BaseException:
-                await self.close()
-                raise
-        return self
+            self._metrics = MetricsServer(self.stats, port, address)
 
     @property
     def metrics_url(self) -> str | None:
@@ -243,14 +252,19 @@ class Node:
         return f"http://{self._metrics_at[1]}:{self._metrics.port}/metrics"
 
     async def close(self) -> None:
-        """Unregister, say BYE to peers, stop handlers and close every socket."""
+        """Unregister, say BYE to peers, stop handlers and close every socket; returns once
+        every task the node started has ended."""
         if self._closed:
             return
         self._closed = True
         if self._metrics is not None:
             self._metrics.close()
+        connecting = list(self._connecting.values())
+        for task in connecting:
+            task.cancel()
+        await asyncio.gather(*connecting, return_exceptions=True)
         if self._discovery is not None:
-            if self._register:
+            if self._registered:
                 await self._discovery.unregister()
             self._discovery.close()
         if self._topics is not None:
@@ -260,6 +274,7 @@ class Node:
         for connection in list(self._connections.values()):
             connection.say_goodbye()
             connection.lose("node closed")
+        await asyncio.gather(*(c.wait_closed() for c in list(self._connections.values())))
         await cancel_and_wait(self._tasks)
         if self._inbound is not None:
             self._inbound.close()
@@ -630,7 +645,11 @@ class Node:
         return self.known.merge(await self._discovery.lookup(query), query, asked_at)
 
     async def _resolve(self, peer: str) -> Connection:
-        """The open connection to ``peer``, made (once, however many callers wait) if needed."""
+        """The open connection to ``peer``, made (once, however many callers wait) if needed.
+
+        The connect runs in a task of its own that every caller awaits through a shield, as
+        a connection pool does: a caller that is cancelled (or times out) leaves, and the
+        others, and the connect, carry on."""
         if self._closed:
             raise NodeClosed("node is closed")
         connection = self._connections.get(peer)
@@ -639,20 +658,17 @@ class Node:
                 await connection.rekey()
             return connection
         pending = self._connecting.get(peer)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-        self._connecting[peer] = future
-        try:
-            connection = await self._connect_peer(peer)
-            future.set_result(connection)
-            return connection
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it through their own await
-            raise
-        finally:
+        if pending is None:
+            pending = asyncio.create_task(self._connect_peer(peer), name=f"connect {peer}")
+            self._connecting[peer] = pending
+            pending.add_done_callback(lambda task: self._connected(peer, task))
+        return await asyncio.shield(pending)
+
+    def _connected(self, peer: str, task: asyncio.Task[Connection]) -> None:
+        if self._connecting.get(peer) is task:
             del self._connecting[peer]
+        if not task.cancelled():
+            task.exception()  # each waiter gets it through its own await; nobody else must
 
     async def _connect_peer(self, peer: str) -> Connection:
         info = self.known.get(peer)
@@ -673,7 +689,7 @@ class Node:
         self, endpoint: str, timeout: float, certificate: Certificate | None = None
     ) -> Connection:
         connection = Connection(
-            self._context,
+            self._network,
             self.identity,
             self.trust,
             self._table,

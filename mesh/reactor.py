@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import zmq
 
+from .errors import NodeClosed
+
 log = logging.getLogger("mesh")
 MAX_READ_BATCH = 256
 ZERO_COPY_FROM = 64 * 1024  # below this, copying a frame is cheaper than tracking it
@@ -29,6 +31,7 @@ _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+_PEER_UNREACHABLE = frozenset({zmq.EAGAIN, zmq.EHOSTUNREACH})
 
 
 class Reactor:
@@ -72,7 +75,9 @@ class Reactor:
             self._drain()
 
     def send(self, frames: list) -> bool:
-        """Send now or not at all: False when the peer is unreachable or its queue is full."""
+        """Send now or not at all: False when the peer is unreachable or its queue is full.
+        Raises NodeClosed when the socket or its context was closed on this side (that is
+        not the peer's doing, and must not be reported as the peer being lost)."""
         if self.closed:
             return False
         socket = self.socket
@@ -84,8 +89,11 @@ class Reactor:
                 # large frames are handed to ZeroMQ as they are (never changed after sealing)
                 socket.send(frame, flags, copy=len(frame) < ZERO_COPY_FROM)
             sent = True
-        except zmq.ZMQError:  # EAGAIN (no peer, or queue full) or EHOSTUNREACH
-            sent = False
+        except zmq.ZMQError as exc:
+            if exc.errno not in _PEER_UNREACHABLE:  # ETERM, ENOTSOCK: our side is shut
+                self.close()
+                raise NodeClosed(f"socket closed under a send: {exc}") from exc
+            sent = False  # EAGAIN (no peer, or queue full) or EHOSTUNREACH: the peer's side
         if socket.getsockopt(_EVENTS) & _POLLIN:
             self._schedule()
         return sent
@@ -95,4 +103,5 @@ class Reactor:
             return
         self.closed = True
         self._loop.remove_reader(self._fd)
-        self.socket.close()
+        if not self.socket.closed:
+            self.socket.close()

@@ -13,6 +13,10 @@ Theory of operation, the freshness rules in one place:
   boot of the process; the counter only grows. So a frame sealed before a restart names an
   epoch nobody issues any more and is refused as a replay, and a frame naming a session
   this boot issued but has since dropped is refused as a replay of a retired session.
+  When the counter has issued its last value (2^32 - 1) the table draws a new random epoch,
+  unlike every epoch it used, and counts from 1 again: ids never repeat within a boot, the
+  sessions of the earlier epoch keep working, and the table remembers its earlier epochs
+  (one per 2^32 - 1 ids) so their dropped sessions are still told apart as retired.
 * A frame's sequence number must pass the session's :class:`ReplayWindow`, and its
   timestamp must be within ``max_skew_ms`` of ours.
 * A sealing side rekeys (a fresh handshake) after ``REKEY_AFTER_*``; it refuses to seal past
@@ -25,12 +29,19 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .codec import Message
 from .envelope import Frame, Opened, open_sealed, seal, seal_payload, sealed_session_id
-from .errors import ClockSkew, ReplayDetected, SessionExpired, UnknownSession
+from .errors import (
+    ClockSkew,
+    InvalidArgument,
+    LocalProtocolError,
+    ReplayDetected,
+    SessionExpired,
+    UnknownSession,
+)
 from .identity import Certificate
 from .replay import ReplayWindow
 from .wire import (
@@ -44,6 +55,7 @@ from .wire import (
 )
 
 _SESSION_ID = struct.Struct(">II")
+_MAX_U32 = 2**32 - 1  # the largest epoch, and the last counter value before a new epoch
 
 
 @dataclass(frozen=True)
@@ -149,25 +161,63 @@ class Session:
 
 
 class SessionTable:
-    """A node's sessions by receive id; issues ids and applies the retirement rules."""
+    """A node's sessions by receive id; issues ids and applies the retirement rules.
 
-    def __init__(self, epoch: int | None = None) -> None:
-        self.epoch = epoch if epoch is not None else _random_epoch()
-        self._issued = 0
+    ``epoch`` fixes the first epoch (test vectors); otherwise it is drawn from ``_random``,
+    as is every later epoch. ``_issued`` is the last counter value already issued in the
+    first epoch, so a test can start next to the wrap.
+    """
+
+    def __init__(
+        self,
+        epoch: int | None = None,
+        *,
+        _random: Callable[[int], bytes] = os.urandom,
+        _issued: int = 0,
+    ) -> None:
+        if epoch is not None and not 0 < epoch <= _MAX_U32:
+            raise InvalidArgument(f"a session epoch must be in 1..{_MAX_U32}")
+        if not 0 <= _issued <= _MAX_U32:
+            raise InvalidArgument(f"the issued counter must be in 0..{_MAX_U32}")
+        self._random = _random
+        self._earlier_epochs: set[int] = set()  # grows by one per 2^32 - 1 ids issued
+        self.epoch = epoch if epoch is not None else self._fresh_epoch()
+        self._issued = _issued
         self._sessions: dict[bytes, Session] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def new_id(self) -> bytes:
-        """A fresh receive id: this boot's epoch and the next counter value."""
+        """A fresh receive id: the current epoch and the next counter value; past the
+        counter's last value, a new epoch and counter 1."""
+        if self._issued >= _MAX_U32:
+            self._earlier_epochs.add(self.epoch)
+            self.epoch = self._fresh_epoch()
+            self._issued = 0
         self._issued += 1
         return _SESSION_ID.pack(self.epoch, self._issued)
+
+    def _fresh_epoch(self) -> int:
+        """A random epoch that is neither 0 nor an earlier one (the current epoch joins the
+        earlier ones before a new one is drawn). A draw that collides moves on to the next
+        free value, so even a constant random source cannot loop."""
+        epoch = int.from_bytes(self._random(4), "big")
+        while epoch == 0 or epoch in self._earlier_epochs:
+            epoch = (epoch + 1) & _MAX_U32
+        return epoch
 
     def add(self, session: Session, now_ms: int, replaces: Session | None = None) -> None:
         """Register ``session``; the session it ``replaces`` (a rekey or a reconnect of the
         same connection) is retired. Other sessions with the same peer stay: two processes
-        may share one identity."""
+        may share one identity.
+
+        Raises :class:`LocalProtocolError` if another session holds ``session.recv_id``
+        already: it would come with a fresh replay window and accept old frames again.
+        """
+        registered = self._sessions.get(session.recv_id)
+        if registered is not None and registered is not session:
+            raise LocalProtocolError("another session is registered under this receive id")
         if replaces is not None and replaces.retired_ms is None:
             replaces.retired_ms = now_ms
         self._sessions[session.recv_id] = session
@@ -184,10 +234,10 @@ class SessionTable:
                 return session
             del self._sessions[session_id]
         epoch, counter = _SESSION_ID.unpack(session_id)
+        if epoch in self._earlier_epochs or (epoch == self.epoch and counter <= self._issued):
+            raise ReplayDetected("frame names a retired session", reason="replay_retired")
         if epoch != self.epoch:
             raise ReplayDetected("frame names a session of another boot", reason="replay_epoch")
-        if counter <= self._issued:
-            raise ReplayDetected("frame names a retired session", reason="replay_retired")
         raise UnknownSession("frame names a session that was never issued")
 
     def open(self, frames: Sequence[Frame], now_ms: int) -> tuple[Session, Opened]:
@@ -207,7 +257,3 @@ class SessionTable:
         for session in gone:
             del self._sessions[session.recv_id]
         return gone
-
-
-def _random_epoch() -> int:
-    return int.from_bytes(os.urandom(4), "big") or 1

@@ -1,22 +1,34 @@
-"""Shared fixtures: an authority, certified identities, session pairs, and real processes."""
+"""Shared fixtures: an authority, certified identities, session pairs, and real processes;
+and the one way tests wait for something to happen: a condition polled up to a deadline."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
 from mesh import (
     Authority,
+    DiscoveryUnavailable,
     Identity,
     Initiator,
     MeshDirectory,
+    Node,
+    PeerLost,
+    PeerNotFound,
     Responder,
     Session,
     SessionTable,
     Trust,
 )
+from mesh.flow import ReceiveCredit
 from tests.processes import Process
 
 # No per-example deadline: timing on a shared 2-core machine is not what these tests check.
@@ -25,6 +37,62 @@ settings.load_profile("mesh")
 
 NOW_MS = 1_790_000_000_000
 NOT_BEFORE = NOW_MS // 1000 - 3600
+WAIT_S = 20.0  # how long a condition may take on a loaded machine before the test fails
+POLL_S = 0.02
+
+# A mesh still settling (a peer not registered yet, a connection to a restarted process
+# being replaced) raises these on the way to the condition: they mean "not yet".
+NOT_YET = (PeerLost, DiscoveryUnavailable, PeerNotFound)
+
+
+# ----------------------------------------------------------------- waiting on conditions
+
+
+async def eventually(
+    check: Callable[[], Any], *, timeout: float = WAIT_S, interval: float = POLL_S
+) -> Any:
+    """Call ``check()`` (plain or async) until it returns something truthy, and return that;
+    fail after ``timeout`` seconds. Tests wait this way, never with a bare sleep: the
+    condition says what they wait for, and a loaded machine only makes them slower."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(*NOT_YET):
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def wait_until(
+    check: Callable[[], Any], *, timeout: float = WAIT_S, interval: float = POLL_S
+) -> Any:
+    """:func:`eventually` for tests without an event loop."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return value
+
+
+def spent_stream_credit(node: Node, peer: str) -> ReceiveCredit | None:
+    """The reader's credit of ``node``'s one stream from ``peer`` once the generator over
+    there has sent every chunk it was granted (so it can only be waiting for more), else
+    None. A slow-reader test waits for this instead of sleeping "long enough"."""
+    connection = node._connections.get(peer)
+    streams = [c for c in connection.calls.values() if c.queue is not None] if connection else []
+    if len(streams) != 1:
+        return None
+    credit = streams[0].credit
+    spent = (
+        credit.received_messages >= credit.granted_messages
+        or credit.received_bytes >= credit.granted_bytes
+    )
+    return credit if spent else None
 
 
 def certified(authority: Authority, name: str, **options: object) -> Identity:

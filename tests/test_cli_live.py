@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 
 import pytest
 
@@ -68,3 +69,23 @@ def test_signals_stop_cleanly_and_unregister(running, tmp_path, sig, status):
     assert "Traceback" not in echo.popen.stderr.read()
     peers = json.loads(mesh("peers", "--json", "--discovery", url, home=tmp_path).stdout)
     assert peers == []  # it unregistered on the way out: no waiting for the lease
+
+
+def test_a_second_process_under_a_live_name_fails_with_one_line_and_the_first_keeps_it(
+    running, tmp_path
+):
+    url, _, echo = running
+    second = Process("run", "echo", "--name", "echo-1", "--discovery", url, home=tmp_path)
+    try:
+        status = second.popen.wait(60)
+        stderr = second.popen.stderr.read()
+    finally:
+        second.close()
+    result = subprocess.CompletedProcess(second.args, status, "", stderr)
+    assert_one_line_error(result)
+    assert "'echo-1' is live in another process" in stderr
+    assert echo.popen.poll() is None  # the first still serves, under its name
+    peers = json.loads(mesh("peers", "--json", "--discovery", url, home=tmp_path).stdout)
+    assert [(p["name"], p["endpoint"]) for p in peers] == [("echo-1", echo.endpoint())]
+    out = mesh("call", "echo-1", "echo", '"still here"', "--discovery", url, home=tmp_path)
+    assert json.loads(out.stdout) == "still here"

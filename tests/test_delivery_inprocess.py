@@ -11,6 +11,7 @@ import pytest
 
 from mesh import InvalidArgument, InvalidBody, Node
 from mesh.discovery import DiscoveryServer
+from tests.conftest import eventually
 from tests.processes import ROOT
 
 
@@ -85,3 +86,46 @@ async def test_the_receiver_remembers_a_bounded_number_of_idle_streams(mesh, mon
                 await tx.delivered(timeout=30)
         received = rx.stats()["delivery"]["received"]
     assert received["streams"] == 2 and received["handled"] == 4
+
+
+@pytest.mark.asyncio
+async def test_once_delivered_the_receiver_holds_none_of_the_senders_credit(mesh, monkeypatch):
+    """Issue 17 (2.2): resends of messages held behind a failing one kept their credit for
+    good (39 messages of the sender's window, here, until the next rekey)."""
+    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+        ran: list[int] = []
+        failures = [3]
+
+        async def flaky(body):
+            if failures[0]:
+                failures[0] -= 1
+                raise RuntimeError("not yet")
+            ran.append(body)
+
+        rx.handler("flaky", flaky)
+        tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
+        monkeypatch.setattr("mesh.delivery.ACK_WAIT_S", 0.05)  # resends while 1.. are held
+        for i in range(40):
+            await tx.send("rx", "flaky", i, delivery="at_least_once")
+        await tx.delivered(timeout=60)
+        assert ran == list(range(40)) and tx.dead_letters.dead_letters() == []
+        assert rx.stats()["delivery"]["received"]["failed"] == 3
+
+        def holds_nothing() -> bool:  # resends still on the way are consumed as they land
+            held = rx.stats()["callers"]["tx"]
+            return held["held_messages"] == 0 and held["held_bytes"] == 0
+
+        await eventually(holds_nothing)
+
+
+@pytest.mark.asyncio
+async def test_a_reliable_body_msgpack_cannot_carry_is_refused_by_send(mesh):
+    """Issue 17 (2.5): a set body killed the lane's task and delivered() never returned."""
+    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+        rx.handler("x", lambda body: None)
+        tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
+        with pytest.raises(InvalidBody):
+            await tx.send("rx", "x", {"tags": {1, 2}}, delivery="at_least_once")
+        await tx.send("rx", "x", {"tags": [1, 2]}, delivery="at_least_once")
+        await tx.delivered(timeout=30)
+        assert tx.stats()["delivery"]["peers"]["rx (at_least_once)"]["acked"] == 1

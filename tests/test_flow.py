@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from mesh import InvalidArgument
+from mesh import InvalidArgument, LocalProtocolError
 from mesh.flow import ReceiveCredit, SendCredit, Window
 
 MAX_MESSAGE = 5000
@@ -40,16 +40,22 @@ class CreditMachine(RuleBasedStateMachine):
         self.sent += 1
 
     @precondition(lambda self: self.sender.can_send())
-    @rule(wanted=st.integers(2, 8), size=st.integers(0, MAX_MESSAGE))
-    def send_coalesced(self, wanted, size):
-        """Messages reserved one by one while credit lasts, then sealed as one frame."""
-        count = 0
-        while count < wanted and self.sender.can_send():
-            self.sender.reserve()
-            count += 1
-        self.sender.charge_bytes(size)
-        self.data.append((count, size))
-        self.sent += count
+    @rule(
+        rows=st.lists(st.integers(0, MAX_MESSAGE // 8), min_size=2, max_size=8),
+        overhead=st.integers(0, 64),
+    )
+    def send_coalesced(self, rows, overhead):
+        """Rows reserved one by one (with their bytes) while credit lasts, then sealed as one
+        frame whose overhead is charged then."""
+        taken = []
+        for row in rows:
+            if not self.sender.can_send():
+                break
+            self.sender.reserve(row)
+            taken.append(row)
+        self.sender.charge_bytes(overhead)
+        self.data.append((len(taken), sum(taken) + overhead))
+        self.sent += len(taken)
 
     @precondition(lambda self: self.data)
     @rule()
@@ -141,7 +147,7 @@ def test_grants_are_batched():
 def test_bad_windows_and_misuse():
     with pytest.raises(InvalidArgument):
         Window(0, 10)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(LocalProtocolError):
         SendCredit((0, 0)).charge(1)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(LocalProtocolError):
         ReceiveCredit(Window(1, 1)).consume(1)

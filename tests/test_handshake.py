@@ -16,6 +16,7 @@ from mesh import (
     HandshakeRejected,
     Identity,
     Initiator,
+    LocalProtocolError,
     MalformedEnvelope,
     Message,
     ProtocolError,
@@ -26,6 +27,7 @@ from mesh import (
     Unauthorized,
     UnsupportedVersion,
 )
+from mesh.handshake import HandshakeState
 from mesh.wire import Kind, RejectCode
 from tests.conftest import NOT_BEFORE, NOW_MS, certified, handshake
 
@@ -175,6 +177,44 @@ def test_random_handshake_bytes_raise_only_protocol_errors(alice, bob, trust, fr
         responder.receive([prefix + frame], NOW_MS)
     with pytest.raises(ProtocolError):
         initiator.receive([prefix + frame], NOW_MS)
+    assert initiator.state is HandshakeState.FAILED
+
+
+def test_a_second_welcome_registers_nothing_and_replays_stay_refused(alice, bob, trust):
+    """Receiving the WELCOME twice used to register a second session under the same id,
+    with a fresh replay window, so a frame already accepted was accepted again. A finished
+    handshake now refuses at once, as the caller's misuse rather than the peer's fault."""
+    table = SessionTable()
+    initiator = Initiator(alice, trust, bob.require_certificate(), table, NOW_MS)
+    bob_session, welcome = Responder(bob, trust, SessionTable()).receive(
+        initiator.hello_frames(), NOW_MS
+    )
+    first = initiator.receive(welcome, NOW_MS)
+    frames = bob_session.seal([Message(Kind.PING, 1)], NOW_MS)
+    assert table.open(frames, NOW_MS)[0] is first
+    with pytest.raises(LocalProtocolError) as caught:
+        initiator.receive(welcome, NOW_MS)
+    assert not isinstance(caught.value, ProtocolError)  # not counted as the peer's doing
+    assert len(table) == 1
+    assert table.find(initiator.recv_id, NOW_MS) is first
+    with pytest.raises(ReplayDetected):
+        table.open(frames, NOW_MS)
+    assert initiator.state is HandshakeState.ESTABLISHED
+
+
+def test_a_failed_handshake_takes_no_further_answer(alice, bob, trust):
+    """One HELLO, one answer: after a REJECT even a valid WELCOME is refused, registering
+    nothing; the caller starts a new handshake with a fresh ephemeral key."""
+    table = SessionTable()
+    initiator = Initiator(alice, trust, bob.require_certificate(), table, NOW_MS)
+    _, welcome = Responder(bob, trust, SessionTable()).receive(initiator.hello_frames(), NOW_MS)
+    reject = Responder.reject_frames(initiator.hello_frames(), ClockSkew(90_000, 60_000))
+    with pytest.raises(HandshakeRejected):
+        initiator.receive(reject, NOW_MS)
+    with pytest.raises(LocalProtocolError):
+        initiator.receive(welcome, NOW_MS)
+    assert len(table) == 0
+    assert initiator.state is HandshakeState.FAILED
 
 
 class HandshakeMachine(RuleBasedStateMachine):

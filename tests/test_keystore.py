@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from mesh import InsecureKeyFile, KeyFileError, MeshDirectory
+from mesh import InsecureKeyFile, KeyFileError, MeshDirectory, keystore
 
 
 def test_zero_config_creates_authority_and_identity(tmp_path):
@@ -89,3 +90,44 @@ def test_processes_started_together_end_up_in_one_mesh(tmp_path):
     assert len(outputs) == 1, outputs
     leftovers = [p.name for p in (tmp_path / "mesh").rglob(".*")]
     assert leftovers == []
+
+
+def test_an_in_memory_identity_on_a_fresh_machine_creates_the_mesh(tmp_path):
+    """What ``mesh subscribe`` does first on a machine with no mesh yet."""
+    mesh = MeshDirectory(tmp_path / "fresh")
+    sub = mesh.ephemeral_identity("sub-host-1")
+    assert mesh.trust().verify(sub.require_certificate(), int(time.time() * 1000))
+    assert mesh.names() == []  # nothing of the in-memory identity was written
+
+
+def test_a_verifying_host_cannot_issue_in_memory_identities(tmp_path):
+    issuing = MeshDirectory(tmp_path / "issuing")
+    issuing.create()
+    verifying = MeshDirectory(tmp_path / "verifying")
+    verifying.path.mkdir()
+    verifying.authority_public_file.write_bytes(issuing.authority_public_file.read_bytes())
+    with pytest.raises(KeyFileError, match="no such file"):
+        verifying.ephemeral_identity("sub-host-1")
+    assert not verifying.authority_file.exists()  # it did not start a mesh of its own
+
+
+def test_a_mesh_left_half_created_is_completed_by_the_next_process(tmp_path):
+    """The creator died after writing the secret, before ``authority.pub``."""
+    mesh = MeshDirectory(tmp_path / "mesh")
+    authority = mesh.create()
+    mesh.authority_public_file.unlink()
+    sub = mesh.ephemeral_identity("sub-host-1")
+    assert mesh.trust().authority_key == authority.trust().authority_key
+    assert mesh.trust().verify(sub.require_certificate(), int(time.time() * 1000))
+
+
+def test_a_creator_that_hangs_makes_others_fail_clearly_not_wait_forever(tmp_path, monkeypatch):
+    mesh = MeshDirectory(tmp_path / "mesh")
+    mesh.path.mkdir()
+    monkeypatch.setattr(keystore, "CREATE_WAIT_S", 0.2)
+    with keystore.locked_directory(mesh.path, fcntl.LOCK_EX):  # a creator, stopped halfway
+        with pytest.raises(KeyFileError, match="locked"):
+            mesh.identity("alice")
+        with pytest.raises(KeyFileError, match="locked"):
+            mesh.trust()
+    assert mesh.identity("alice").name == "alice"  # once it is gone, the next one creates

@@ -16,9 +16,12 @@ import zmq.asyncio
 from mesh import Identity, SessionLimits
 from mesh.discovery import DiscoveryServer
 from mesh.errors import InvalidBody, NodeClosed
+from mesh.inbound import now_ms
 from mesh.node import Node
+from mesh.publish import open_publish
 from mesh.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
 from mesh.sync import SyncNode
+from tests.conftest import eventually
 
 NODES = 50
 
@@ -60,8 +63,8 @@ async def test_socket_options_are_set_on_purpose(mesh):
         connection = await a._open_connection(b.endpoint, 10)
         try:
             for socket, options in (
-                (a._inbound.socket, ROUTER_OPTIONS),
-                (connection._socket, DEALER_OPTIONS),
+                (a._inbound._transport.socket, ROUTER_OPTIONS),
+                (connection._transport.socket, DEALER_OPTIONS),
             ):
                 for option, value in options.items():
                     if option == zmq.ROUTER_MANDATORY:
@@ -69,7 +72,7 @@ async def test_socket_options_are_set_on_purpose(mesh):
                     assert socket.getsockopt(option) == value, option
             # ROUTER_MANDATORY: a send to an unknown routing id fails instead of vanishing
             with pytest.raises(zmq.ZMQError) as refused:
-                a._inbound.socket.send_multipart([b"nobody", b"x"], flags=zmq.NOBLOCK)
+                a._inbound._transport.socket.send_multipart([b"nobody", b"x"], flags=zmq.NOBLOCK)
             assert refused.value.errno == zmq.EHOSTUNREACH
         finally:
             connection.close()
@@ -96,9 +99,7 @@ async def test_garbage_from_strangers_leaves_no_state(mesh):
         try:
             for frames in garbage * 20:
                 await stranger.send_multipart(frames)
-            deadline = time.monotonic() + 20
-            while sum(target.drops.values()) < len(garbage) * 20 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await eventually(lambda: sum(target.drops.values()) >= len(garbage) * 20)
         finally:
             stranger.close(0)
             context.term()
@@ -162,13 +163,6 @@ async def test_several_discovery_nodes_are_merged_and_one_may_die(mesh):
         await second.close()
 
 
-async def until(check, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.asyncio
 async def test_directory_events_keep_peers_current_and_are_sealed(mesh):
     async with DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery:
@@ -179,14 +173,19 @@ async def test_directory_events_keep_peers_current_and_are_sealed(mesh):
         try:
             async with Node("watcher", discovery=discovery.endpoint, mesh=mesh) as watcher:
                 newcomer = await Node("newcomer-7", discovery=discovery.endpoint, mesh=mesh).start()
-                await until(lambda: "newcomer-7" in watcher.known)  # JOIN, no lookup made
+                await eventually(lambda: "newcomer-7" in watcher.known)  # JOIN, no lookup made
                 await newcomer.close()
-                await until(lambda: "newcomer-7" not in watcher.known)  # LEAVE
+                await eventually(lambda: "newcomer-7" not in watcher.known)  # LEAVE
                 assert watcher.stats()["directory_events"] >= 2
+            publisher = discovery.identity.require_certificate()
+
+            def seq(frames: list[bytes]) -> int:  # the test holds the key: it can look inside
+                return open_publish(frames, discovery._events_key, publisher, now_ms(), 60_000).seq
+
             raw = []
-            with contextlib.suppress(TimeoutError):
-                while True:
-                    raw.append(await asyncio.wait_for(eavesdropper.recv_multipart(), 1.0))
+            async with asyncio.timeout(20):  # until it has the last event published
+                while not raw or seq(raw[-1]) < discovery._events_seq:
+                    raw.append(await eavesdropper.recv_multipart())
         finally:
             eavesdropper.close(0)
             context.term()
@@ -244,12 +243,14 @@ async def test_stats_show_credit_held_and_waiting(mesh):
         for i in range(4):
             await client.send("server", "hold", i)
         blocked = asyncio.create_task(client.send("server", "hold", 4))
-        await until(lambda: client.stats()["connections"]["server"]["waiting"] == 1)
+        await eventually(lambda: client.stats()["connections"]["server"]["waiting"] == 1)
         assert client.stats()["connections"]["server"]["credit_messages"] == 0
-        await until(lambda: server.stats()["callers"].get("client", {}).get("held_messages") == 4)
+        await eventually(
+            lambda: server.stats()["callers"].get("client", {}).get("held_messages") == 4
+        )
         release.set()
         await asyncio.wait_for(blocked, 10)  # consumed: credit came back, the send went out
-        await until(lambda: server.stats()["callers"]["client"]["held_messages"] == 0)
+        await eventually(lambda: server.stats()["callers"]["client"]["held_messages"] == 0)
 
 
 @pytest.mark.asyncio
@@ -284,7 +285,7 @@ async def test_one_way_floods_are_credited_without_drops(mesh):
         client.add_peer(server.identity.require_certificate(), server.endpoint)
         for i in range(200):  # 25 windows' worth: every grant must come back as CREDIT
             await client.send("server", "take", i, timeout=10)
-        await until(lambda: len(got) == 200)
+        await eventually(lambda: len(got) == 200)
         assert sorted(got) == list(range(200))
         assert client.drops == {} and server.drops == {}
 
@@ -308,7 +309,7 @@ async def test_a_burst_of_one_way_messages_is_coalesced_in_order(mesh):
         for i in range(1000):  # no await yields while credit lasts: one turn of the loop
             await client.send("server", "take", i, timeout=10)
         assert await client.request("server", "take", -2, timeout=10) is None  # after them
-        await until(lambda: len(got) == 1002)
+        await eventually(lambda: len(got) == 1002)
         assert got == [-1, *range(1000), -2]
         sent = client.stats()["connections"]["server"]
         assert sent["messages_sent"] == 1002
@@ -316,7 +317,7 @@ async def test_a_burst_of_one_way_messages_is_coalesced_in_order(mesh):
         with pytest.raises(InvalidBody):  # still refused at once, not lost in a batch
             await client.send("server", "take", {1, 2})
         await client.send("server", "take", "lone")  # a lone message is not held back
-        await until(lambda: got[-1] == "lone")
+        await eventually(lambda: got[-1] == "lone")
         assert client.drops == {} and server.drops == {}
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from mesh import (
     AuthenticationFailed,
     ClockSkew,
+    InvalidArgument,
     Message,
     ReplayDetected,
     Responder,
@@ -135,3 +138,38 @@ def test_directions_use_different_keys(pair):
     reflected = [b"\x01\x03" + pair.alice.recv_id + bytes(frames[0])[10:]]
     with pytest.raises(AuthenticationFailed):  # a reflected frame meets the other key
         pair.alice_table.open(reflected, NOW_MS)
+
+
+def test_session_ids_wrap_into_a_new_epoch(alice, bob, trust):
+    """At the counter's last value the table starts a new random epoch (protocol.md 7.2)
+    instead of failing to pack the id inside the HELLO handler: every later HELLO still gets
+    a session, ids stay unique, the earlier epoch's sessions keep opening frames, and its
+    dropped sessions are still known replays."""
+    new_epoch = 0xBEEF
+    table = SessionTable(
+        epoch=0xE, _issued=2**32 - 2, _random=lambda n: new_epoch.to_bytes(n, "big")
+    )
+    responder = Responder(bob, trust, table)
+    pairs = [
+        handshake(alice, bob, trust, callee_table=table, responder=responder) for _ in range(3)
+    ]
+    ids = [struct.unpack(">II", pair.bob.recv_id) for pair in pairs]
+    assert ids == [(0xE, 2**32 - 1), (new_epoch, 1), (new_epoch, 2)]
+    assert len(table) == 3
+    for pair in pairs:
+        assert table.open(pair.alice.seal(PING, NOW_MS), NOW_MS)[0] is pair.bob
+    for pair in pairs[:2]:  # one session of each epoch goes
+        captured = pair.alice.seal(PING, NOW_MS)
+        table.remove(pair.bob)
+        with pytest.raises(ReplayDetected) as caught:
+            table.open(captured, NOW_MS)
+        assert caught.value.reason == "replay_retired"
+
+
+def test_a_new_epoch_is_never_zero_nor_used_before():
+    assert SessionTable(_random=bytes).epoch == 1  # a draw of 0 moves on
+    table = SessionTable(epoch=5, _issued=2**32 - 1, _random=lambda n: (5).to_bytes(n, "big"))
+    assert struct.unpack(">II", table.new_id()) == (6, 1)  # the same epoch again moves on
+    for wrong in ({"epoch": 0}, {"epoch": 2**32}, {"_issued": -1}, {"_issued": 2**32}):
+        with pytest.raises(InvalidArgument):
+            SessionTable(**wrong)

@@ -1,0 +1,439 @@
+"""The runtime between the sans-IO core and ZeroMQ, over a network without sockets.
+
+Whole nodes (Connection, Inbound, the callee side, the handler runner) talk over
+:class:`tests.fakenet.FakeNetwork` on a loop whose clock moves only when nothing else can
+run: frames are recorded and held or dropped by hand, and timeouts cost no real time. Each
+test here is one defect issue 17 found in this layer, or one state rule of a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+import pytest
+
+from mesh import (
+    FlowControlTimeout,
+    LocalProtocolError,
+    NoCredit,
+    Node,
+    PeerLost,
+    ReplyTooLarge,
+    SessionTable,
+)
+from mesh.callers import MAX_SESSIONS_PER_PEER
+from mesh.connection import COLLECT_MAX_BYTES, Connection, ConnectionState
+from mesh.errors import HandshakeRejected
+from mesh.flow import SendCredit
+from mesh.wire import Kind, RejectCode
+from tests.conftest import certified
+from tests.fakenet import FakeNetwork, run, settle, wait_until
+
+_names = itertools.count()
+
+
+class Mesh:
+    """Nodes on one fake network, each knowing the others' certificates and endpoints."""
+
+    def __init__(self, authority, trust, tmp_path) -> None:
+        self.net = FakeNetwork()
+        self.authority = authority
+        self.trust = trust
+        self.tmp_path = tmp_path
+        self.nodes: list[Node] = []
+
+    async def node(self, name: str, *, identity=None, **options) -> Node:
+        unique = f"inproc://fakenet-{name}-{next(_names)}"
+        node = Node(
+            name,
+            identity=identity or certified(self.authority, name),
+            trust=self.trust,
+            network=self.net,
+            bind=unique,
+            outbox=self.tmp_path / f"{name}-{next(_names)}.sqlite3",
+            **options,
+        )
+        await node.start()
+        for other in self.nodes:
+            other.add_peer(node.identity.require_certificate(), node.endpoint)
+            node.add_peer(other.identity.require_certificate(), other.endpoint)
+        self.nodes.append(node)
+        return node
+
+    async def close(self) -> None:
+        await asyncio.gather(*(node.close() for node in self.nodes))
+
+
+@pytest.fixture
+def fake_mesh(authority, trust, tmp_path):
+    return Mesh(authority, trust, tmp_path)
+
+
+def within_mesh(fake_mesh: Mesh, scenario) -> None:
+    async def main() -> None:
+        try:
+            await scenario()
+        finally:
+            await fake_mesh.close()
+
+    run(main)
+
+
+def requests_received(node: Node) -> int:
+    return node.traffic.snapshot()["received"].get("REQUEST", {}).get("messages", 0)
+
+
+# ------------------------------------------------------------------ sending under credit
+
+
+def test_a_request_without_credit_leaves_nothing_on_the_wire(fake_mesh):
+    """Defect 3: one-way messages waiting to be coalesced must not spend the credit a
+    request was checked against; a request refused for credit is never written."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        ran = []
+
+        @b.handler("echo")
+        async def echo(body):
+            ran.append(body)
+            return body
+
+        b.handler("note", lambda body: None)
+        await a.request("b", "echo", 0, timeout=5)
+        connection = a._connections["b"]
+        connection.credit = SendCredit((2, 200))  # two messages, a few hundred bytes
+        await a.send("b", "note", "x" * 300)  # waits to be coalesced: 1 message, ~300 bytes
+        with pytest.raises(NoCredit):
+            await a.request("b", "echo", 1, timeout=5, block=False)
+        assert connection.calls == {}
+        await settle()
+        assert ran == [0]  # the refused request never reached b
+        assert requests_received(b) == 1
+        assert a.drops["no_call"] == 0
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_credit_waiters_that_give_up_leave_nothing_behind(fake_mesh):
+    """Defect 7: a peer that answers pings but never grants must not grow the waiter list."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        b.handler("echo", _echo)
+        await a.request("b", "echo", 0, timeout=5)
+        connection = a._connections["b"]
+        connection.credit = SendCredit((0, 0))
+        for _ in range(50):
+            with pytest.raises(FlowControlTimeout):
+                await a.request("b", "echo", 1, timeout=0.5)
+        waiters = [asyncio.create_task(connection.acquire(None)) for _ in range(20)]
+        await settle()
+        assert connection.waiting_for_credit == 20
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        assert connection._credit_waiters == []
+        assert connection.waiting_for_credit == 0
+
+    within_mesh(fake_mesh, scenario)
+
+
+# ------------------------------------------------------------------ the shared connect
+
+
+def test_one_callers_cancellation_never_reaches_the_others(fake_mesh):
+    """Defect 4: the connect several callers share runs in its own task."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        b.handler("echo", _echo)
+        fake_mesh.net.hold()  # the handshake stalls until released
+        first = asyncio.create_task(a.request("b", "echo", 1, timeout=30))
+        second = asyncio.create_task(a.request("b", "echo", 2, timeout=30))
+        await wait_until(lambda: fake_mesh.net.held)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        fake_mesh.net.release()
+        assert await second == 2
+        assert a._connecting == {}
+
+    within_mesh(fake_mesh, scenario)
+
+
+# ------------------------------------------------------------------ streams and requests
+
+
+def test_a_plain_request_to_an_endless_stream_is_bounded(fake_mesh):
+    """Defect 8: request() collects a stream only up to a bound, then a typed error, and the
+    generator on the other side is stopped."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        stopped = asyncio.Event()
+
+        @b.handler("forever")
+        async def forever(body):
+            try:  # "endless": four times the bound, so an unbounded caller fails, not hangs
+                for _ in range(4 * COLLECT_MAX_BYTES // 65536):
+                    yield b"x" * 65536
+            finally:
+                stopped.set()
+
+        with pytest.raises(ReplyTooLarge) as raised:
+            await a.request("b", "forever")  # no timeout: the bound alone ends it
+        assert raised.value.peer == "b"
+        await asyncio.wait_for(stopped.wait(), 30)
+        assert b._runner._running == {}  # cancelled, not run to its end
+        assert a._connections["b"].calls == {}
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_streaming_a_method_that_answers_once_yields_its_reply(fake_mesh):
+    """Defect 16: not InvalidArgument from our own credit accounting; the one reply."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        b.handler("echo", _echo)
+        assert [chunk async for chunk in a.stream("b", "echo", "hi", timeout=5)] == ["hi"]
+        # and the accounting stayed exact: a stream after it still flows
+        assert await a.request("b", "echo", 3, timeout=5) == 3
+
+    within_mesh(fake_mesh, scenario)
+
+
+# ------------------------------------------------------------------ replies by session
+
+
+def test_replies_and_goodbyes_follow_the_session_not_the_node_id(fake_mesh, authority):
+    """Defect 6: two processes under one identity (every `mesh call` is `mesh-cli`) each
+    get their own replies, and one's BYE does not cancel the other's handlers."""
+
+    async def scenario() -> None:
+        b = await fake_mesh.node("b")
+        shared = certified(authority, "cli")
+        first = await fake_mesh.node("cli", identity=shared)
+        release = asyncio.Event()
+        cancelled = []
+
+        @b.handler("slow")
+        async def slow(body):
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                cancelled.append(body)
+                raise
+            return body
+
+        b.handler("echo", _echo)
+        waiting = asyncio.create_task(first.request("b", "slow", "first's", timeout=60))
+        await wait_until(lambda: b._runner._running)
+        second = await fake_mesh.node("cli", identity=shared)  # newer session, same node id
+        assert await second.request("b", "echo", "second's", timeout=5) == "second's"
+        fake_mesh.nodes.remove(second)
+        await second.close()  # says BYE
+        await settle()
+        assert cancelled == []
+        release.set()
+        assert await waiting == "first's"
+        assert first.drops["no_call"] == 0 and second.drops["no_call"] == 0
+
+    within_mesh(fake_mesh, scenario)
+
+
+# ------------------------------------------------------------------ per member, not per connection
+
+
+def test_sessions_and_handshakes_are_bounded_per_member(fake_mesh, authority, trust):
+    """Defect 12: a member opening connection after connection gets no more sessions (each
+    a credit window and a replay window) than the bound, and its handshakes are limited."""
+
+    async def scenario() -> None:
+        b = await fake_mesh.node("b")
+        member = certified(authority, "many")
+        drops: Counter[str] = Counter()
+        opened, busy = [], 0
+        for _ in range(60):
+            connection = Connection(
+                fake_mesh.net,
+                member,
+                trust,
+                SessionTable(),
+                b.endpoint,
+                b.identity.require_certificate(),
+                drops,
+                5.0,
+            )
+            try:
+                await connection.open(5)
+                opened.append(connection)
+            except HandshakeRejected as refused:
+                busy += refused.code == RejectCode.BUSY
+        node_id = member.require_certificate().node_id
+        assert busy > 0  # the bucket is per member: 60 at once is beyond its burst
+        assert len(b._callers._by_peer[node_id]) <= MAX_SESSIONS_PER_PEER
+        assert len(b._table) <= MAX_SESSIONS_PER_PEER
+        for connection in opened:
+            connection.close()
+
+    within_mesh(fake_mesh, scenario)
+
+
+# ------------------------------------------------------------------ closing
+
+
+def test_close_during_a_rekey_installs_nothing_and_ends_every_task(fake_mesh):
+    """Defect 9: a WELCOME that arrives just before close must not install a session, and
+    the rekey's task ends; its waiter gets PeerLost, not a cancellation it never asked for."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        b.handler("echo", _echo)
+        await a.request("b", "echo", 0, timeout=5)
+        connection = a._connections["b"]
+        sessions_before = len(a._table)
+        fake_mesh.net.hold()
+        rekey = asyncio.create_task(connection.rekey())
+        await wait_until(lambda: fake_mesh.net.held)  # the HELLO
+        assert connection.state is ConnectionState.REKEYING
+        fake_mesh.net.release()
+        fake_mesh.net.hold()
+        await wait_until(lambda: fake_mesh.net.held)  # b's WELCOME, on its way back
+        fake_mesh.net.release()
+        await asyncio.sleep(0)  # the WELCOME is read: the handshake wakes up next
+        connection.close()
+        with pytest.raises(PeerLost):
+            await rekey
+        await connection.wait_closed()
+        assert all(task.done() for task in connection.tasks)
+        assert len(a._table) == sessions_before - 1  # its session left, none came in
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_close_while_the_first_welcome_arrives_installs_nothing(fake_mesh, authority, trust):
+    """Defect 9, first handshake: open() runs in its caller's task, so only the state check
+    stops a WELCOME read just before close from installing a session after it."""
+
+    async def scenario() -> None:
+        b = await fake_mesh.node("b")
+        table = SessionTable()
+        connection = Connection(
+            fake_mesh.net,
+            certified(authority, "c"),
+            trust,
+            table,
+            b.endpoint,
+            b.identity.require_certificate(),
+            Counter(),
+            5.0,
+        )
+        fake_mesh.net.hold()
+        opening = asyncio.create_task(connection.open(5))
+        await wait_until(lambda: fake_mesh.net.held)  # the HELLO
+        fake_mesh.net.release()
+        fake_mesh.net.hold()
+        await wait_until(lambda: fake_mesh.net.held)  # the WELCOME
+        fake_mesh.net.release()
+        await asyncio.sleep(0)  # the WELCOME is read: open() wakes up next
+        connection.close()
+        with pytest.raises(PeerLost):
+            await opening
+        assert connection.state is ConnectionState.CLOSED
+        assert connection.session is None
+        assert len(table) == 0
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_a_connection_checks_its_state_where_it_acts(fake_mesh, authority, trust):
+    async def scenario() -> None:
+        b = await fake_mesh.node("b")
+        connection = Connection(
+            fake_mesh.net,
+            certified(authority, "c"),
+            trust,
+            SessionTable(),
+            b.endpoint,
+            b.identity.require_certificate(),
+            Counter(),
+            5.0,
+        )
+        assert connection.state is ConnectionState.OPENING
+        with pytest.raises(LocalProtocolError):
+            connection.send([_ping()])
+        await connection.open(5)
+        assert connection.state is ConnectionState.OPEN
+        with pytest.raises(LocalProtocolError):
+            await connection.open(5)
+        connection.close()
+        assert connection.state is ConnectionState.CLOSED
+        with pytest.raises(PeerLost):
+            connection.send([_ping()])
+        with pytest.raises(PeerLost):
+            await connection.acquire(1)
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_a_silent_peer_is_lost_after_missed_heartbeats(fake_mesh):
+    """Time moved by the loop, not slept: a call to a peer cut off fails with PeerLost
+    within the heartbeat bound instead of its own (long) timeout."""
+
+    async def scenario() -> None:
+        a = await fake_mesh.node("a", heartbeat=1.0)
+        b = await fake_mesh.node("b")
+        never = asyncio.Event()
+
+        @b.handler("hang")
+        async def hang(body):
+            await never.wait()
+
+        await a.ping("b")
+        started = asyncio.get_running_loop().time()
+        call = asyncio.create_task(a.request("b", "hang", timeout=3600))
+        await wait_until(lambda: b._runner._running)
+        fake_mesh.net.cut.add(b.endpoint)
+        with pytest.raises(PeerLost):
+            await call
+        assert asyncio.get_running_loop().time() - started < 10  # virtual seconds
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_failed_handlers_leave_no_credit_held(fake_mesh):
+    """The callee's invariant: once every call is answered, it holds nothing of the caller."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+
+        @b.handler("flaky")
+        async def flaky(body):
+            if body % 3 == 0:
+                raise RuntimeError("no")
+            return body
+
+        results = await asyncio.gather(
+            *(a.request("b", "flaky", n, timeout=5) for n in range(40)), return_exceptions=True
+        )
+        assert sum(isinstance(r, Exception) for r in results) == 14
+        await settle()
+        assert b.stats()["callers"]["a"]["held_messages"] == 0
+        assert b.stats()["callers"]["a"]["held_bytes"] == 0
+
+    within_mesh(fake_mesh, scenario)
+
+
+async def _echo(body):
+    return body
+
+
+def _ping():
+    from mesh.codec import Message
+    from mesh.connection import next_msg_id
+
+    return Message(Kind.PING, next_msg_id())
