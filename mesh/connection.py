@@ -334,10 +334,7 @@ class Connection:
         # a plain request collecting a stream: credited as chunks come, up to a bound on
         # what it holds; past it, the callee is told to stop and the caller gets a typed error
         call.chunks.append(message.body)
-        if (
-            len(call.chunks) > COLLECT_MAX_CHUNKS
-            or call.credit.received_bytes > COLLECT_MAX_BYTES
-        ):
+        if len(call.chunks) > COLLECT_MAX_CHUNKS or call.credit.received_bytes > COLLECT_MAX_BYTES:
             text = (
                 f"{self.name}.{call.method} streams more than a plain request collects "
                 f"({COLLECT_MAX_CHUNKS} chunks or {COLLECT_MAX_BYTES} bytes): use stream()"

@@ -1,5 +1,6 @@
 """A producer process for the flow-control tests: sends COUNT one-way messages as fast as the
-consumer's credit allows, and reports its memory. Usage: URL CONSUMER COUNT DELAY"""
+consumer's credit allows, and reports its memory and how many the consumer had consumed when
+the last one was sent. Usage: URL CONSUMER COUNT DELAY"""
 
 from __future__ import annotations
 
@@ -30,12 +31,16 @@ async def main(url: str, consumer: str, count: int, delay: float) -> None:
                 rss_start = rss_mb()
             await node.send(consumer, "consume", {"i": i, "delay": delay, "pad": padding})
         elapsed = time.monotonic() - started
+        # what the consumer had done by then (asked at once; waiting for credit only makes
+        # the count larger): the test checks the producer was held to the consumer's pace
+        consumed = await node.request(consumer, "consumed", timeout=60)
         connection = node._connections[consumer]
         print(
             json.dumps(
                 {
                     "sent": count,
                     "seconds": elapsed,
+                    "consumed_when_sent": consumed["count"],
                     "rss_start_mb": rss_start,
                     "rss_end_mb": rss_mb(),
                     "credit_left": connection.credit.messages,

@@ -12,11 +12,14 @@ import pytest
 from agents.tiny import build_tiny_model
 from mesh import BadRequest, Overloaded
 from mesh.node import Node
-from tests.test_live_processes import eventually
+from tests.conftest import eventually, spent_stream_credit
 
 LLM = "agents.llm:LLMAgent"
 START_S = 90.0  # importing torch on a busy 2-core machine
 DESCRIPTION = "Billing: invoices, refunds and payment methods."
+# a reader of window 2 that took 1 chunk and stopped: 1 taken + 2 in the reader's window + 2
+# the model may run ahead + 1 being produced
+THROTTLED_TOKENS = 6
 
 
 @pytest.fixture(scope="session")
@@ -98,12 +101,22 @@ async def test_a_slow_reader_throttles_generation(llm, discovery, home):
         stream = node.stream("throttled", "generate_stream", body, window=2)
         async with contextlib.aclosing(stream):
             assert (await anext(stream))["tokens"] == 1
-            await asyncio.sleep(1.5)  # not reading: the model must wait for us
-            paused = await node.request("throttled", "status", timeout=10)
+            # not reading: the mesh sends what we granted, the model runs ahead as far as
+            # it may, then it must wait for us
+            await eventually(lambda: spent_stream_credit(node, "throttled"))
+            paused = await eventually(
+                lambda: _produced_at_least(node, "throttled", THROTTLED_TOKENS)
+            )
+            assert node.drops.get("no_credit", 0) == 0  # nothing beyond our window came
             rest = [chunk async for chunk in stream]
-    # 1 taken + 2 in the reader's window + 2 the model may run ahead + 1 being produced
-    assert paused["active_tokens"] <= 6
+    assert paused["active_tokens"] <= THROTTLED_TOKENS
     assert rest[-1]["done"] and rest[-1]["tokens"] == 400  # and it resumed to the end
+
+
+async def _produced_at_least(node, name: str, tokens: int) -> dict | None:
+    """The model's status once it has produced at least ``tokens`` of its generation."""
+    status = await node.request(name, "status", timeout=10)
+    return status if (status["active_tokens"] or 0) >= tokens else None
 
 
 @pytest.mark.asyncio

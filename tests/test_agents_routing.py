@@ -14,7 +14,7 @@ from agents.llm import LLMAgent
 from agents.router import RouterAgent
 from agents.tiny import build_tiny_model
 from mesh import BadRequest, DiscoveryServer, MeshDirectory, Node
-from tests.test_live_processes import eventually
+from tests.conftest import eventually
 
 SPECIALITIES = {
     "billing": "Billing: invoices, charges, refunds and payment methods.",

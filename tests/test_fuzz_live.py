@@ -15,7 +15,6 @@ import random
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zmq.utils.monitor import recv_monitor_message
 
 from mesh import MeshDirectory
 from mesh.codec import Message
@@ -318,15 +318,22 @@ def test_zmq_drops_an_oversized_frame_before_python_sees_it(arena):
 
     attacker = zmq.Context.instance().socket(zmq.DEALER)
     attacker.setsockopt(zmq.LINGER, 0)
+    monitor = attacker.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     attacker.connect(arena.victim.endpoint)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     huge = bytearray(MAX_ZMQ_MESSAGE + 1)
     drops_before = arena.drops(arena.victim)
-    attacker.send(huge, copy=False)
-    del huge
-    time.sleep(0.5)  # for it to reach the node: no timing is asserted
-    assert arena.mallory.request("still here") == "still here"
-    attacker.close()
+    try:
+        attacker.send(huge, copy=False)
+        del huge
+        # the node's libzmq read the size header and hung up: the attacker sees it
+        assert monitor.poll(60_000), "the node never closed the oversized connection"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+        assert arena.mallory.request("still here") == "still here"
+    finally:
+        attacker.disable_monitor()
+        monitor.close(0)
+        attacker.close()
     assert arena.drops(arena.victim) == drops_before  # it never reached Python
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown_kib < 300 * 1024 + 64 * 1024  # the attacker's own buffer, not a second copy

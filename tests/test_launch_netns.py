@@ -9,18 +9,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mesh import MeshDirectory, Node
+from tests.conftest import wait_until
 from tests.netns import Hosts, why_not
 from tests.processes import ROOT
 
 REASON = why_not()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 MARKER = "agent-mesh-marker-7f3c9a"
+FENCE = b"end-of-capture-fence-51d2e8"
 
 
 def cluster_file(hosts: Hosts, root: Path, *, unreachable: bool = False) -> Path:
@@ -96,7 +97,11 @@ def test_launch_up_status_encrypted_traffic_kill_and_down(tmp_path):
                 plain.sendall(f"{MARKER}-in-clear\r\n".encode())  # control: tcpdump sees text
             url = f"tcp://{hosts.hosts[0].address}:7700"
             assert asyncio.run(relay_through_the_mesh(home, url)) == MARKER
-            time.sleep(1.0)  # the last packets reach the file
+            # a fence: text in the clear sent after the relay; once it is in the file, every
+            # packet of the relay (all sent before it) is there too
+            with socket.create_connection((hosts.hosts[1].address, 22), timeout=5) as plain:
+                plain.sendall(FENCE + b"\r\n")
+            wait_until(lambda: FENCE in capture.read_bytes(), timeout=30)
         finally:
             dump.send_signal(signal.SIGINT)
             stats = dump.communicate(timeout=10)[1]

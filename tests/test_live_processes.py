@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import re
 import signal
 import time
 
@@ -24,11 +25,15 @@ from mesh.errors import (
     Unauthorized,
 )
 from mesh.node import Node
+from tests.conftest import eventually
 from tests.processes import Process
 
 pytestmark = pytest.mark.asyncio
 AGENT = "tests.fixture_agent:FixtureAgent"
 HEARTBEAT = 0.2
+# Why a call in flight ends when its peer dies: the liveness checks (heartbeats unanswered, or
+# the peer's connection gone), long before its own 60 s timeout (a RequestTimeout).
+LOST_BY_LIVENESS = r"missed \d+ heartbeats|is unreachable"
 
 
 @pytest.fixture
@@ -49,19 +54,6 @@ def agent(spawn, discovery):
         return process
 
     return start
-
-
-async def eventually(check, *, timeout: float = 20.0, interval: float = 0.05):
-    """Await ``check()`` until it returns a truthy value; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(PeerLost, DiscoveryUnavailable, PeerNotFound):
-            value = await check()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
 
 
 async def test_request_reply_one_way_and_typed_errors(agent, discovery, home):
@@ -134,17 +126,15 @@ async def test_kill_mid_request_fails_fast_with_peer_lost(agent, discovery, home
     async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
         pending = asyncio.create_task(node.request("victim", "slow", 60, timeout=60))
         await eventually(lambda: _equals(node.request("victim", "inflight", timeout=10), 1))
-        killed = time.monotonic()
         victim.kill()
-        with pytest.raises(PeerLost):
+        with pytest.raises(PeerLost, match=LOST_BY_LIVENESS):
             await pending
-        assert time.monotonic() - killed < 10  # the timeout was 60 s: heartbeats caught it
 
 
 async def test_kill_mid_stream_fails_fast_with_peer_lost(agent, discovery, home):
     victim = agent("victim")
     async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
-        killed = None
+        killed = False
 
         async def read_until_lost():
             nonlocal killed
@@ -152,13 +142,12 @@ async def test_kill_mid_stream_fails_fast_with_peer_lost(agent, discovery, home)
                 "victim", "count", {"n": 100_000, "delay": 0.01}, timeout=60
             ):
                 if chunk == 5:
-                    killed = time.monotonic()
+                    killed = True
                     victim.kill()
 
-        with pytest.raises(PeerLost):
+        with pytest.raises(PeerLost, match=LOST_BY_LIVENESS):
             await read_until_lost()
-        assert killed is not None
-        assert time.monotonic() - killed < 10
+        assert killed
 
 
 async def test_a_stopped_callee_is_lost_by_heartbeats_and_found_again_when_continued(
@@ -173,11 +162,9 @@ async def test_a_stopped_callee_is_lost_by_heartbeats_and_found_again_when_conti
         pending = asyncio.create_task(node.request("frozen", "slow", 1, timeout=60))
         await eventually(lambda: _equals(node.request("frozen", "inflight", timeout=10), 1))
         os.kill(frozen.pid, signal.SIGSTOP)
-        stopped = time.monotonic()
         try:
-            with pytest.raises(PeerLost):
+            with pytest.raises(PeerLost, match=r"missed \d+ heartbeats"):  # not its 60 s timeout
                 await pending
-            assert time.monotonic() - stopped < 10  # the timeout was 60 s
             with pytest.raises((PeerLost, RequestTimeout)):
                 await node.request("frozen", "pid", timeout=3)
         finally:
@@ -185,7 +172,8 @@ async def test_a_stopped_callee_is_lost_by_heartbeats_and_found_again_when_conti
         assert await eventually(
             lambda: _equals(node.request("frozen", "pid", timeout=5), frozen.pid)
         )
-        await asyncio.sleep(1.5)  # the slow call finishes over there; its reply has no caller
+        # the slow call finishes over there (or is cancelled); its reply has no caller
+        await eventually(lambda: _equals(node.request("frozen", "inflight", timeout=5), 0))
         assert pending.done() and isinstance(pending.exception(), PeerLost)
         assert await node.request("frozen", "pid", timeout=5) == frozen.pid
 
@@ -204,7 +192,7 @@ async def test_retried_request_runs_once(agent, discovery, home):
     agent("worker")
     async with Node("caller", discovery=discovery, mesh=home, heartbeat=HEARTBEAT) as node:
         count = await node.request(
-            "worker", "once", {"key": "k", "sleep": 0.6}, timeout=0.25, retries=8
+            "worker", "once", {"key": "k", "sleep": 0.6}, timeout=0.25, retries=40
         )
         assert count == 1
         assert await node.request("worker", "executions", timeout=10) == {"k": 1}
@@ -221,10 +209,10 @@ async def test_discovery_down_and_restarted(spawn, home):
         discovery.popen.wait(10)
         for _ in range(20):  # peers that know each other keep talking
             assert await node.request("worker", "pid", timeout=10) == worker.pid
-        started = time.monotonic()
-        with pytest.raises(DiscoveryUnavailable):
-            await node.request("stranger", "pid", timeout=10)
-        assert time.monotonic() - started < 10
+        # a typed error naming the dead discovery node, not a RequestTimeout: the lookup
+        # gives up on its own, however long the request would have waited
+        with pytest.raises(DiscoveryUnavailable, match=re.escape(url)):
+            await node.request("stranger", "pid", timeout=60)
         restarted = spawn("discovery", "--bind", url)
         restarted.endpoint()
 

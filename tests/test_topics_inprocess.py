@@ -18,6 +18,7 @@ from mesh.discovery import DiscoveryServer
 from mesh.inbound import now_ms
 from mesh.publish import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publish
 from mesh.wire import MAC_SIZE, NONCE_SIZE, PROTOCOL_VERSION, FrameType, Kind
+from tests.conftest import eventually
 
 
 @contextlib.asynccontextmanager
@@ -34,13 +35,6 @@ async def running(mesh, *names, **options):
 
 async def take(subscription, count, timeout=10.0):
     return [await subscription.get(timeout) for _ in range(count)]
-
-
-async def until(condition, timeout=10.0):
-    """Wait (bounded) until ``condition()`` holds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.asyncio
@@ -88,12 +82,12 @@ async def test_a_late_subscriber_misses_nothing_after_subscribe_returns(mesh):
 
         publisher = asyncio.ensure_future(publish_forever())
         try:
-            await until(lambda: early_sub.pending > 20)
+            await eventually(lambda: early_sub.pending > 20)
             async with Node("late", discovery=discovery.endpoint, mesh=mesh) as late:
                 late_sub = await late.subscribe("ticks")
                 # every tick published from here on must arrive, in order, with no gap
                 first = await late_sub.get(10)
-                await until(lambda: late_sub.pending > 50)
+                await eventually(lambda: late_sub.pending > 50)
                 stop.set()
                 await publisher
                 last_seq = pub._topics.publisher._seq["ticks"]
@@ -128,7 +122,7 @@ async def test_an_unregistered_publisher_reaches_subscribers_and_its_feed_ends_w
             await p.publish("jobs", 1)
             assert (await subscription.get(10)).body == 1
             assert len(sub.stats()["topics"]["feeds"]) == 1
-        await until(lambda: not sub.stats()["topics"]["feeds"])  # its BYE closed the feed
+        await eventually(lambda: not sub.stats()["topics"]["feeds"])  # its BYE closed the feed
 
 
 @pytest.mark.asyncio
@@ -137,7 +131,7 @@ async def test_a_slow_reader_overflows_its_queue_and_it_is_counted(mesh):
         subscription = await sub.subscribe("firehose", maxsize=10)
         for i in range(50):
             await pub.publish("firehose", i)
-        await until(lambda: subscription.overflow == 40)
+        await eventually(lambda: subscription.overflow == 40)
         assert [m.body for m in await take(subscription, 10)] == list(range(10))
         assert sub.stats()["topics"]["subscriptions"][0]["overflow"] == 40
 
@@ -149,7 +143,7 @@ async def test_closing_a_subscription_stops_delivery_and_unregisters(mesh):
         await pub.publish("a.b", 1)
         assert (await subscription.get(10)).body == 1
         subscription.close()
-        await until(lambda: not sub.stats()["topics"]["feeds"])
+        await eventually(lambda: not sub.stats()["topics"]["feeds"])
         async with Node("probe", discovery=discovery.endpoint, mesh=mesh, register=False) as q:
             listed = {p.name: p for p in await q.peers()}
         assert listed["sub"].subscriptions == ()
@@ -168,16 +162,30 @@ async def test_what_crosses_the_wire_is_unreadable_without_the_key(mesh):
         eavesdropper.setsockopt(zmq.LINGER, 0)
         eavesdropper.setsockopt(zmq.SUBSCRIBE, b"")
         eavesdropper.connect(pub._topics.endpoint)
+        captured: list[bytes] = []
+
+        def capture() -> int:
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    captured.append(eavesdropper.recv(zmq.NOBLOCK))
+            return len(captured)
+
+        def sent() -> int:  # every frame on the PUB: messages and probes
+            figures = pub.stats()["topics"]
+            return figures["published"] + figures["probes"]
+
+        async def joined() -> int:
+            await pub.publish("noise", "warming up")
+            return capture()
+
         try:
-            await asyncio.sleep(0.3)  # the eavesdropper's own slow join
+            await eventually(joined)  # the eavesdropper's own slow join: it has a frame
+            # from here on it receives every frame the PUB sends
+            before, captured_before = sent(), len(captured)
             for _ in range(5):
                 await pub.publish("secret.plans", "attack at dawn")
-            await take(subscription, 5)
-            captured = []
-            with contextlib.suppress(zmq.Again):
-                for _ in range(100):
-                    captured.append(eavesdropper.recv(zmq.NOBLOCK))
-            assert len(captured) >= 5
+            assert [m.body for m in await take(subscription, 5)] == ["attack at dawn"] * 5
+            await eventually(lambda: capture() - captured_before >= sent() - before >= 5)
             for frame in captured:
                 assert b"secret" not in frame and b"dawn" not in frame
                 assert frame[:2] == b"\x01\x04"
@@ -290,11 +298,11 @@ async def test_handler_decorator_sees_every_message(mesh):
             seen_sync.append(message.body)
 
         async with sub, Node("pub", discovery=discovery.endpoint, mesh=mesh) as pub:
-            await until(lambda: len(sub._topics.subscriptions) == 2)
+            await eventually(lambda: len(sub._topics.subscriptions) == 2)
             await asyncio.gather(*(s for s in sub._topics.subscriptions))
             for i in range(20):
                 await pub.publish("log.info", i)
-            await until(lambda: len(seen_async) == 20 and len(seen_sync) == 20)
+            await eventually(lambda: len(seen_async) == 20 and len(seen_sync) == 20)
         assert seen_async == seen_sync == list(range(20))
 
 

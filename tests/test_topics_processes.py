@@ -4,13 +4,15 @@ registered publisher killed and restarted, strangers, and forgers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
 import zmq
 
 from mesh import MeshDirectory, MeshError
-from mesh.node import Node
+from mesh.node import STATS_METHOD, Node
+from tests.conftest import eventually
 from tests.processes import Process
 from tests.test_topics_inprocess import forge
 
@@ -104,18 +106,32 @@ async def test_a_stranger_gets_nothing_readable(spawn, discovery, home, tmp_path
         eavesdropper.setsockopt(zmq.LINGER, 0)
         eavesdropper.setsockopt(zmq.SUBSCRIBE, b"")
         eavesdropper.connect(entry.topics_endpoint)
+        frames: list[bytes] = []
+
+        def capture() -> int:
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    frames.append(eavesdropper.recv(zmq.NOBLOCK))
+            return len(frames)
+
+        async def sent() -> int:  # every frame on the ticker's PUB: messages and probes
+            figures = (await driver.request("ticker", STATS_METHOD, timeout=30))["topics"]
+            return figures["published"] + figures["probes"]
+
+        async def joined() -> int:
+            await driver.request("ticker", "publish", {"topic": "noise", "count": 1}, timeout=30)
+            return capture()
+
         try:
+            await eventually(joined)  # the eavesdropper's own slow join: it has a frame
+            # from here on it receives every frame the PUB sends
+            before, captured_before = await sent(), len(frames)
             listener = subscriber(spawn, discovery, "ticks", 5)
-            await asyncio.sleep(0.3)  # the eavesdropper's own slow join
             await driver.request("ticker", "publish", {"topic": "ticks", "count": 5}, timeout=30)
-            assert len(received(listener, 5)) == 5
-            frames = []
-            async with asyncio.timeout(10):
-                while len(frames) < 5:
-                    if eavesdropper.poll(50):
-                        frames.append(eavesdropper.recv())
-                    else:
-                        await asyncio.sleep(0.01)
+            assert [m["body"]["i"] for m in received(listener, 5)] == list(range(5))
+            expected = await sent() - before
+            assert expected >= 5
+            await eventually(lambda: capture() - captured_before >= expected)
             for frame in frames:
                 assert b"ticks" not in frame and b'"i"' not in frame and b"\xa1i" not in frame
         finally:
