@@ -27,7 +27,7 @@ import zmq
 from . import sockets
 from .callers import Callers
 from .codec import Message
-from .connection import Call, Connection, next_msg_id, stream_end
+from .connection import CONNECT_TIMEOUT_S, Call, Connection, next_msg_id, stream_end
 from .delivery import AT_MOST_ONCE, MODES, Deliveries
 from .discovery_client import DiscoveryClient
 from .errors import (
@@ -94,7 +94,8 @@ class Node:
     ``peer_windows`` (the same, per caller name), ``metrics_port`` (serve Prometheus
     metrics there, on ``metrics_address``; 0 picks a free port, see ``metrics_url``),
     ``network`` (what makes the ROUTER and the DEALERs: ZeroMQ by default; the tests pass
-    an in-memory one).
+    an in-memory one), ``connect_timeout`` (seconds a peer has to answer the handshake
+    before calls to it fail with PeerLost; default 5).
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class Node:
         metrics_port: int | None = None,
         metrics_address: str = "127.0.0.1",
         network: Network | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self._metrics_at = (metrics_port, metrics_address)
         self._metrics: MetricsServer | None = None
@@ -130,8 +132,9 @@ class Node:
             trust = trust or directory.verifier()
         if outbox is None:
             outbox = mesh_directory(mesh).path / "outbox" / f"{name}.sqlite3"
-        if heartbeat <= 0:
-            raise InvalidArgument("heartbeat must be positive")
+        if heartbeat <= 0 or connect_timeout <= 0:
+            raise InvalidArgument("heartbeat and connect_timeout must be positive")
+        self.connect_timeout = connect_timeout
         self.name = name
         self.identity = identity
         self.trust = trust
@@ -678,7 +681,9 @@ class Node:
             if info is None:
                 raise PeerNotFound(f"no live node named {peer!r}", peer=peer)
         try:
-            connection = await self._open_connection(info.endpoint, 5.0, info.certificate)
+            connection = await self._open_connection(
+                info.endpoint, self.connect_timeout, info.certificate
+            )
         except PeerLost:
             self._forget_peer(peer)
             raise
