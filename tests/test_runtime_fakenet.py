@@ -81,6 +81,20 @@ def within_mesh(fake_mesh: Mesh, scenario) -> None:
     run(main)
 
 
+def dial(fake_mesh: Mesh, identity, target: Node, table: SessionTable | None = None):
+    """A Connection from ``identity`` to ``target``, made by hand (not through a node)."""
+    return Connection(
+        fake_mesh.net,
+        identity,
+        fake_mesh.trust,
+        SessionTable() if table is None else table,
+        target.endpoint,
+        target.identity.require_certificate(),
+        Counter(),
+        5.0,
+    )
+
+
 def requests_received(node: Node) -> int:
     return node.traffic.snapshot()["received"].get("REQUEST", {}).get("messages", 0)
 
@@ -248,26 +262,16 @@ def test_replies_and_goodbyes_follow_the_session_not_the_node_id(fake_mesh, auth
 # ------------------------------------------------------------------ per member, not per connection
 
 
-def test_sessions_and_handshakes_are_bounded_per_member(fake_mesh, authority, trust):
+def test_sessions_and_handshakes_are_bounded_per_member(fake_mesh, authority):
     """Defect 12: a member opening connection after connection gets no more sessions (each
     a credit window and a replay window) than the bound, and its handshakes are limited."""
 
     async def scenario() -> None:
         b = await fake_mesh.node("b")
         member = certified(authority, "many")
-        drops: Counter[str] = Counter()
         opened, busy = [], 0
         for _ in range(60):
-            connection = Connection(
-                fake_mesh.net,
-                member,
-                trust,
-                SessionTable(),
-                b.endpoint,
-                b.identity.require_certificate(),
-                drops,
-                5.0,
-            )
+            connection = dial(fake_mesh, member, b)
             try:
                 await connection.open(5)
                 opened.append(connection)
@@ -315,23 +319,14 @@ def test_close_during_a_rekey_installs_nothing_and_ends_every_task(fake_mesh):
     within_mesh(fake_mesh, scenario)
 
 
-def test_close_while_the_first_welcome_arrives_installs_nothing(fake_mesh, authority, trust):
+def test_close_while_the_first_welcome_arrives_installs_nothing(fake_mesh, authority):
     """Defect 9, first handshake: open() runs in its caller's task, so only the state check
     stops a WELCOME read just before close from installing a session after it."""
 
     async def scenario() -> None:
         b = await fake_mesh.node("b")
         table = SessionTable()
-        connection = Connection(
-            fake_mesh.net,
-            certified(authority, "c"),
-            trust,
-            table,
-            b.endpoint,
-            b.identity.require_certificate(),
-            Counter(),
-            5.0,
-        )
+        connection = dial(fake_mesh, certified(authority, "c"), b, table)
         fake_mesh.net.hold()
         opening = asyncio.create_task(connection.open(5))
         await wait_until(lambda: fake_mesh.net.held)  # the HELLO
@@ -350,19 +345,10 @@ def test_close_while_the_first_welcome_arrives_installs_nothing(fake_mesh, autho
     within_mesh(fake_mesh, scenario)
 
 
-def test_a_connection_checks_its_state_where_it_acts(fake_mesh, authority, trust):
+def test_a_connection_checks_its_state_where_it_acts(fake_mesh, authority):
     async def scenario() -> None:
         b = await fake_mesh.node("b")
-        connection = Connection(
-            fake_mesh.net,
-            certified(authority, "c"),
-            trust,
-            SessionTable(),
-            b.endpoint,
-            b.identity.require_certificate(),
-            Counter(),
-            5.0,
-        )
+        connection = dial(fake_mesh, certified(authority, "c"), b)
         assert connection.state is ConnectionState.OPENING
         with pytest.raises(LocalProtocolError):
             connection.send([_ping()])
