@@ -135,10 +135,12 @@ class Callers:
 
     def _start_delivery(self, caller: Caller, message: Message, size: int) -> None:
         """A reliable message (``meta.dlv``): in order and deduplicated, acked when handled."""
-        inflow = self.inflow[caller.session.recv_id]
+        session = caller.session
+        inflow = self.inflow[session.recv_id]
 
         def consumed() -> None:
             inflow.consume(size)
+            self._flush_grant(self._current(session))  # an ack may not follow (a drop)
 
         assert self.deliveries is not None
         self.deliveries.receive(caller, message, consumed)

@@ -135,6 +135,8 @@ class Connection:
         self._transport: Transport | None = None
         self._handshake_answer: asyncio.Future[list[bytes]] | None = None
         self._rekeying: asyncio.Task[None] | None = None
+        self._installed: list[Session] = []  # every session this connection made
+        self._install: Callable[[list[bytes]], None] | None = None
         self.state = ConnectionState.OPENING
         self.session: Session | None = None
         self.calls: dict[int, Call] = {}
@@ -227,12 +229,22 @@ class Connection:
             now_ms(),
             replaces=self.session,
         )  # a rekey retires the old session
-        answer = await self._exchange([initiator.hello])
+
+        def install(answer: list[bytes]) -> None:
+            if self._rows:
+                self._flush()  # rows reserved on the old window go out on the old session
+            self.session = initiator.receive(answer, now_ms())
+            self._installed.append(self.session)
+            self.credit = SendCredit(self.session.initial_credit)
+            self._wake_credit_waiters()
+
+        self._install = install
+        try:
+            await self._exchange([initiator.hello])
+        finally:
+            self._install = None
         if self.state is ConnectionState.CLOSED:  # closed while the WELCOME was on its way
             raise PeerLost(f"connection to {self.name} closed", peer=self.name)
-        self.session = initiator.receive(answer, now_ms())
-        self.credit = SendCredit(self.session.initial_credit)  # a new session: a fresh window
-        self._wake_credit_waiters()
 
     def needs_rekey(self) -> bool:
         return self.session is not None and self.session.needs_rekey(now_ms())
@@ -287,6 +299,13 @@ class Connection:
         if self.session is None or frames[0][1:2] != _SEALED:
             answer = self._handshake_answer
             if answer is not None and not answer.done():
+                install = self._install
+                if install is not None:
+                    try:
+                        install(frames)
+                    except Exception as exc:
+                        answer.set_exception(exc)
+                        return
                 answer.set_result(frames)
             else:
                 self._drops["unexpected"] += 1
@@ -387,11 +406,11 @@ class Connection:
         (none on hand), PeerLost (the peer cannot take it), InvalidBody (cannot be sealed)."""
         session = self._require_sendable()
         credited = messages[0].kind in _CREDITED
-        if credited and not self.credit.can_send():
-            raise NoCredit(f"{self.name} has granted no credit", peer=self.name)
         if self._rows:
             self._flush()  # the waiting one-way messages keep their place ahead of this one
             session = self._require_sendable()  # the flush may have found the peer gone
+        if credited and not self.credit.can_send():
+            raise NoCredit(f"{self.name} has granted no credit", peer=self.name)
         frames = session.seal(messages, now_ms())
         self._write(frames, messages)
         if credited:
@@ -553,7 +572,7 @@ class Connection:
             if silent > interval * 0.9:
                 try:
                     self.send([Message(Kind.PING, next_msg_id())])
-                except PeerLost:
+                except MeshError:  # the peer is gone, or our own socket was closed
                     return
 
     def lose(self, reason: str) -> None:
@@ -584,8 +603,9 @@ class Connection:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        if self.session is not None:
-            self._table.remove(self.session)
+        for session in self._installed:
+            self._table.remove(session)
+        self.session = None
         if self._transport is not None:
             self._transport.close()
         self._wake_credit_waiters()  # they see the connection closed and raise PeerLost

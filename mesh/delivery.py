@@ -56,6 +56,7 @@ LANE_WINDOW = 64
 LANE_LIMIT = 10_000
 RETRY_POLL_S = 1.0
 MAX_STREAMS = 10_000  # receiving streams remembered (LRU, idle ones only)
+MAX_STREAMS_PER_PEER = 1_000  # of them, per sending node
 DEADLETTERS_TOPIC = "deadletters"
 
 
@@ -131,6 +132,7 @@ class Deliveries:
         self._publish = publish
         self._lanes: dict[tuple[str, bool], Lane] = {}
         self._inbox: OrderedDict[tuple[bytes, int], Sequencer[Held]] = OrderedDict()
+        self._streams_of: Counter[bytes] = Counter()  # streams in the inbox per sender
         self._workers: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._wakeups: dict[tuple[bytes, int], asyncio.Event] = {}
         self._hold_s = hold_s
@@ -334,6 +336,9 @@ class Deliveries:
         duplicate, a copy of the running one, a bad ``dlv`` or a drop by the sequencer's
         bounds, and when the sequencer lets a held one go (a newer copy replaces it, the
         sender gave up on it, or a lower one displaces it)."""
+        if self._closed:
+            consumed()
+            return
         dlv = (message.meta or {}).get("dlv")
         if not (
             isinstance(dlv, list)
@@ -348,7 +353,8 @@ class Deliveries:
         sequencer = self._inbox.get(key)
         if sequencer is None:
             sequencer = self._inbox[key] = Sequencer(self._hold_s)
-            self._forget_idle_streams()
+            self._streams_of[caller.node_id] += 1
+            self._forget_idle_streams(caller.node_id)
         else:
             self._inbox.move_to_end(key)
         now = asyncio.get_running_loop().time()
@@ -368,20 +374,31 @@ class Deliveries:
             self._wakeups[key] = asyncio.Event()
             self._workers[key] = asyncio.create_task(self._work(key, sequencer))
 
-    def _forget_idle_streams(self) -> None:
-        """Keep at most MAX_STREAMS streams (every sender restart starts new ones): the
-        least recently used idle ones go. Forgetting one is what a receiver restart does
-        to it (protocol.md 8.2), so the oldest must be long finished: 10 000 streams."""
-        excess = len(self._inbox) - MAX_STREAMS
+    def _forget_idle_streams(self, peer_id: bytes) -> None:
+        """Keep at most MAX_STREAMS_PER_PEER streams of one sender and MAX_STREAMS in all
+        (every sender restart starts new ones): the least recently used idle ones go, the
+        sender's own first, so one member opening streams by the thousand forgets its own
+        and never another's. Forgetting one is what a receiver restart does to it
+        (protocol.md 8.2), so the oldest must be long finished."""
+        self._evict(self._streams_of[peer_id] - MAX_STREAMS_PER_PEER, lambda key: key[0] == peer_id)
+        self._evict(len(self._inbox) - MAX_STREAMS, lambda key: True)
+
+    def _evict(self, excess: int, which: Callable[[tuple[bytes, int]], bool]) -> None:
+        if excess <= 0:
+            return
         for key in list(self._inbox)[:-1]:  # never the one just made
             if excess <= 0:
                 return
             sequencer = self._inbox[key]
-            if key not in self._workers and not sequencer.held and sequencer.running is None:
+            idle = key not in self._workers and not sequencer.held and sequencer.running is None
+            if idle and which(key):
                 self.received["gaps_forgotten"] += sequencer.gaps
                 self.received["late_forgotten"] += sequencer.late
                 self.received["dropped_forgotten"] += sequencer.dropped
                 del self._inbox[key]
+                self._streams_of[key[0]] -= 1
+                if not self._streams_of[key[0]]:
+                    del self._streams_of[key[0]]
                 excess -= 1
 
     async def _work(self, key: tuple[bytes, int], sequencer: Sequencer[Held]) -> None:

@@ -159,6 +159,7 @@ class HandlerRunner:
         self._reply_bytes = 0
         self.failures = 0
         self.duplicates = 0
+        self._closed = False
 
     def add(self, name: str, function: Handler) -> None:
         if not isinstance(name, str) or not name:
@@ -172,6 +173,9 @@ class HandlerRunner:
         application has consumed it: flow control grants credit then), just before any
         reply is sent, so the grant rides on the reply."""
         key = (caller.node_id, message.msg_id)
+        if self._closed:
+            on_done(False)
+            return
         if key in self._running:
             self.duplicates += 1
             on_done(False)
@@ -221,6 +225,7 @@ class HandlerRunner:
                 task.cancel()
 
     async def close(self) -> None:
+        self._closed = True
         tasks = [task for task, _ in self._running.values()]
         for task in tasks:
             task.cancel()

@@ -274,10 +274,11 @@ class Node:
             await self._topics.close()
         await self._deliveries.close()
         await self._runner.close()
-        for connection in list(self._connections.values()):
+        connections = list(self._connections.values())  # lose() takes them out of the pool
+        for connection in connections:
             connection.say_goodbye()
             connection.lose("node closed")
-        await asyncio.gather(*(c.wait_closed() for c in list(self._connections.values())))
+        await asyncio.gather(*(connection.wait_closed() for connection in connections))
         await cancel_and_wait(self._tasks)
         if self._inbound is not None:
             self._inbound.close()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from mesh import delivery
 from mesh.codec import Message, encode_payload
 from mesh.delivery import AT_LEAST_ONCE, DURABLE, Deliveries
 from mesh.errors import InvalidBody
@@ -39,12 +40,12 @@ class Sender:
 
     def __init__(self) -> None:
         self.answers: list[Message] = []
+        self.elsewhere: list[Message] = []  # answers to another caller
         self.arrivals = 0
         self.consumed: Counter[int] = Counter()  # arrival -> times its credit came back
 
     def reply(self, caller: Caller, messages: list[Message]) -> int:
-        assert caller is CALLER
-        self.answers.extend(messages)
+        (self.answers if caller is CALLER else self.elsewhere).extend(messages)
         return 1
 
     def message(self, seq: int, low: int) -> tuple[Message, Callable[[], None]]:
@@ -155,6 +156,29 @@ async def test_an_absurd_sequence_jump_is_dropped_with_its_credit_returned(recei
     arrive(deliveries, sender, 0, 0)  # the stream goes on
     await eventually(lambda: sender.acked(0))
     assert handler.ran == [0] and sender.holds_nothing()
+
+
+@pytest.mark.asyncio
+async def test_one_sender_opening_streams_forgets_its_own_never_anothers(
+    receiver, sender, monkeypatch
+):
+    """Remembered streams are bounded per sender: a member opening thousands of streams
+    (every restart starts one) pushes out its own idle ones, not another sender's."""
+    monkeypatch.setattr(delivery, "MAX_STREAMS_PER_PEER", 3)
+    deliveries, handler = receiver
+    other = Caller(SimpleNamespace(peer=SimpleNamespace(node_id=b"o" * 16, name="ox")))  # type: ignore[arg-type]
+    meta = {"dlv": [99, 0, 0]}
+    deliveries.receive(other, Message(Kind.REQUEST, 1, name=WORK, body=-1, meta=meta), list)
+    for stream in range(10):
+        meta = {"dlv": [stream, 0, 0]}
+        deliveries.receive(
+            CALLER, Message(Kind.REQUEST, 2 + stream, name=WORK, body=stream, meta=meta), list
+        )
+        await eventually(lambda stream=stream: stream in handler.ran)
+    streams = deliveries._inbox
+    assert sum(key[0] == PEER for key in streams) <= 3
+    assert (b"o" * 16, 99) in streams
+    assert [m.corr_id for m in sender.elsewhere] == [1]  # its ack went to it, not to CALLER
 
 
 # ---------------------------------------------------------------------------- sending
