@@ -59,6 +59,7 @@ log = logging.getLogger("mesh")
 STATS_METHOD = "mesh.stats"
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
+CONNECT_ATTEMPTS = 3  # dials of one connect, when newer entries supersede the one dialled
 DEFAULT_STREAM_WINDOW = 64
 HOUSEKEEPING_S = 5.0
 DEFAULT_STREAM_BYTES = 16 * 1024 * 1024
@@ -162,6 +163,7 @@ class Node:
         self._inbound: Inbound | None = None
         self._connections: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Task[Connection]] = {}  # one connect per peer
+        self._dials: dict[str, tuple[PeerInfo, asyncio.Task[Connection]]] = {}  # under way
         self.known = PeerDirectory(self.trust, self.drops)
         self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
         self._discovery: DiscoveryClient | None = None
@@ -310,6 +312,8 @@ class Node:
         applied = self.known.on_event(body)
         if applied is None:
             return
+        if applied[0] != "LEAVE":
+            self._supersede_dial(applied[1])
         if self._topics is not None:
             self._topics.on_directory_event(*applied)
         for watcher in self._peer_watchers:
@@ -675,21 +679,47 @@ class Node:
             task.exception()  # each waiter gets it through its own await; nobody else must
 
     async def _connect_peer(self, peer: str) -> Connection:
-        info = self.known.get(peer)
-        if info is None:
-            found = await self._lookup({"name": peer})
-            info = next((i for i in found if i.name == peer), None)
+        """Dial the newest entry known for ``peer``. A restarted peer's JOIN that arrives
+        while its old endpoint is still being dialled ends that dial and the new endpoint
+        is dialled at once, instead of after the old one's whole connect timeout."""
+        for _ in range(CONNECT_ATTEMPTS):
+            info = self.known.get(peer)
             if info is None:
-                raise PeerNotFound(f"no live node named {peer!r}", peer=peer)
-        try:
-            connection = await self._open_connection(
-                info.endpoint, self.connect_timeout, info.certificate
+                found = await self._lookup({"name": peer})
+                info = next((i for i in found if i.name == peer), None)
+                if info is None:
+                    raise PeerNotFound(f"no live node named {peer!r}", peer=peer)
+            dial = asyncio.create_task(
+                self._open_connection(info.endpoint, self.connect_timeout, info.certificate),
+                name=f"dial {peer}",
             )
-        except PeerLost:
-            self._forget_peer(peer)
-            raise
-        self._connections[peer] = connection
-        return connection
+            self._dials[peer] = (info, dial)
+            try:
+                connection = await dial
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our own cancellation (node closing): not a newer entry
+                continue  # superseded by a newer entry: dial that one
+            except PeerLost:
+                if self.known.get(peer) is info:  # never forget a newer entry than ours
+                    self._forget_peer(peer)
+                    raise
+                continue
+            finally:
+                if self._dials.get(peer, (None, None))[1] is dial:
+                    del self._dials[peer]
+            self._connections[peer] = connection
+            return connection
+        raise PeerLost(f"{peer} changed address while being dialled", peer=peer)
+
+    def _supersede_dial(self, info: PeerInfo) -> None:
+        """A newer entry for a peer being dialled: end the dial (the connect retries)."""
+        dialling = self._dials.get(info.name)
+        if dialling is not None and self.known.get(info.name) is info:
+            old, dial = dialling
+            if (old.endpoint, old.started_ms) != (info.endpoint, info.started_ms):
+                dial.cancel()
 
     async def _open_connection(
         self, endpoint: str, timeout: float, certificate: Certificate | None = None

@@ -423,3 +423,26 @@ def _ping():
     from mesh.connection import next_msg_id
 
     return Message(Kind.PING, next_msg_id())
+
+
+def test_a_restarted_peers_join_ends_the_dial_to_its_old_address(fake_mesh):
+    """A peer restarted elsewhere: its JOIN, arriving while the old address is still being
+    dialled, gets the call through at once instead of after the whole connect timeout (and
+    the failed dial never makes the node forget the newer entry)."""
+
+    async def scenario() -> None:
+        a = await fake_mesh.node("a", connect_timeout=60)
+        b = await fake_mesh.node("b")
+        b.handler("echo", _echo)
+        certificate = b.identity.require_certificate()
+        a.add_peer(certificate, "inproc://nobody-listens-here")  # where b used to be
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        call = asyncio.create_task(a.request("b", "echo", "hi", timeout=120))
+        await wait_until(lambda: "b" in a._dials)
+        entry = {"cert": certificate.to_bytes(), "endpoint": b.endpoint, "started_ms": 1}
+        a._on_directory_event({"type": "JOIN", "entry": entry})
+        assert await call == "hi"
+        assert loop.time() - started < 60  # virtual seconds: not the old dial's timeout
+
+    within_mesh(fake_mesh, scenario)
