@@ -114,8 +114,9 @@ async def _no_credit(node: Node, name: str) -> bool:
 async def test_no_credit_and_flow_control_timeout(spawn, discovery, home):
     spawn("run", AGENT, "--name", "slow", "--discovery", discovery).endpoint()
     async with Node("producer", discovery=discovery, mesh=home, register=False) as node:
+        # a minute per message: no credit comes back while this test runs, however slowly
         for i in range(Window().messages):
-            await node.send("slow", "consume", {"i": i, "delay": 0.5}, block=False)
+            await node.send("slow", "consume", {"i": i, "delay": 60}, block=False)
         with pytest.raises(NoCredit):
             await node.send("slow", "consume", {"i": -1}, block=False)
         assert node.stats()["connections"]["slow"]["credit_messages"] == 0
