@@ -59,7 +59,8 @@ log = logging.getLogger("mesh")
 STATS_METHOD = "mesh.stats"
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
-CONNECT_ATTEMPTS = 3  # dials of one connect, when newer entries supersede the one dialled
+CONNECT_ATTEMPTS = 3
+REGISTER_RETRY_S = 0.2  # dials of one connect, when newer entries supersede the one dialled
 DEFAULT_STREAM_WINDOW = 64
 HOUSEKEEPING_S = 5.0
 DEFAULT_STREAM_BYTES = 16 * 1024 * 1024
@@ -237,7 +238,7 @@ class Node:
                 self.trust.max_skew_ms,
             )
         if self._discovery is not None and self._register:
-            await self._discovery.register(self._registration())
+            await self._first_registration()
             self._registered = True
             self._tasks.append(
                 asyncio.create_task(self._discovery.renew_forever(), name=f"{self.name} renew")
@@ -248,6 +249,21 @@ class Node:
         port, address = self._metrics_at
         if port is not None:
             self._metrics = MetricsServer(self.stats, port, address)
+
+    async def _first_registration(self) -> None:
+        """Register, retrying for up to ``connect_timeout``: one discovery attempt is kept
+        short (so a dead discovery node fails over fast), which a loaded machine can miss."""
+        assert self._discovery is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        while True:
+            try:
+                await self._discovery.register(self._registration())
+                return
+            except DiscoveryUnavailable:
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(REGISTER_RETRY_S)
 
     @property
     def metrics_url(self) -> str | None:
