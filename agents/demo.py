@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mesh import MeshError, Node
-from mesh.demo import Child
-from mesh.keystore import MeshDirectory
+from mesh.cli.demo import Child
+from mesh.runtime.keystore import MeshDirectory
 
 from .tiny import build_tiny_model, is_tiny_model
 

@@ -3,9 +3,8 @@
 This module re-exports the public names; it defines nothing itself.
 """
 
-from .codec import Blob, Message
-from .discovery import DiscoveryServer
-from .errors import (
+from .core.codec import Blob, Message
+from .core.errors import (
     AuthenticationFailed,
     BadRequest,
     CallError,
@@ -45,16 +44,17 @@ from .errors import (
     UnsupportedAttachment,
     UnsupportedVersion,
 )
-from .handlers import CallContext
-from .handshake import Initiator, Responder
-from .identity import Authority, Certificate, Identity, Trust
-from .keystore import MeshDirectory
-from .node import Node
-from .peers import PeerInfo
-from .session import Session, SessionLimits, SessionTable
-from .subscription import Subscription, TopicMessage
-from .sync import SyncNode, SyncSubscription
-from .wire import ErrorCode, Kind
+from .core.handshake import Initiator, Responder
+from .core.identity import Authority, Certificate, Identity, Trust
+from .core.session import Session, SessionLimits, SessionTable
+from .core.wire import ErrorCode, Kind
+from .runtime.discovery import DiscoveryServer
+from .runtime.handlers import CallContext
+from .runtime.keystore import MeshDirectory
+from .runtime.node import Node
+from .runtime.peers import PeerInfo
+from .runtime.subscription import Subscription, TopicMessage
+from .runtime.sync import SyncNode, SyncSubscription
 
 __version__ = "0.1.0"
 

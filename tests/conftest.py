@@ -28,7 +28,7 @@ from mesh import (
     SessionTable,
     Trust,
 )
-from mesh.flow import ReceiveCredit
+from mesh.core.flow import ReceiveCredit
 from tests.processes import Process
 
 # No per-example deadline: timing on a shared 2-core machine is not what these tests check.

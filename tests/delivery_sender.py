@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 
-from mesh.node import Node
+from mesh.runtime.node import Node
 
 
 async def main(url: str, peer: str, mode: str, first: int, count: int, deadline: float) -> None:

@@ -1,7 +1,7 @@
 """A network without sockets and a clock moved by hand: the runtime tested the way httpcore
 tests its pool over a mock backend.
 
-:class:`FakeNetwork` implements :class:`mesh.transport.Network`: a "DEALER" dialled to an
+:class:`FakeNetwork` implements :class:`mesh.runtime.transport.Network`: a "DEALER" dialled to an
 endpoint and a "ROUTER" bound at one exchange frames through the event loop (one
 ``call_soon`` per frame, as a socket's reader would fire), every frame is recorded, and a
 test may hold a direction to reorder, duplicate or drop what was sent, or cut a link.
@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.transport import OnFrames
+from mesh.runtime.transport import OnFrames
 
 _routing_ids = itertools.count(1)
 

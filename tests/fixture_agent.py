@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from mesh.node import Node
+from mesh.runtime.node import Node
 
 
 class FixtureAgent:

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from mesh.node import Node
+from mesh.runtime.node import Node
 
 
 def rss_mb() -> float:

@@ -13,12 +13,12 @@ from typing import Any
 
 import zmq
 
-from mesh.codec import Message
-from mesh.handshake import Initiator
-from mesh.identity import Certificate, Identity, Trust
-from mesh.inbound import now_ms
-from mesh.session import Session, SessionTable
-from mesh.wire import Kind
+from mesh.core.codec import Message
+from mesh.core.handshake import Initiator
+from mesh.core.identity import Certificate, Identity, Trust
+from mesh.core.session import Session, SessionTable
+from mesh.core.wire import Kind
+from mesh.runtime.inbound import now_ms
 
 WAIT_S = 10.0
 

@@ -23,7 +23,7 @@ Theory of the verdict. Every message a sender *wanted* ends in one :class:`Outco
 And every run is checked: a lane's first runs come in increasing order, and within one
 receiver incarnation every run comes after the previous one (else ``order``); a run of a
 message that ran before is a ``duplicate`` unless it is the one documented window
-(mesh/sequencer.py, README): the earlier run was in an earlier incarnation of the receiver
+(mesh/core/sequencer.py, README): the earlier run was in an earlier incarnation of the receiver
 (killed), among the last ``LANE_WINDOW`` runs of that lane there (a sender has at most that
 many messages awaiting their ack), so its ack may have died with the receiver. Those are
 counted as ``duplicates_in_crash_window``, not as failures. A run of a message never wanted
@@ -38,7 +38,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from mesh.delivery import AT_LEAST_ONCE, DURABLE, LANE_WINDOW
+from mesh.runtime.delivery import AT_LEAST_ONCE, DURABLE, LANE_WINDOW
 
 RELIABLE_MODES = (AT_LEAST_ONCE, DURABLE)
 DURABLE_INCARNATION = 0  # a durable lane is shared by every incarnation of its sender

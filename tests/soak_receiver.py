@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mesh import CallContext
-from mesh.errors import InvalidArgument
-from mesh.node import Node
-from mesh.runner import install_echo
+from mesh.cli.runner import install_echo
+from mesh.core.errors import InvalidArgument
+from mesh.runtime.node import Node
 
 LEDGER_DIR_ENV = "SOAK_LEDGER_DIR"
 

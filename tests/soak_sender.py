@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from mesh.node import Node
+from mesh.runtime.node import Node
 from tests.soak_ledger import RELIABLE_MODES, Ending, Lane, read_lines
 
 SETTLE_S = 90.0  # beyond the default 60 s deadline: by then all is acked or dead-lettered

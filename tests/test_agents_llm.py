@@ -11,7 +11,7 @@ import pytest
 
 from agents.tiny import build_tiny_model
 from mesh import BadRequest, Overloaded
-from mesh.node import Node
+from mesh.runtime.node import Node
 from tests.conftest import eventually, spent_stream_credit
 
 LLM = "agents.llm:LLMAgent"

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 import pytest
 
 from mesh import Identity, MeshDirectory
-from mesh.codec import Message, encode_payload
-from mesh.discovery import DiscoveryServer
-from mesh.envelope import seal_payload
-from mesh.errors import HandshakeRejected, NameConflict
-from mesh.handshake import Initiator
-from mesh.identity import Authority
-from mesh.inbound import now_ms
-from mesh.node import Node
-from mesh.session import SessionTable
-from mesh.wire import PROTOCOL_VERSION, FrameType, Kind
+from mesh.core.codec import Message, encode_payload
+from mesh.core.envelope import seal_payload
+from mesh.core.errors import HandshakeRejected, NameConflict
+from mesh.core.handshake import Initiator
+from mesh.core.identity import Authority
+from mesh.core.session import SessionTable
+from mesh.core.wire import PROTOCOL_VERSION, FrameType, Kind
+from mesh.runtime.discovery import DiscoveryServer
+from mesh.runtime.inbound import now_ms
+from mesh.runtime.node import Node
 from tests.hostile import LoopThread, RawPeer, until
 
 SKEW_MS = 10 * 60 * 1000  # far beyond the default bound

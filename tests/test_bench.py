@@ -104,8 +104,8 @@ def test_nats_runs_beside_the_mesh_when_its_server_is_up(tmp_path):
 
 def test_plots_are_written_from_a_summary(tmp_path):
     pytest.importorskip("matplotlib", reason="mesh bench --plot needs matplotlib")
-    from mesh import bench
-    from mesh.bench_plot import plot
+    from mesh.bench import suite as bench
+    from mesh.bench.plot import plot
 
     done = subprocess.run(
         [sys.executable, "-m", "mesh.cli", "bench", "--tiny", "--json", str(tmp_path / "b.json")],

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from mesh.cli import _parser
-from mesh.completion import _commands
+from mesh.cli.app import _parser
+from mesh.cli.completion import _commands
 from tests.processes import ROOT
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mesh.node import Node
+from mesh.runtime.node import Node
 from tests.processes import ROOT
 
 

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from mesh import InvalidArgument
-from mesh.cluster import parse_cluster
+from mesh.cli.cluster import parse_cluster
 from tests.test_readme import README
 
 
@@ -50,7 +50,7 @@ def test_each_mistake_is_named(change, problem):
 
 
 def test_the_remote_shell_is_ssh_or_the_hosts_own_command():
-    from mesh.launch import Remote
+    from mesh.cli.launch import Remote
 
     data = readme_cluster()
     data["hosts"]["gpu"]["ssh_options"] = ["-o", "ProxyJump=bastion"]

@@ -19,8 +19,8 @@ from mesh import (
     Message,
     ProtocolError,
 )
-from mesh.codec import decode_payload, encode_payload, encode_row, payload_of_rows
-from mesh.wire import EXT_ATTACHMENT, MAX_DEPTH, Kind
+from mesh.core.codec import decode_payload, encode_payload, encode_row, payload_of_rows
+from mesh.core.wire import EXT_ATTACHMENT, MAX_DEPTH, Kind
 
 
 def row(body: bytes) -> bytes:

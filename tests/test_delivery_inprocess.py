@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mesh import InvalidArgument, InvalidBody, Node
-from mesh.discovery import DiscoveryServer
+from mesh.runtime.discovery import DiscoveryServer
 from tests.conftest import eventually
 from tests.processes import ROOT
 
@@ -66,7 +66,7 @@ async def test_resends_while_a_handler_runs_do_not_run_it_twice(mesh, monkeypatc
 
         rx.handler("slow", slow)
         tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
-        monkeypatch.setattr("mesh.delivery.ACK_WAIT_S", 0.05)  # resend while 0 still runs
+        monkeypatch.setattr("mesh.runtime.delivery.ACK_WAIT_S", 0.05)  # resend while 0 still runs
         for i in range(20):
             await tx.send("rx", "slow", i, delivery="at_least_once")
         await tx.delivered(timeout=30)
@@ -76,7 +76,7 @@ async def test_resends_while_a_handler_runs_do_not_run_it_twice(mesh, monkeypatc
 
 @pytest.mark.asyncio
 async def test_the_receiver_remembers_a_bounded_number_of_idle_streams(mesh, monkeypatch):
-    monkeypatch.setattr("mesh.delivery.MAX_STREAMS", 2)
+    monkeypatch.setattr("mesh.runtime.delivery.MAX_STREAMS", 2)
     async with Node("rx", mesh=mesh) as rx:
         rx.handler("note", lambda body: None)
         for name in ("a", "b", "c", "d"):  # each sender brings a stream of its own
@@ -104,7 +104,7 @@ async def test_once_delivered_the_receiver_holds_none_of_the_senders_credit(mesh
 
         rx.handler("flaky", flaky)
         tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
-        monkeypatch.setattr("mesh.delivery.ACK_WAIT_S", 0.05)  # resends while 1.. are held
+        monkeypatch.setattr("mesh.runtime.delivery.ACK_WAIT_S", 0.05)  # resends while 1.. are held
         for i in range(40):
             await tx.send("rx", "flaky", i, delivery="at_least_once")
         await tx.delivered(timeout=60)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from mesh.delivery import LANE_WINDOW
-from mesh.node import Node
+from mesh.runtime.delivery import LANE_WINDOW
+from mesh.runtime.node import Node
 from tests.conftest import wait_until
 from tests.processes import Process
 

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from mesh import delivery
-from mesh.codec import Message, encode_payload
-from mesh.delivery import AT_LEAST_ONCE, DURABLE, Deliveries
-from mesh.errors import InvalidBody
-from mesh.handlers import Caller, HandlerRunner
-from mesh.wire import Kind
+from mesh.core.codec import Message, encode_payload
+from mesh.core.errors import InvalidBody
+from mesh.core.wire import Kind
+from mesh.runtime import delivery as delivery
+from mesh.runtime.delivery import AT_LEAST_ONCE, DURABLE, Deliveries
+from mesh.runtime.handlers import Caller, HandlerRunner
 from tests.conftest import eventually
 
 PEER = b"p" * 16

@@ -20,8 +20,8 @@ import signal
 import pytest
 
 from mesh import MeshDirectory, NameConflict, Node, PeerNotFound
-from mesh.directory import Directory, parse_registration
-from mesh.discovery import DiscoveryServer
+from mesh.core.directory import Directory, parse_registration
+from mesh.runtime.discovery import DiscoveryServer
 from tests.conftest import eventually
 
 AGENT = "tests.fixture_agent:FixtureAgent"

@@ -19,8 +19,8 @@ from mesh import (
     ProtocolError,
     UnsupportedVersion,
 )
-from mesh.envelope import BOX_OFFSET, open_sealed, seal
-from mesh.wire import MAX_FRAMES, Kind
+from mesh.core.envelope import BOX_OFFSET, open_sealed, seal
+from mesh.core.wire import MAX_FRAMES, Kind
 from tests.conftest import NOW_MS, Pair, handshake
 
 SID = b"\x00\x00\x00\x01\x00\x00\x00\x02"

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from mesh.errors import MeshError, PeerLost
-from mesh.node import Node
+from mesh.core.errors import MeshError, PeerLost
+from mesh.runtime.node import Node
 from tests.conftest import eventually
 from tests.netns import Hosts, NetnsHost, sh, why_not
 from tests.processes import Process

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from mesh import InvalidArgument, LocalProtocolError
-from mesh.flow import ReceiveCredit, SendCredit, Window
+from mesh.core.flow import ReceiveCredit, SendCredit, Window
 
 MAX_MESSAGE = 5000
 

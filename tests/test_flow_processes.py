@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from mesh import FlowControlTimeout, NoCredit
-from mesh.flow import Window
-from mesh.node import Node
+from mesh.core.flow import Window
+from mesh.runtime.node import Node
 from tests.conftest import eventually, spent_stream_credit
 from tests.processes import ROOT
 from tests.test_live_processes import AGENT

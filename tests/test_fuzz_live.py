@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
 from mesh import MeshDirectory
-from mesh.codec import Message
-from mesh.discovery import DiscoveryServer
-from mesh.inbound import now_ms
-from mesh.node import Node
-from mesh.publish import seal_publish
-from mesh.wire import PROTOCOL_VERSION, FrameType, Kind
+from mesh.core.codec import Message
+from mesh.core.publish import seal_publish
+from mesh.core.wire import PROTOCOL_VERSION, FrameType, Kind
+from mesh.runtime.discovery import DiscoveryServer
+from mesh.runtime.inbound import now_ms
+from mesh.runtime.node import Node
 from tests.hostile import LoopThread, RawPeer, until
 from tests.processes import ROOT
 
@@ -314,7 +314,7 @@ def test_the_coverage_guided_envelope_fuzzer_finds_nothing(tmp_path):
 def test_zmq_drops_an_oversized_frame_before_python_sees_it(arena):
     """ZeroMQ's MAXMSGSIZE closes the connection at the size header: the node never buffers
     it, and other peers are unaffected."""
-    from mesh.sockets import MAX_ZMQ_MESSAGE
+    from mesh.runtime.sockets import MAX_ZMQ_MESSAGE
 
     attacker = zmq.Context.instance().socket(zmq.DEALER)
     attacker.setsockopt(zmq.LINGER, 0)

@@ -27,8 +27,8 @@ from mesh import (
     Unauthorized,
     UnsupportedVersion,
 )
-from mesh.handshake import HandshakeState
-from mesh.wire import Kind, RejectCode
+from mesh.core.handshake import HandshakeState
+from mesh.core.wire import Kind, RejectCode
 from tests.conftest import NOT_BEFORE, NOW_MS, certified, handshake
 
 

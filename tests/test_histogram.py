@@ -8,7 +8,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.histogram import SUB_COUNT, Histogram
+from mesh.core.histogram import SUB_COUNT, Histogram
 
 values = st.lists(st.integers(0, 10**12), min_size=1, max_size=300)
 

@@ -16,7 +16,7 @@ from mesh import (
     MalformedEnvelope,
     Unauthorized,
 )
-from mesh.identity import node_id_for
+from mesh.core.identity import node_id_for
 from tests.conftest import NOT_BEFORE, NOW_MS
 
 

@@ -14,13 +14,13 @@ import zmq
 import zmq.asyncio
 
 from mesh import Identity, SessionLimits
-from mesh.discovery import DiscoveryServer
-from mesh.errors import InvalidBody, NodeClosed
-from mesh.inbound import now_ms
-from mesh.node import Node
-from mesh.publish import open_publish
-from mesh.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
-from mesh.sync import SyncNode
+from mesh.core.errors import InvalidBody, NodeClosed
+from mesh.core.publish import open_publish
+from mesh.runtime.discovery import DiscoveryServer
+from mesh.runtime.inbound import now_ms
+from mesh.runtime.node import Node
+from mesh.runtime.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
+from mesh.runtime.sync import SyncNode
 from tests.conftest import eventually
 
 NODES = 50
@@ -233,7 +233,7 @@ def test_sync_node_closes_itself_at_interpreter_exit(mesh):
 
 @pytest.mark.asyncio
 async def test_stats_show_credit_held_and_waiting(mesh):
-    from mesh.flow import Window
+    from mesh.core.flow import Window
 
     release = asyncio.Event()
     async with (
@@ -261,7 +261,7 @@ async def test_stats_show_credit_held_and_waiting(mesh):
 
 @pytest.mark.asyncio
 async def test_windows_are_configurable_per_peer(mesh):
-    from mesh.flow import Window
+    from mesh.core.flow import Window
 
     async with (
         Node(
@@ -280,7 +280,7 @@ async def test_windows_are_configurable_per_peer(mesh):
 
 @pytest.mark.asyncio
 async def test_one_way_floods_are_credited_without_drops(mesh):
-    from mesh.flow import Window
+    from mesh.core.flow import Window
 
     async with (
         Node("server", mesh=mesh, window=Window(8, 10**6)) as server,
@@ -298,7 +298,7 @@ async def test_one_way_floods_are_credited_without_drops(mesh):
 
 @pytest.mark.asyncio
 async def test_a_burst_of_one_way_messages_is_coalesced_in_order(mesh):
-    from mesh.flow import Window
+    from mesh.core.flow import Window
 
     async with (
         Node("server", mesh=mesh, window=Window(300, 10**6)) as server,
@@ -362,7 +362,7 @@ async def test_the_reply_cache_is_bounded_in_bytes(mesh):
     """Replies are kept to answer retries without running handlers twice, but large ones
     must not pile up: a soak with 1 MiB replies held 130 MiB per agent before the bound."""
     from mesh import Blob
-    from mesh.handlers import REPLY_CACHE_BYTES
+    from mesh.runtime.handlers import REPLY_CACHE_BYTES
 
     async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
 

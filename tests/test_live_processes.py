@@ -15,7 +15,7 @@ import zmq
 import zmq.asyncio
 
 from mesh import Authority, HandshakeRejected, Identity, Initiator, MeshDirectory, SessionTable
-from mesh.errors import (
+from mesh.core.errors import (
     DiscoveryUnavailable,
     NoSuchMethod,
     PeerLost,
@@ -24,7 +24,7 @@ from mesh.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from mesh.node import Node
+from mesh.runtime.node import Node
 from tests.conftest import eventually
 from tests.processes import Process
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh import AuthenticationFailed, ClockSkew, Message, ProtocolError
-from mesh.publish import TopicKey, open_publish, publish_header, seal_publish
-from mesh.wire import Kind
+from mesh.core.publish import TopicKey, open_publish, publish_header, seal_publish
+from mesh.core.wire import Kind
 from tests.conftest import NOW_MS
 
 KEY = TopicKey("orders", bytes(range(32)), 7)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh import InvalidArgument
-from mesh.ratelimit import RateLimiter
+from mesh.core.ratelimit import RateLimiter
 
 
 def test_a_burst_then_the_rate():

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh import InvalidArgument, ReplayDetected
-from mesh.replay import ReplayWindow
+from mesh.core.replay import ReplayWindow
 
 
 @given(size=st.integers(1, 200), seqs=st.lists(st.integers(0, 600), max_size=300))

@@ -23,11 +23,11 @@ from mesh import (
     ReplyTooLarge,
     SessionTable,
 )
-from mesh.callers import MAX_SESSIONS_PER_PEER
-from mesh.connection import COLLECT_MAX_BYTES, Connection, ConnectionState
-from mesh.errors import HandshakeRejected
-from mesh.flow import SendCredit
-from mesh.wire import Kind, RejectCode
+from mesh.core.errors import HandshakeRejected
+from mesh.core.flow import SendCredit
+from mesh.core.wire import Kind, RejectCode
+from mesh.runtime.callers import MAX_SESSIONS_PER_PEER
+from mesh.runtime.connection import COLLECT_MAX_BYTES, Connection, ConnectionState
 from tests.conftest import certified
 from tests.fakenet import FakeNetwork, run, settle, wait_until
 
@@ -419,8 +419,8 @@ async def _echo(body):
 
 
 def _ping():
-    from mesh.codec import Message
-    from mesh.connection import next_msg_id
+    from mesh.core.codec import Message
+    from mesh.runtime.connection import next_msg_id
 
     return Message(Kind.PING, next_msg_id())
 

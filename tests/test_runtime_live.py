@@ -9,9 +9,9 @@ import pytest
 import zmq
 
 from mesh import InvalidArgument, NodeClosed
-from mesh.node import Node
-from mesh.reactor import Reactor
-from mesh.sockets import shared_context
+from mesh.runtime.node import Node
+from mesh.runtime.reactor import Reactor
+from mesh.runtime.sockets import shared_context
 
 
 @pytest.mark.asyncio

@@ -11,10 +11,10 @@ import asyncio
 import pytest
 
 from mesh import NoCredit
-from mesh.codec import Message
-from mesh.connection import ConnectionState, next_msg_id
-from mesh.flow import SendCredit
-from mesh.wire import Kind
+from mesh.core.codec import Message
+from mesh.core.flow import SendCredit
+from mesh.core.wire import Kind
+from mesh.runtime.connection import ConnectionState, next_msg_id
 from tests.fakenet import settle, wait_until
 from tests.test_runtime_fakenet import Mesh, within_mesh
 

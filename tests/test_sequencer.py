@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.sequencer import KEPT, MAX_JUMP, Arrival, Gaps, Sequencer
+from mesh.core.sequencer import KEPT, MAX_JUMP, Arrival, Gaps, Sequencer
 
 
 def drain(sequencer: Sequencer, handled: list[int], now: float = 0.0, ok: bool = True) -> None:

@@ -18,7 +18,7 @@ from mesh import (
     SessionTable,
     UnknownSession,
 )
-from mesh.wire import Kind
+from mesh.core.wire import Kind
 from tests.conftest import NOW_MS, handshake
 
 PING = [Message(Kind.PING, 1)]

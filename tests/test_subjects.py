@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh import InvalidArgument, ReplayDetected
-from mesh.directory import Directory, parse_registration
-from mesh.replay import TopicSequence
-from mesh.subjects import matches, validate_pattern, validate_topic
+from mesh.core.directory import Directory, parse_registration
+from mesh.core.replay import TopicSequence
+from mesh.core.subjects import matches, validate_pattern, validate_topic
 from tests.conftest import certified
 
 TOKENS = st.text(alphabet="abcxyz019_-", min_size=1, max_size=4)

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from mesh.errors import NoSuchMethod
-from mesh.node import Node
+from mesh.core.errors import NoSuchMethod
+from mesh.runtime.node import Node
 from tests.processes import ROOT
 
 

@@ -12,12 +12,12 @@ import pytest
 import zmq
 
 from mesh import InvalidArgument, MeshDirectory, MeshError, Node, SyncNode, _sodium
-from mesh.codec import Message, encode_payload
-from mesh.connection import next_msg_id
-from mesh.discovery import DiscoveryServer
-from mesh.inbound import now_ms
-from mesh.publish import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publish
-from mesh.wire import MAC_SIZE, NONCE_SIZE, PROTOCOL_VERSION, FrameType, Kind
+from mesh.core.codec import Message, encode_payload
+from mesh.core.publish import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publish
+from mesh.core.wire import MAC_SIZE, NONCE_SIZE, PROTOCOL_VERSION, FrameType, Kind
+from mesh.runtime.connection import next_msg_id
+from mesh.runtime.discovery import DiscoveryServer
+from mesh.runtime.inbound import now_ms
 from tests.conftest import eventually
 
 

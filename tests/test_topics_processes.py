@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from mesh import MeshDirectory, MeshError
-from mesh.node import STATS_METHOD, Node
+from mesh.runtime.node import STATS_METHOD, Node
 from tests.conftest import eventually
 from tests.processes import Process
 from tests.test_topics_inprocess import forge

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from mesh import Certificate, Message, Trust
-from mesh._testvectors import NOW_MS, compute, parse
-from mesh.envelope import open_sealed
-from mesh.publish import TopicKey, open_publish
-from mesh.wire import Kind
+from mesh.core.envelope import open_sealed
+from mesh.core.publish import TopicKey, open_publish
+from mesh.core.wire import Kind
+from tests.vectors import NOW_MS, compute, parse
 
 SPEC = Path(__file__).resolve().parent.parent / "protocol.md"
 BLOCK = re.compile(r"<!-- vectors:begin -->\n```text\n(.*?)```\n<!-- vectors:end -->", re.S)

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mesh import MeshDirectory
-from mesh.node import Node
+from mesh.runtime.node import Node
 
 
 async def main() -> None:

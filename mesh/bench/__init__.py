@@ -1,0 +1,1 @@
+"""Benchmarks: ``mesh bench``, its targets, scenarios, servers, brokers and plots."""

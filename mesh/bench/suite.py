@@ -1,0 +1,385 @@
+"""``mesh bench``: what a hop costs, the sealed mesh beside raw pyzmq, in one run.
+
+Each system's server runs in its own process (:mod:`mesh.bench.servers`) and the client in
+this one; every scenario runs on both, one after the other, and the report gives the ratio
+mesh / raw for p50 latency (or throughput). Topic fan-out has its subscribers in child
+processes (:mod:`mesh.bench.fanout`); reliable delivery is ``scripts/delivery-bench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import selectors
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ..cli.cluster import Host
+from ..cli.launch import Remote, certify
+from ..core.errors import InvalidArgument, LaunchError
+from ..core.identity import Certificate
+from ..runtime.keystore import MeshDirectory
+from ..runtime.node import Node
+from .broker_nats import NatsTarget
+from .broker_rabbit import RabbitTarget
+from .fanout import FanOut
+from .scenarios import (
+    Result,
+    blocking_round_trip,
+    concurrent,
+    fixed_rate,
+    one_way,
+    round_trip,
+    streamed,
+    tensor,
+    with_peers,
+)
+from .targets import SERVER, MeshTarget, RawTarget
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each scenario to run."""
+
+    rounds: int = 5000
+    large_rounds: int = 300
+    warmup: int = 500
+    one_way: int = 50_000
+    concurrency_total: int = 8000
+    chunks: int = 500
+    streams: int = 5
+    tensors: int = 30
+    rate: int | None = None
+    peer_counts: tuple[int, ...] = (2, 50)
+    published: int = 1000
+    subscriber_counts: tuple[int, ...] = (1, 10, 50)
+
+    @classmethod
+    def quick(cls, rate: int | None = None) -> Plan:
+        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate, (2, 50), 100, (1, 10, 50))
+
+    @classmethod
+    def tiny(cls) -> Plan:
+        """For the test suite: every scenario, a few operations each."""
+        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200, (2, 4), 10, (1, 3))
+
+
+Step = Callable[[Any], Awaitable[Result]]
+
+
+def steps(plan: Plan, fanout: FanOut | None = None) -> list[tuple[str, Step]]:
+    found: list[tuple[str, Step]] = []
+    for size in (64, 1024, 64 * 1024, 1024 * 1024):
+        n = plan.rounds if size <= 1024 else plan.large_rounds
+        found.append((f"rr {size}", lambda t, s=size, n=n: round_trip(t, s, n, plan.warmup)))
+    found.append(("blocking", lambda t: blocking_round_trip(t, plan.rounds, plan.warmup)))
+    found.append(("one-way", lambda t: one_way(t, plan.one_way, plan.warmup)))
+    for outstanding in (1, 4, 16, 64):
+        found.append(
+            (
+                f"concurrency {outstanding}",
+                lambda t, c=outstanding: concurrent(t, c, plan.concurrency_total, plan.warmup),
+            )
+        )
+    found.append(("stream", lambda t: streamed(t, plan.chunks, plan.streams)))
+    found.append(("tensor", lambda t: tensor(t, 4, plan.tensors, 2)))
+    for connected in plan.peer_counts:
+        found.append(
+            (
+                f"peers {connected}",
+                lambda t, n=connected: with_peers(t, n, plan.rounds, plan.warmup),
+            )
+        )
+    for subscribers in plan.subscriber_counts if fanout else ():
+        found.append(
+            (
+                f"fan-out {subscribers}",
+                lambda t, n=subscribers: fanout.run(t.name, n, plan.published),  # type: ignore[union-attr]
+            )
+        )
+    if plan.rate:
+        found.append(("fixed rate", lambda t: fixed_rate(t, plan.rate, plan.rounds, plan.warmup)))
+    return found
+
+
+class Servers:
+    """The servers as child processes: ours here or, through ``remote``, on another host."""
+
+    def __init__(self, mesh: MeshDirectory, remote: Remote | None = None) -> None:
+        self.mesh = mesh
+        self.remote = remote
+        self.address = remote.host.advertise if remote else "127.0.0.1"
+        self.children: list[subprocess.Popen[str]] = []
+
+    def serve(self, kind: str, *args: str) -> str:
+        """Start one of :mod:`mesh.bench.servers`; its endpoint."""
+        module = "mesh.bench.servers"
+        if self.remote is None:
+            return self.spawn(kind, self.address, *args, module=module)
+        argv = self.remote.argv(self.remote.module(module, kind, self.address, *args))
+        return self._start(argv, os.environ.copy(), kind)
+
+    def spawn(self, *args: str, module: str) -> str:
+        """Start ``python -m module args`` here; the endpoint it says it serves on."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            "MESH_HOME": str(self.mesh.path),
+        }
+        return self._start([sys.executable, "-m", module, *args], env, args[0])
+
+    def _start(self, argv: list[str], env: dict[str, str], what: str) -> str:
+        # stdin stays open: a bench server exits when it closes (over ssh too)
+        child = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.children.append(child)
+        assert child.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            line = child.stdout.readline() if selector.select(START_TIMEOUT_S) else ""
+        if "serving on" not in line:
+            where = f" on {self.remote.host.name}" if self.remote and what in SERVED else ""
+            raise InvalidArgument(f"the bench server ({what}) did not start{where}")
+        return line.split()[-1]
+
+    def close(self) -> None:
+        for child in self.children:
+            child.kill()
+            child.wait(10)
+
+
+SERVED = ("raw", "mesh", "peers")  # what runs on the server host with --server-host
+BROKERS: dict[str, Any] = {"nats": NatsTarget, "rabbitmq": RabbitTarget}  # by option
+
+
+@dataclass
+class Setup:
+    """Where everything the client measures against is."""
+
+    raw_endpoint: str
+    mesh_endpoint: str
+    server: Certificate
+    peers: list[tuple[Certificate, str]]
+    fanout: FanOut
+    brokers: dict[str, str]
+
+
+async def run(
+    plan: Plan,
+    progress: Callable[[int, int, str], None],
+    brokers: dict[str, str] | None = None,
+    server_host: Host | None = None,
+) -> list[Result]:
+    """Every step of ``plan`` on the mesh, raw pyzmq and each broker in ``brokers`` (a URL
+    by ``BROKERS`` key), whose responder runs in a child process like our servers. With a
+    ``server_host``, the mesh and raw servers run there (over the launch tooling's remote
+    shell, in a directory of their own that is removed after), the client here."""
+    brokers = brokers or {}
+    remote = None
+    if server_host is not None:
+        workdir = f"{server_host.workdir}/bench-{os.getpid()}-{secrets.token_hex(3)}"
+        remote = Remote(replace(server_host, workdir=workdir))
+    with tempfile.TemporaryDirectory() as home:
+        mesh = MeshDirectory(home)
+        authority = mesh.create()
+        servers = Servers(mesh, remote)
+        try:
+            if remote is None:
+                server = mesh.identity(SERVER).require_certificate()
+                mesh_endpoint = servers.serve("mesh", home)
+                peer_endpoints = servers.serve("peers", home, str(max(plan.peer_counts)))
+                peers = [
+                    (mesh.identity(f"bench-peer-{i}").require_certificate(), endpoint)
+                    for i, endpoint in enumerate(peer_endpoints.split(","))
+                ]
+            else:  # keys made there; many peers would need as many key exchanges: not run
+                fresh = certify(remote, SERVER, authority)  # a fresh directory: always new
+                assert fresh is not None
+                server = fresh
+                mesh_endpoint = servers.serve("mesh", remote.mesh_home)
+                peers = []
+            raw_endpoint = servers.serve("raw")
+            discovery = servers.spawn("discovery", "--bind", "tcp://127.0.0.1:0", module="mesh.cli")
+            for kind, url in brokers.items():
+                await (await BROKERS[kind].connect(url)).close()  # reachable, or one line
+                servers.spawn(url, module=BROKERS[kind].__module__)
+            setup = Setup(
+                raw_endpoint, mesh_endpoint, server, peers, FanOut(home, discovery), brokers
+            )
+            return await _measure(plan, mesh, setup, progress)
+        finally:
+            servers.close()
+            if remote is not None:
+                with contextlib.suppress(LaunchError):
+                    remote.run(f"rm -rf {shlex.quote(remote.host.workdir)}")
+
+
+async def _measure(
+    plan: Plan, mesh: MeshDirectory, setup: Setup, progress: Callable[[int, int, str], None]
+) -> list[Result]:
+    results = []
+    async with Node("bench-client", mesh=mesh) as node:
+        node.add_peer(setup.server, setup.mesh_endpoint)
+        raw = RawTarget(setup.raw_endpoint)
+        others = []
+        try:
+            for kind, url in setup.brokers.items():
+                others.append(await BROKERS[kind].connect(url))
+            ours = MeshTarget(node, setup.server, setup.mesh_endpoint, mesh.identity("bench-sync"))
+            ours.peers = setup.peers
+            targets: list[Any] = [ours, raw, *others]
+            work = [
+                (label, step, target)
+                for label, step in steps(plan, setup.fanout)
+                for target in targets
+                if not {label, label.split()[0]} & set(getattr(target, "skipped", ()))
+                and not (label.startswith("peers") and (target is not ours or not ours.peers))
+            ]
+            for index, (label, step, target) in enumerate(work):
+                progress(index, len(work), f"{label}: {target.name}")
+                results.append(await step(target))
+            progress(len(work), len(work), "done")
+        finally:
+            raw.close()
+            for other in others:
+                await other.close()
+    return results
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "platform": platform.platform(),
+    }
+
+
+def report(results: list[Result]) -> dict[str, Any]:
+    """Every figure, plus mesh / raw ratios per scenario."""
+    rows = [r.to_dict() for r in results]
+    ratios = {}
+    by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_scenario.setdefault(row["scenario"], {})[row["system"]] = row
+    versus: dict[str, dict[str, Any]] = {}
+    for scenario, systems in by_scenario.items():
+        mesh, raw = systems.get("mesh"), systems.get("raw pyzmq")
+        if mesh and raw:
+            ratios[scenario] = _ratio(scenario, mesh, raw)
+        for other, row in systems.items():
+            if mesh and other not in ("mesh", "raw pyzmq"):
+                versus.setdefault(other, {})[scenario] = _ratio(scenario, mesh, row)
+    flat = [r for r in rows if r["params"].get("peers")]
+    if len(flat) >= 2:  # p50 with the most peers over p50 with the fewest: 1.0 is flat
+        fewest, most = flat[0]["latency_us"]["p50"], flat[-1]["latency_us"]["p50"]
+        ratios[f"p50 with {flat[-1]['params']['peers']} peers vs {flat[0]['params']['peers']}"] = {
+            "p50": round(most / fewest, 3) if fewest else 0.0
+        }
+    return {"machine": machine(), "results": rows, "ratios": ratios, "mesh_vs": versus}
+
+
+def _ratio(scenario: str, mesh: dict[str, Any], raw: dict[str, Any]) -> dict[str, float]:
+    if scenario.startswith("one-way"):
+        ours, theirs = (s["throughput"]["messages_per_s"] for s in (mesh, raw))
+        return {"throughput": round(ours / theirs, 3) if theirs else 0.0}
+    found = {}
+    for point in ("p50", "p99"):
+        ours, theirs = mesh["latency_us"][point], raw["latency_us"][point]
+        found[point] = round(ours / theirs, 3) if theirs else 0.0
+    return found
+
+
+def table(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{'scenario':<34}{'system':<11}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>10}"
+        f"{'msg/s':>10}{'MB/s':>8}  ratio",
+    ]
+    for row in summary["results"]:
+        thr = row["throughput"]
+        lat = row["latency_us"] or dict.fromkeys(("p50", "p90", "p99", "p99.9", "max"), 0.0)
+        ratio = ""
+        if row["system"] == "mesh":
+            found = summary["ratios"].get(row["scenario"], {})
+            ratio = "  ".join(f"{k} {v:.2f}x" for k, v in found.items())
+        elif row["system"] != "raw pyzmq":
+            found = summary.get("mesh_vs", {}).get(row["system"], {}).get(row["scenario"], {})
+            ratio = "mesh/this " + "  ".join(f"{k} {v:.2f}x" for k, v in found.items())
+        lines.append(
+            f"{row['scenario']:<34}{row['system']:<11}{lat['p50']:>9.1f}{lat['p90']:>9.1f}"
+            f"{lat['p99']:>9.1f}{lat['p99.9']:>9.1f}{lat['max']:>10.1f}"
+            f"{thr['messages_per_s']:>10.0f}{thr['mb_per_s']:>8.1f}  {ratio}"
+        )
+    scenarios = {row["scenario"] for row in summary["results"]}
+    for name, found in summary["ratios"].items():
+        if name not in scenarios:
+            lines.append(f"{name}: " + "  ".join(f"{k} {v:.2f}x" for k, v in found.items()))
+    lines.append("latency in microseconds; ratio = mesh / raw pyzmq asyncio (lower is better,")
+    lines.append("except one-way, where it is throughput: higher is better)")
+    return "\n".join(lines)
+
+
+def progress_bar(stream: Any) -> Callable[[int, int, str], None]:
+    """A bar redrawn in place on a terminal; one line per step otherwise (CI logs)."""
+    tty = stream.isatty()
+
+    def show(done: int, total: int, label: str) -> None:
+        filled = 30 * done // max(total, 1)
+        line = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {label}"
+        stream.write(f"\r{line:<80}" if tty else f"{line}\n")
+        if tty and done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+def write_json(summary: dict[str, Any], path: str) -> None:
+    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def main(
+    plan: Plan,
+    json_path: str | None,
+    plot_dir: str | None,
+    brokers: dict[str, str] | None = None,
+    server_host: Host | None = None,
+) -> int:
+    results = asyncio.run(run(plan, progress_bar(sys.stderr), brokers, server_host))
+    summary = report(results)
+    if server_host is not None:  # the machine figures are the client's
+        summary["server_host"] = {"name": server_host.name, "address": server_host.advertise}
+    print(table(summary))
+    if json_path:
+        write_json(summary, json_path)
+    if plot_dir:
+        from .plot import plot
+
+        for path in plot(summary, plot_dir):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,166 @@
+"""What ``mesh bench`` drives: the same five operations on the mesh and on raw pyzmq.
+
+Both sides get the same shapes of work, so a ratio compares the mesh's per-message path
+(sealing, numbering, credit, correlation) with the floor of pyzmq asyncio doing only the
+transport. The raw client is the leanest asyncio pattern: send, then await the reply; with many
+calls outstanding, one reader task hands replies to callers in order (its server answers
+in order), the cheapest correlation there is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.asyncio
+
+from ..core.codec import Blob
+from ..core.errors import InvalidArgument
+from ..core.identity import Certificate, Identity
+from ..runtime.node import Node
+from ..runtime.sync import SyncNode
+
+SERVER = "bench-server"
+BLOB_FROM = 4096  # bodies this large travel as attachments, as a user would send them
+
+
+async def reachable(url: str, default_port: int, server: str, timeout: float = 10.0) -> None:
+    """One InvalidArgument line unless something answers TCP at ``url``: broker clients
+    would otherwise retry an unreachable server for a long time, or forever."""
+    address = urlsplit(url)
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                address.hostname, address.port or default_port
+            )
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        raise InvalidArgument(f"cannot reach {server} at {url}: {exc}") from exc
+
+
+def body_of(size: int) -> Any:
+    payload = b"x" * size
+    return Blob(payload) if size >= BLOB_FROM else payload
+
+
+class MeshTarget:
+    name = "mesh"
+
+    def __init__(
+        self, node: Node, server: Certificate, endpoint: str, sync_identity: Identity
+    ) -> None:
+        self.node = node
+        self.server = server
+        self.endpoint = endpoint
+        self.sync_identity = sync_identity  # a node of its own, not a second session of ours
+        self.peers: list[tuple[Certificate, str]] = []  # the many-peers server's nodes
+
+    async def connect_peers(self, count: int) -> list[str]:
+        """Sessions to the first ``count`` peers of the many-peers server; their names."""
+        names = []
+        for certificate, endpoint in self.peers[:count]:
+            if certificate.name not in self.node.known:
+                self.node.add_peer(certificate, endpoint)
+            await self.node.ping(certificate.name, timeout=30)
+            names.append(certificate.name)
+        return names
+
+    def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
+        """A SyncNode's ``echo`` for the blocking scenario, and its closer."""
+        identity = self.sync_identity
+        sync = SyncNode(identity.name, identity=identity, trust=self.node.trust)
+        sync.node.add_peer(self.server, self.endpoint)
+        return (lambda body: sync.request(SERVER, "echo", body, timeout=60)), sync.close
+
+    async def echo(self, body: Any) -> Any:
+        return await self.node.request(SERVER, "echo", body, timeout=60)
+
+    async def sink(self, body: Any) -> None:
+        await self.node.send(SERVER, "sink", body, timeout=60)
+
+    async def count(self) -> int:
+        return int(await self.node.request(SERVER, "count", timeout=60))
+
+    async def stream(self, n: int, size: int) -> AsyncIterator[Any]:
+        async for chunk in self.node.stream(SERVER, "chunks", [n, size], timeout=60):
+            yield chunk
+
+
+class RawTarget:
+    name = "raw pyzmq"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self._waiting: deque[asyncio.Future[Any]] | None = None  # set while fanning out
+
+    def close(self) -> None:
+        self.socket.close()
+
+    @contextlib.asynccontextmanager
+    async def fanning_out(self) -> AsyncIterator[None]:
+        """While many calls are outstanding, one reader task hands replies to waiters in
+        order (pyzmq's many pending recv futures would cost the raw side dearly)."""
+        self._waiting = deque()
+
+        async def read() -> None:
+            while True:
+                reply = await self.socket.recv_multipart(copy=False)
+                self._waiting.popleft().set_result(reply[1])  # type: ignore[union-attr]
+
+        reader = asyncio.create_task(read())
+        try:
+            yield
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._waiting = None
+
+    def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
+        """A plain (sync) pyzmq DEALER's echo for the blocking scenario, and its closer."""
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.endpoint)
+
+        def echo(body: Any) -> Any:
+            socket.send_multipart([b"E", body])
+            return socket.recv_multipart()[1]
+
+        return echo, socket.close
+
+    async def _call(self, kind: bytes, payload: Any) -> Any:
+        # one at a time, the leanest asyncio pattern: send, then await the reply
+        if self._waiting is None:
+            await self.socket.send_multipart([kind, payload], copy=False)
+            return (await self.socket.recv_multipart(copy=False))[1]
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        await self.socket.send_multipart([kind, payload], copy=False)
+        return await future
+
+    async def echo(self, body: Any) -> Any:
+        return await self._call(b"E", body.data if isinstance(body, Blob) else body)
+
+    async def sink(self, body: Any) -> None:
+        await self.socket.send_multipart([b"S", body])
+
+    async def count(self) -> int:
+        reply = await self._call(b"C", b"")
+        return int(struct.unpack("!Q", reply.bytes)[0])
+
+    async def stream(self, n: int, size: int) -> AsyncIterator[bytes]:
+        await self.socket.send_multipart([b"T", struct.pack("!II", n, size)])
+        while True:
+            kind, chunk = await self.socket.recv_multipart()
+            if kind == b"D":
+                return
+            yield chunk

@@ -1,0 +1,73 @@
+"""``mesh bench``: latency and throughput, the sealed mesh beside raw pyzmq in one run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..core.errors import InvalidArgument
+from .cluster import Host, load_cluster
+
+
+def add_commands(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure the mesh beside raw pyzmq (latency percentiles, throughput, ratios)",
+        description="Scenarios: request/reply 64 B to 1 MiB, one-way throughput, 1-64 "
+        "outstanding, streamed chunks, a 4 MiB float32 tensor, topic fan-out to 1/10/50 "
+        "subscribers. Examples: mesh bench --quick; "
+        "mesh bench --json out.json --plot charts/; mesh bench --rate 2000; "
+        "mesh bench --cluster hosts.toml --server-host gpu1",
+    )
+    bench.add_argument("--quick", action="store_true", help="small counts (under a minute)")
+    bench.add_argument("--json", metavar="FILE", help="write every figure and the machine")
+    bench.add_argument("--plot", metavar="DIR", help="write PNG charts (needs matplotlib)")
+    bench.add_argument(
+        "--rate", type=int, default=None, help="also run 64 B requests at N/s, fixed schedule"
+    )
+    bench.add_argument(
+        "--nats", metavar="URL", help="also NATS request/reply via nats-py (scripts/bench-peers)"
+    )
+    bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite
+    bench.add_argument(
+        "--rabbitmq",
+        metavar="URL",
+        help="also RabbitMQ RPC (reply_to + correlation_id) via pika, e.g. "
+        "amqp://guest:guest@127.0.0.1:5672/ (scripts/bench-peers)",
+    )
+    bench.add_argument(
+        "--server-host",
+        metavar="HOST",
+        help="run the servers on HOST of --cluster (over its ssh or shell), the client here",
+    )
+    bench.add_argument("--cluster", metavar="FILE", help="the cluster file naming --server-host")
+    bench.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..bench import suite as bench
+
+    if args.rate is not None and args.rate <= 0:
+        raise InvalidArgument("--rate must be a positive number of requests per second")
+    if args.tiny:
+        plan = bench.Plan.tiny()
+    elif args.quick:
+        plan = bench.Plan.quick(args.rate)
+    else:
+        plan = bench.Plan(rate=args.rate)
+    brokers = {k: v for k, v in (("nats", args.nats), ("rabbitmq", args.rabbitmq)) if v}
+    return bench.main(plan, args.json, args.plot, brokers, _server_host(args))
+
+
+def _server_host(args: argparse.Namespace) -> Host | None:
+    if args.server_host is None:
+        if args.cluster:
+            raise InvalidArgument("--cluster is for --server-host: name the host to serve on")
+        return None
+    if not args.cluster:
+        raise InvalidArgument("--server-host needs --cluster FILE (the file that describes it)")
+    cluster = load_cluster(args.cluster)
+    if args.server_host not in cluster.hosts:
+        known = ", ".join(sorted(cluster.hosts))
+        raise InvalidArgument(f"no host {args.server_host!r} in {args.cluster} (it has {known})")
+    return cluster.hosts[args.server_host]

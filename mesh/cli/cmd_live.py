@@ -1,0 +1,364 @@
+"""The live-mesh commands of ``mesh``: discovery, run, call, peers.
+
+Long-running commands stop cleanly on Ctrl-C (exit 130) and SIGTERM (exit 0): they
+unregister, say BYE and close their sockets. ``--discovery`` defaults to
+``$MESH_DISCOVERY``, then ``tcp://127.0.0.1:7700``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from ..core.codec import Blob
+from ..core.errors import InvalidArgument, KeyFileError
+from ..core.flow import Window
+from ..runtime.discovery import DiscoveryServer
+from ..runtime.keystore import mesh_directory
+from ..runtime.node import ENV_DISCOVERY, Node
+from .runner import close_agent, load_target
+
+DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"
+CLI_IDENTITY = "mesh-cli"
+ENV_METRICS_PORT = "MESH_METRICS_PORT"
+
+
+def add_commands(commands: Any) -> None:
+    discovery = commands.add_parser(
+        "discovery",
+        help="run a discovery node",
+        description="Run a discovery node. Example: mesh discovery --bind tcp://0.0.0.0:7700",
+    )
+    discovery.add_argument("--bind", default=DEFAULT_DISCOVERY, help="ROUTER address to bind")
+    _metrics_option(discovery)
+    discovery.set_defaults(run=lambda args: asyncio.run(_discovery(args)))
+
+    run = commands.add_parser(
+        "run",
+        help="run an agent (echo, or module:attribute)",
+        description="Run an agent until stopped. Examples: mesh run echo --name echo-1; "
+        "mesh run myagent:Greeter --name greeter",
+    )
+    run.add_argument("target", help="'echo' or module:attribute (a callable taking the node)")
+    run.add_argument("--name", required=True, help="the node's name in the mesh")
+    _discovery_option(run)
+    run.add_argument("--bind", default="tcp://127.0.0.1:0", help="ROUTER bind address")
+    run.add_argument("--advertise", default=None, help="address peers should dial")
+    run.add_argument("--caps", default="", help="extra comma-separated capabilities")
+    run.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
+    run.add_argument("--lease-ms", type=int, default=10_000, help="discovery lease (ms)")
+    run.add_argument(
+        "--window",
+        type=int,
+        default=1024,
+        help="messages a caller may have unconsumed here (flow control)",
+    )
+    _metrics_option(run)
+    run.set_defaults(run=lambda args: asyncio.run(_agent(args)), agent_options=[])
+
+    call = commands.add_parser(
+        "call",
+        help="call a method and print the reply as JSON",
+        description="Example: mesh call echo-1 echo '{\"x\": 1}' --timeout 2",
+    )
+    call.add_argument("name", help="the peer's name")
+    call.add_argument("method")
+    call.add_argument("body", nargs="?", default="null", help="JSON body (default null)")
+    _discovery_option(call)
+    call.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    call.add_argument("--stream", action="store_true", help="print one JSON line per chunk")
+    call.set_defaults(run=lambda args: asyncio.run(_call(args)))
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish a JSON message on a topic",
+        description="Publish to every subscriber of TOPIC, waiting (bounded) until the ones "
+        "that subscribed before are connected. Example: mesh publish orders.new '{\"id\": 7}'",
+    )
+    publish.add_argument("topic", help="a concrete topic such as orders.new")
+    publish.add_argument("body", nargs="?", default="null", help="JSON body (default null)")
+    _discovery_option(publish)
+    _name_option(publish, "pub")
+    publish.add_argument("--count", type=int, default=1, help="publish it N times (default 1)")
+    publish.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between messages (default 0)"
+    )
+    publish.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to wait for subscribers (default 2)"
+    )
+    publish.set_defaults(run=lambda args: asyncio.run(_publish(args)))
+
+    subscribe = commands.add_parser(
+        "subscribe",
+        help="print messages on matching topics, one JSON line each",
+        description="Print {topic, publisher, seq, body} as one JSON line per message until "
+        "Ctrl-C. Patterns: orders.new, orders.* (one token), orders.> (the rest). "
+        "Example: mesh subscribe 'orders.>'",
+    )
+    subscribe.add_argument("pattern", help="topic or pattern")
+    _discovery_option(subscribe)
+    _name_option(subscribe, "sub")
+    subscribe.add_argument("--count", type=int, default=0, help="exit after N messages")
+    subscribe.set_defaults(run=lambda args: asyncio.run(_subscribe(args)))
+
+    peers = commands.add_parser(
+        "peers", help="list the live nodes", description="Example: mesh peers --json"
+    )
+    _discovery_option(peers)
+    peers.add_argument("--json", action="store_true", help="machine-readable output")
+    peers.set_defaults(run=lambda args: asyncio.run(_peers(args)))
+
+
+def _metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port at 127.0.0.1/metrics (needs "
+        "prometheus-client; default: $MESH_METRICS_PORT, or none)",
+    )
+
+
+def _metrics_port(args: argparse.Namespace) -> int | None:
+    if args.metrics_port is not None:
+        return int(args.metrics_port)
+    return _env_int(ENV_METRICS_PORT)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"${name} must be a port number, not {value!r}") from None
+
+
+def _discovery_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--discovery",
+        default=os.environ.get(ENV_DISCOVERY) or DEFAULT_DISCOVERY,
+        help=f"discovery URL(s), comma-separated (default: $MESH_DISCOVERY or {DEFAULT_DISCOVERY})",
+    )
+
+
+def _name_option(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument(
+        "--name",
+        default=None,
+        help=f"identity to use (default: a fresh one, {prefix}-HOST-PID, issued in memory by "
+        "this host's authority)",
+    )
+
+
+def _identity_for(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """Node arguments for a short-lived command: the named identity, or a fresh in-memory
+    one, so that two such commands at once never share a name in discovery."""
+    directory = mesh_directory(args.mesh)
+    if args.name:
+        return {"name": args.name, "mesh": directory}
+    name = f"{prefix}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    try:
+        identity = directory.ephemeral_identity(name)
+    except KeyFileError as exc:
+        raise InvalidArgument(
+            f"no authority secret on this host to issue {name!r} ({exc}); pass --name with an "
+            "identity issued for this host"
+        ) from exc
+    return {"name": name, "identity": identity, "trust": directory.trust()}
+
+
+class StopSignals:
+    """SIGINT (exit status 130) and SIGTERM (0) request a clean stop.
+
+    Installed before the command announces itself, so a signal sent as soon as the
+    "serving on" line appears is never met by the default handler (which would kill the
+    process without unregistering)."""
+
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+        self.code = 0
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._stop, 130)
+        loop.add_signal_handler(signal.SIGTERM, self._stop, 0)
+
+    def _stop(self, code: int) -> None:
+        self.code = code
+        self._stopped.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    async def wait(self, seconds: float | None = None) -> int:
+        """Until a signal came (or ``seconds`` passed); the exit status so far."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
+        return self.code
+
+
+async def _discovery(args: argparse.Namespace) -> int:
+    signals = StopSignals()
+    async with DiscoveryServer(bind=args.bind, mesh=mesh_directory(args.mesh)) as server:
+        metrics = None
+        port = _metrics_port(args)
+        if port is not None:
+            from ..ops.metrics import MetricsServer
+
+            metrics = MetricsServer(server.stats, port, "127.0.0.1")
+        print(f"discovery serving on {server.endpoint}", flush=True)
+        if metrics is not None:
+            print(f"metrics on http://127.0.0.1:{metrics.port}/metrics", flush=True)
+        try:
+            return await signals.wait()
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+
+async def _agent(args: argparse.Namespace) -> int:
+    factory = load_target(args.target)
+    caps = [c.strip() for c in args.caps.split(",") if c.strip()]
+    node_options = {
+        "name": args.name,
+        "discovery": args.discovery,
+        "bind": args.bind,
+        "advertise": args.advertise,
+        "capabilities": caps,
+        "mesh": mesh_directory(args.mesh),
+        "heartbeat": args.heartbeat,
+        "lease_ms": args.lease_ms,
+        "window": Window(args.window),
+        "metrics_port": _metrics_port(args),
+    }
+    if hasattr(factory, "from_command_line"):  # an agents.Agent class: it owns its node
+        return await _agent_class(factory, args.agent_options, node_options)
+    if args.agent_options:
+        raise InvalidArgument(f"unrecognized arguments: {' '.join(args.agent_options)}")
+    node = Node(**node_options)
+    agent = factory(node)
+    signals = StopSignals()
+    try:
+        await node.start()
+        print(f"{args.name} serving on {node.endpoint}", flush=True)
+        if node.metrics_url:
+            print(f"metrics on {node.metrics_url}", flush=True)
+        return await signals.wait()
+    finally:
+        await close_agent(agent)
+        await node.close()
+
+
+async def _agent_class(factory: Any, argv: list[str], node_options: dict[str, Any]) -> int:
+    agent = factory.from_command_line(argv, node_options)
+    signals = StopSignals()
+    await agent.start()
+    try:
+        print(f"{agent.name} serving on {agent.node.endpoint}", flush=True)
+        return await signals.wait()
+    finally:
+        await agent.stop()
+
+
+async def _call(args: argparse.Namespace) -> int:
+    body = _json_argument(args.body)
+    async with Node(
+        CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
+    ) as node:
+        if args.stream:
+            async for chunk in node.stream(args.name, args.method, body, timeout=args.timeout):
+                print(_json(chunk), flush=True)
+        else:
+            print(_json(await node.request(args.name, args.method, body, timeout=args.timeout)))
+    return 0
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    body = _json_argument(args.body)
+    if args.count < 1:
+        raise InvalidArgument("--count must be at least 1")
+    async with Node(discovery=args.discovery, register=False, **_identity_for(args, "pub")) as node:
+        for index in range(args.count):
+            if index and args.interval:
+                await asyncio.sleep(args.interval)
+            await node.publish(args.topic, body, timeout=args.timeout)
+        stats = node.stats()["topics"]
+    unconfirmed = stats.get("offers_unconfirmed", 0)
+    if unconfirmed:
+        print(
+            f"mesh: warning: {unconfirmed} subscriber(s) did not confirm in time", file=sys.stderr
+        )
+    return 0
+
+
+async def _subscribe(args: argparse.Namespace) -> int:
+    signals = StopSignals()
+    async with Node(discovery=args.discovery, **_identity_for(args, "sub")) as node:
+        subscription = await node.subscribe(args.pattern)
+        print(f"subscribed to {args.pattern} as {node.name}", file=sys.stderr, flush=True)
+        stopped = asyncio.ensure_future(signals.wait())
+        received = 0
+        try:
+            while not args.count or received < args.count:
+                message = asyncio.ensure_future(subscription.get())
+                await asyncio.wait([message, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not message.done():
+                    message.cancel()
+                    return stopped.result()
+                item = message.result()
+                record = {"topic": item.topic, "publisher": item.publisher, "seq": item.seq}
+                print(_json({**record, "body": item.body}), flush=True)
+                received += 1
+        finally:
+            stopped.cancel()
+        gaps = node.stats()["topics"]["gaps"]
+    if gaps:
+        print(f"mesh: warning: {gaps} message(s) were lost in transit", file=sys.stderr)
+    return 0
+
+
+def _json_argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"body is not valid JSON: {exc}") from exc
+
+
+async def _peers(args: argparse.Namespace) -> int:
+    async with Node(
+        CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
+    ) as node:
+        peers = [p.to_dict() for p in await node.peers() if p.name != CLI_IDENTITY]
+    peers.sort(key=lambda p: p["name"])
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return 0
+    print(f"{'name':<24} {'endpoint':<28} capabilities")
+    for peer in peers:
+        print(f"{peer['name']:<24} {peer['endpoint']:<28} {', '.join(peer['capabilities'])}")
+        card = peer["meta"].get("card")
+        if isinstance(card, dict) and isinstance(card.get("description"), str):
+            print(f"{'':<24} {card.get('kind', 'agent')}: {card['description']}")
+    return 0
+
+
+def _json(value: Any) -> str:
+    def fallback(obj: Any) -> Any:
+        if isinstance(obj, bytes | bytearray | memoryview):
+            return bytes(obj).hex()
+        if isinstance(obj, Blob):
+            return bytes(obj).hex()
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        return repr(obj)
+
+    return json.dumps(value, default=fallback)

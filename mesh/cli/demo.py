@@ -1,0 +1,148 @@
+"""``mesh demo``: a local mesh, live. What ``./scripts/demo`` runs.
+
+Starts a discovery node and three echo agents as separate processes, then, from this
+process, lists the mesh, calls each agent, reads a stream, spreads requests over the agents
+by capability, times a burst of round trips, and stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from ..runtime.keystore import MeshDirectory
+from ..runtime.node import Node
+
+AGENTS = ("echo-1", "echo-2", "echo-3")
+ROUNDS = 2000
+START_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+class Child:
+    """A ``mesh`` subcommand in its own process."""
+
+    def __init__(
+        self, mesh: MeshDirectory, *args: str, name: str | None = None, log: Path | None = None
+    ) -> None:
+        env = {**os.environ, "MESH_HOME": str(mesh.path)}
+        self.name = name or (args[-1] if args[0] == "run" else "discovery")
+        self.log = log  # stderr goes there when given (a chatty child never blocks on a pipe)
+        stderr: IO[str] | int = subprocess.PIPE
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            stderr = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mesh.cli", *args],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        if log is not None:
+            stderr.close()  # type: ignore[union-attr]
+
+    def endpoint(self, timeout: float = START_TIMEOUT_S) -> str:
+        """The address from the child's "serving on" line."""
+        line = _read_line(self.process.stdout, timeout)
+        if "serving on" not in line:
+            if self.log is not None:
+                if self.process.poll() is None:
+                    self.process.kill()
+                err = self.log.read_text()
+            else:
+                err = self.process.stderr.read() if self.process.stderr else ""
+            last = err.strip().splitlines()[-1] if err.strip() else line
+            raise RuntimeError(f"{self.name} did not start: {last}")
+        return line.rsplit(" ", 1)[-1]
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies, so a demo
+    killed outright (SIGKILL, a test's timeout) leaves no agents behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _read_line(stream: IO[str] | None, timeout: float) -> str:
+    assert stream is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if selector.select(timeout):
+            return stream.readline().strip()
+    return ""
+
+
+async def _talk(discovery: str, mesh: MeshDirectory, say: Callable[[str], None]) -> None:
+    async with Node("demo-client", discovery=discovery, mesh=mesh) as node:
+        peers = sorted(p.name for p in await node.peers() if p.name != node.name)
+        say(f"mesh members: {', '.join(peers)}")
+        for name in AGENTS:
+            reply = await node.request(name, "echo", {"hello": name}, timeout=10)
+            say(f"request  demo-client -> {name}.echo: {reply}")
+        chunks = [c async for c in node.stream("echo-2", "echo_stream", ["tok", "en", "s"])]
+        say(f"stream   demo-client -> echo-2.echo_stream: {chunks}")
+        answered = await asyncio.gather(
+            *(node.request(capability="whoami", body=0.3, timeout=10) for _ in range(9))
+        )
+        spread = ", ".join(f"{name} x{count}" for name, count in sorted(Counter(answered).items()))
+        say(f"capability 'whoami', 9 concurrent calls, least-busy routing: {spread}")
+        subscription = await node.subscribe("agents.>")
+        await asyncio.gather(*(node.request(n, "announce", "ready", timeout=10) for n in AGENTS))
+        events = sorted([(await subscription.get(10)).topic for _ in AGENTS])
+        say(f"topic    agents.> <- {', '.join(events)} (each signed by its agent)")
+        samples = []
+        for _ in range(ROUNDS):
+            started = time.perf_counter()
+            await node.request("echo-1", "echo", b"x" * 64, timeout=10)
+            samples.append(time.perf_counter() - started)
+        samples.sort()
+        p50 = statistics.median(samples) * 1e6
+        p99 = samples[int(len(samples) * 0.99)] * 1e6
+        say(f"{ROUNDS} sealed 64 B round trips to echo-1: p50 {p50:.0f} us, p99 {p99:.0f} us")
+
+
+def run_demo(mesh: MeshDirectory | None = None) -> int:
+    """Run the demo; returns the exit status."""
+    mesh = mesh or MeshDirectory(Path(os.environ.get("MESH_HOME", ".mesh")))
+    mesh.create()
+    children: list[Child] = []
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        discovery = Child(mesh, "discovery", "--bind", "tcp://127.0.0.1:0")
+        children.append(discovery)
+        url = discovery.endpoint()
+        say(f"discovery node up at {url} (pid {discovery.process.pid})")
+        for name in AGENTS:
+            child = Child(mesh, "run", "echo", "--discovery", url, "--name", name)
+            children.append(child)
+        for child in children[1:]:
+            say(f"agent {child.name} up at {child.endpoint()} (pid {child.process.pid})")
+        asyncio.run(_talk(url, mesh, say))
+    finally:
+        for child in reversed(children):
+            say(f"stopped {child.name}: exit status {child.stop()}")
+    return 0

@@ -1,0 +1,95 @@
+"""What ``mesh run`` runs: the built-in echo agent, or a user's ``module:attribute``.
+
+A user's target is a callable taking the started-to-be :class:`Node` (a function or a
+class): it registers handlers on the node and may return an object with an ``async
+close()`` (or plain ``close()``) that is called when the node stops. For example::
+
+    # myagent.py
+    class Greeter:
+        def __init__(self, node):
+            node.handler("greet", self.greet)
+
+        async def greet(self, body, ctx):
+            return f"hello {body['name']}, from {ctx.peer}"
+
+    $ mesh run myagent:Greeter --name greeter --discovery tcp://127.0.0.1:7700
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from typing import Any
+
+from ..core.errors import InvalidArgument
+from ..runtime.node import Node
+
+
+def install_echo(node: Node) -> None:
+    """The built-in agent: ``echo`` returns its body; ``echo_stream`` yields each item of a
+    list body; ``sleep`` waits ``body`` seconds (at most 60) then returns it; ``whoami``
+    returns the node's name (after ``body`` seconds, if a number); ``announce`` publishes its
+    body on the topic ``agents.NAME.status`` and returns the sequence number; ``relay``
+    calls ``{to, method, body}`` on another node and returns its reply (agent to agent)."""
+
+    @node.handler("announce")
+    async def announce(body: Any) -> int:
+        return await node.publish(f"agents.{node.name}.status", body)
+
+    @node.handler("whoami")
+    async def whoami(body: Any) -> str:
+        if isinstance(body, int | float):  # optionally take a while, to show load balancing
+            await asyncio.sleep(min(max(float(body), 0.0), 60.0))
+        return node.name
+
+    @node.handler("echo")
+    async def echo(body: Any) -> Any:
+        return body
+
+    @node.handler("relay")
+    async def relay(body: Any) -> Any:
+        if not (isinstance(body, dict) and isinstance(body.get("to"), str)):
+            raise InvalidArgument("relay needs {'to': peer, 'method': name, 'body': ...}")
+        method = body.get("method", "echo")
+        return await node.request(body["to"], str(method), body.get("body"), timeout=30)
+
+    @node.handler("echo_stream")
+    async def echo_stream(body: Any) -> Any:
+        for item in body if isinstance(body, list) else [body]:
+            yield item
+
+    @node.handler("sleep")
+    async def sleep(body: Any) -> Any:
+        seconds = float(body) if isinstance(body, int | float) else 1.0
+        await asyncio.sleep(min(max(seconds, 0.0), 60.0))
+        return body
+
+
+def load_target(target: str) -> Any:
+    """``echo`` or ``module:attribute`` to the callable that sets a node up."""
+    if target == "echo":
+        return install_echo
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise InvalidArgument(f"agent {target!r}: use 'echo' or 'module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidArgument(f"agent {target!r}: cannot import {module_name!r}: {exc}") from exc
+    try:
+        factory = getattr(module, attribute)
+    except AttributeError as exc:
+        raise InvalidArgument(f"agent {target!r}: {module_name} has no {attribute!r}") from exc
+    if not callable(factory):
+        raise InvalidArgument(f"agent {target!r} is not callable")
+    return factory
+
+
+async def close_agent(agent: Any) -> None:
+    """Call the agent's ``close`` if it has one (sync or async)."""
+    close = getattr(agent, "close", None)
+    if callable(close):
+        result = close()
+        if inspect.isawaitable(result):
+            await result

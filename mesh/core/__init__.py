@@ -1,0 +1,1 @@
+"""The protocol core, pure (sans-IO): codec, envelopes, identities, handshake, sessions, flow."""

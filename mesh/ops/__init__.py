@@ -1,0 +1,1 @@
+"""Operations: metrics, OpenTelemetry spans, log formats, ``mesh status``."""

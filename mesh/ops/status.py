@@ -1,0 +1,114 @@
+"""``mesh status``: the live state of a mesh, gathered from its nodes.
+
+Discovery says who is registered; each node is then pinged (round trip, no handler) and asked
+for ``mesh.stats`` (its :meth:`~mesh.runtime.node.Node.stats`), all at once with a short timeout, so
+one stopped or partitioned node shows as ``unreachable`` instead of stalling the view. Rates
+need two looks: ``--watch`` computes requests/s from the change between refreshes; a single
+look divides by the node's uptime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..core.errors import MeshError
+from ..runtime.node import STATS_METHOD, Node
+from ..runtime.peers import PeerInfo
+
+ASK_TIMEOUT_S = 2.0
+
+
+async def look(node: Node, exclude: str, timeout: float = ASK_TIMEOUT_S) -> list[dict[str, Any]]:
+    """One row per registered node (but ``exclude``), in name order."""
+    peers = sorted((p for p in await node.peers() if p.name != exclude), key=lambda p: p.name)
+    return list(await asyncio.gather(*(_row(node, peer, timeout) for peer in peers)))
+
+
+async def _row(node: Node, peer: PeerInfo, timeout: float) -> dict[str, Any]:
+    card = peer.meta.get("card") if isinstance(peer.meta, dict) else None
+    row: dict[str, Any] = {
+        "name": peer.name,
+        "host": urlsplit(peer.endpoint).hostname or "",
+        "endpoint": peer.endpoint,
+        "capabilities": list(peer.capabilities),
+        "kind": card.get("kind", "") if isinstance(card, dict) else "",
+        "state": "up",
+        "rtt_ms": None,
+    }
+    try:
+        row["rtt_ms"] = round(await node.ping(peer.name, timeout=timeout) * 1000, 3)
+        stats = await node.request(peer.name, STATS_METHOD, timeout=timeout)
+    except MeshError as exc:
+        row["state"] = f"unreachable ({type(exc).__name__})"
+        return row
+    received = stats.get("traffic", {}).get("received", {})
+    sent = stats.get("traffic", {}).get("sent", {})
+    row["requests"] = received.get("REQUEST", {}).get("messages", 0)
+    row["one_way"] = received.get("SEND", {}).get("messages", 0)
+    row["errors"] = sent.get("ERROR", {}).get("messages", 0)
+    row["uptime_s"] = stats.get("uptime_s", 0.0)
+    row["requests_per_s"] = round(row["requests"] / row["uptime_s"], 2) if row["uptime_s"] else 0
+    callers = stats.get("callers", {})
+    row["credit_held"] = sum(c.get("held_messages", 0) for c in callers.values())
+    row["waiting_for_credit"] = sum(
+        c.get("waiting", 0) for c in stats.get("connections", {}).values()
+    )
+    row["drops"] = dict(stats.get("drops", {}))
+    return row
+
+
+def with_rates(
+    rows: list[dict[str, Any]], before: dict[str, dict[str, Any]], seconds: float
+) -> list[dict[str, Any]]:
+    """Requests/s from the change since the previous look (``--watch``)."""
+    for row in rows:
+        earlier = before.get(row["name"])
+        if earlier is not None and "requests" in row and "requests" in earlier and seconds > 0:
+            row["requests_per_s"] = round((row["requests"] - earlier["requests"]) / seconds, 2)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text view (``rich`` renders the same columns when installed)."""
+    lines = [" ".join(f"{title:<{width}}" for title, width in COLUMNS).rstrip()]
+    for row in rows:
+        lines.append(
+            " ".join(
+                f"{cell:<{width}}" for cell, (_, width) in zip(cells(row), COLUMNS, strict=True)
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
+COLUMNS = (
+    ("name", 18), ("host", 15), ("kind/capabilities", 22), ("state", 12), ("rtt ms", 8),
+    ("req/s", 8), ("errors", 7), ("credit held", 11), ("drops", 20),
+)  # fmt: skip
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    what = row["kind"] or ",".join(row["capabilities"]) or "-"
+    if row["state"] != "up" or "requests" not in row:
+        return [row["name"], row["host"], what, row["state"], "-", "-", "-", "-", "-"]
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(row["drops"].items())) or "0"
+    waiting = row["waiting_for_credit"]
+    held = f"{row['credit_held']}" + (f" ({waiting} waiting)" if waiting else "")
+    return [
+        row["name"], row["host"], what, "up", f"{row['rtt_ms']:.2f}",
+        f"{row['requests_per_s']:.1f}", str(row["errors"]),
+        held, drops,
+    ]  # fmt: skip
+
+
+def rich_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    view = Table(title="agent-mesh status")
+    for title, _ in COLUMNS:
+        view.add_column(title)
+    for row in rows:
+        style = None if row["state"] == "up" else "red"
+        view.add_row(*cells(row), style=style)
+    return view

@@ -1,0 +1,1 @@
+"""The runtime over ZeroMQ and asyncio: connections, Node, discovery, topics, delivery."""
