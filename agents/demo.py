@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mesh import MeshError, Node
-from mesh.cli.demo import Child
-from mesh.runtime.keystore import MeshDirectory
+from mesh import MeshDirectory, MeshError, MeshProcess, Node
 
 from .tiny import build_tiny_model, is_tiny_model
 
@@ -63,7 +61,7 @@ class Demo:
         self.mesh = mesh
         self.model = model
         self.log = Path(args.log) if args.log else mesh.path / "consultations.jsonl"
-        self.children: list[Child] = []
+        self.children: list[MeshProcess] = []
         self.rows: list[dict[str, Any]] = []
         self.token_delays: list[float] = []  # model produced -> this process received (s)
         self.token_gaps: list[float] = []  # between two tokens at the model (s)
@@ -107,8 +105,9 @@ class Demo:
             self.say(f"  {child.name:<9} up (pid {child.process.pid})")
         return url
 
-    def _spawn(self, name: str, *args: str) -> Child:
-        child = Child(self.mesh, *args, name=name, log=self.mesh.path / "logs" / f"{name}.log")
+    def _spawn(self, name: str, *args: str) -> MeshProcess:
+        log = self.mesh.path / "logs" / f"{name}.log"
+        child = MeshProcess(self.mesh, *args, name=name, log=log)
         self.children.append(child)
         return child
 

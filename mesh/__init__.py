@@ -3,6 +3,7 @@
 This module re-exports the public names; it defines nothing itself.
 """
 
+from .cli.demo import MeshProcess
 from .core.codec import Blob, Message
 from .core.errors import (
     AuthenticationFailed,
@@ -44,6 +45,7 @@ from .core.errors import (
     UnsupportedAttachment,
     UnsupportedVersion,
 )
+from .core.flow import Window
 from .core.handshake import Initiator, Responder
 from .core.identity import Authority, Certificate, Identity, Trust
 from .core.session import Session, SessionLimits, SessionTable
@@ -90,6 +92,7 @@ __all__ = [
     "MalformedEnvelope",
     "MeshDirectory",
     "MeshError",
+    "MeshProcess",
     "Message",
     "NameConflict",
     "NoCredit",
@@ -119,4 +122,5 @@ __all__ = [
     "UnknownSession",
     "UnsupportedAttachment",
     "UnsupportedVersion",
+    "Window",
 ]

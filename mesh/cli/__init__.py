@@ -1,5 +1,13 @@
 """The ``mesh`` command line: subcommands, completion, demo, self-check, launch."""
 
-from .app import main  # the console script's entry point, ``mesh.cli:main``
+from typing import Any
 
-__all__ = ["main"]
+
+def __getattr__(name: str) -> Any:
+    # ``mesh.cli:main`` is the console script's entry point; loaded on first use, so that
+    # importing one module of this package (``mesh.cli.demo``) does not load every command.
+    if name == "main":
+        from .app import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,8 +30,11 @@ START_TIMEOUT_S = 30.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-class Child:
-    """A ``mesh`` subcommand in its own process."""
+class MeshProcess:
+    """A ``mesh`` subcommand (``python -m mesh.cli ARGS``) in its own process, for demos.
+
+    ``endpoint()`` waits for its "serving on" line; ``stop()`` ends it (SIGTERM, then SIGKILL).
+    """
 
     def __init__(
         self, mesh: MeshDirectory, *args: str, name: str | None = None, log: Path | None = None
@@ -126,18 +129,18 @@ def run_demo(mesh: MeshDirectory | None = None) -> int:
     """Run the demo; returns the exit status."""
     mesh = mesh or MeshDirectory(Path(os.environ.get("MESH_HOME", ".mesh")))
     mesh.create()
-    children: list[Child] = []
+    children: list[MeshProcess] = []
 
     def say(text: str) -> None:
         print(text, flush=True)
 
     try:
-        discovery = Child(mesh, "discovery", "--bind", "tcp://127.0.0.1:0")
+        discovery = MeshProcess(mesh, "discovery", "--bind", "tcp://127.0.0.1:0")
         children.append(discovery)
         url = discovery.endpoint()
         say(f"discovery node up at {url} (pid {discovery.process.pid})")
         for name in AGENTS:
-            child = Child(mesh, "run", "echo", "--discovery", url, "--name", name)
+            child = MeshProcess(mesh, "run", "echo", "--discovery", url, "--name", name)
             children.append(child)
         for child in children[1:]:
             say(f"agent {child.name} up at {child.endpoint()} (pid {child.process.pid})")

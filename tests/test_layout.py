@@ -1,0 +1,157 @@
+"""The layout keeps the architecture: a pure protocol core, agents on the public API only.
+
+Read from the source with ``ast`` (nothing is imported), so a forbidden import fails here
+even where it sits in a function that no other test calls.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import mesh
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "mesh" / "core"
+AGENTS = ROOT / "agents"
+
+# I/O and concurrency the sans-IO core never touches (its callers pass time and bytes in).
+FORBIDDEN_IN_CORE = {"zmq", "asyncio", "socket", "sqlite3", "subprocess", "threading"}
+
+# The public API, exactly: adding or removing a name is a decision, made here as well.
+PUBLIC = [
+    "AuthenticationFailed",
+    "Authority",
+    "BadRequest",
+    "Blob",
+    "CallContext",
+    "CallError",
+    "Certificate",
+    "CertificateExpired",
+    "ClockSkew",
+    "DiscoveryServer",
+    "DiscoveryUnavailable",
+    "EnvelopeTooLarge",
+    "ErrorCode",
+    "FlowControlTimeout",
+    "HandshakeBusy",
+    "HandshakeFailed",
+    "HandshakeRejected",
+    "Identity",
+    "IdentityError",
+    "Initiator",
+    "InsecureKeyFile",
+    "InvalidArgument",
+    "InvalidBody",
+    "InvalidName",
+    "KeyFileError",
+    "Kind",
+    "LimitExceeded",
+    "LocalProtocolError",
+    "MalformedEnvelope",
+    "MeshDirectory",
+    "MeshError",
+    "MeshProcess",
+    "Message",
+    "NameConflict",
+    "NoCredit",
+    "NoSuchMethod",
+    "Node",
+    "NodeClosed",
+    "Overloaded",
+    "PeerInfo",
+    "PeerLost",
+    "PeerNotFound",
+    "ProtocolError",
+    "RemoteError",
+    "ReplayDetected",
+    "ReplyTooLarge",
+    "RequestTimeout",
+    "Responder",
+    "Session",
+    "SessionExpired",
+    "SessionLimits",
+    "SessionTable",
+    "Subscription",
+    "SyncNode",
+    "SyncSubscription",
+    "TopicMessage",
+    "Trust",
+    "Unauthorized",
+    "UnknownSession",
+    "UnsupportedAttachment",
+    "UnsupportedVersion",
+    "Window",
+]
+
+
+def imports(path: Path, package: str) -> list[tuple[int, str, list[str]]]:
+    """Every import in ``path`` as (line, absolute module, names), relative ones resolved
+    against ``package`` (the dotted package the file lives in)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            found.append((node.lineno, module, [alias.name for alias in node.names]))
+    return found
+
+
+def core_violations(path: Path) -> list[str]:
+    """What a core module imports that the core must not: I/O, or mesh outside mesh.core."""
+    bad = []
+    for line, module, names in imports(path, "mesh.core"):
+        top = module.split(".")[0]
+        if top in FORBIDDEN_IN_CORE:
+            bad.append(f"{path.name}:{line}: imports {module}")
+        elif top == "mesh":
+            targets = [module] if module != "mesh" else [f"mesh.{name}" for name in names]
+            for target in targets:
+                if not (target == "mesh.core" or target.startswith("mesh.core.")):
+                    bad.append(f"{path.name}:{line}: imports {target}, outside mesh.core")
+    return bad
+
+
+CORE_MODULES = sorted(CORE.glob("*.py"))
+
+
+def test_the_core_has_its_modules():
+    names = {path.stem for path in CORE_MODULES}
+    assert {"codec", "envelope", "handshake", "session", "flow", "sequencer", "wire"} <= names
+
+
+@pytest.mark.parametrize("path", CORE_MODULES, ids=lambda path: path.name)
+def test_the_core_does_no_io_and_imports_only_the_core(path):
+    assert core_violations(path) == []
+
+
+def test_the_boundary_check_sees_a_forbidden_import(tmp_path):
+    for source in ("import zmq\n", "from ..runtime import node\n", "from mesh.ops import logs\n"):
+        path = tmp_path / "bad.py"
+        path.write_text(source)
+        assert core_violations(path), source
+    (tmp_path / "good.py").write_text("from .wire import Kind\nfrom mesh.core import codec\n")
+    assert core_violations(tmp_path / "good.py") == []
+
+
+@pytest.mark.parametrize("path", sorted(AGENTS.glob("*.py")), ids=lambda path: path.name)
+def test_agents_use_only_the_public_api(path):
+    for line, module, names in imports(path, "agents"):
+        if module == "mesh":
+            private = sorted(set(names) - set(mesh.__all__))
+            assert not private, f"{path.name}:{line}: {private} are not public names of mesh"
+        else:
+            assert not module.startswith("mesh."), f"{path.name}:{line}: imports {module}"
+
+
+def test_the_public_names_are_these():
+    assert sorted(mesh.__all__) == PUBLIC
+    assert len(mesh.__all__) == len(set(mesh.__all__))
+    for name in PUBLIC:
+        assert getattr(mesh, name) is not None
