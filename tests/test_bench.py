@@ -104,7 +104,7 @@ def test_nats_runs_beside_the_mesh_when_its_server_is_up(tmp_path):
 
 def test_plots_are_written_from_a_summary(tmp_path):
     pytest.importorskip("matplotlib", reason="mesh bench --plot needs matplotlib")
-    from mesh.bench import suite as bench
+    from mesh.bench import suite
     from mesh.bench.plot import plot
 
     done = subprocess.run(
@@ -116,7 +116,7 @@ def test_plots_are_written_from_a_summary(tmp_path):
     written = plot(summary, str(tmp_path / "charts"))
     assert [p.name for p in written] == ["latency_by_size.png", "latency_vs_throughput.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
-    lines = bench.table(summary).splitlines()
+    lines = suite.table(summary).splitlines()
     assert len(lines) == 1 + len(summary["results"]) + 1 + 2  # header, rows, flatness, legend
     assert lines[-3].startswith("p50 with 4 peers vs 2: p50 ")
 

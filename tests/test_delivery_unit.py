@@ -23,7 +23,7 @@ import pytest_asyncio
 from mesh.core.codec import Message, encode_payload
 from mesh.core.errors import InvalidBody
 from mesh.core.wire import Kind
-from mesh.runtime import delivery as delivery
+from mesh.runtime import delivery
 from mesh.runtime.delivery import AT_LEAST_ONCE, DURABLE, Deliveries
 from mesh.runtime.handlers import Caller, HandlerRunner
 from tests.conftest import eventually

@@ -19,11 +19,7 @@ from ..core.errors import MeshError
 from ..core.identity import Certificate, Identity
 from ..ops.logs import configure as configure_logs
 from ..runtime.keystore import default_mesh_dir, mesh_directory
-from . import cmd_bench as cli_bench
-from . import cmd_deadletters as cli_deadletters
-from . import cmd_launch as cli_launch
-from . import cmd_live as cli_live
-from . import cmd_status as cli_status
+from . import cmd_bench, cmd_deadletters, cmd_launch, cmd_live, cmd_status
 from .completion import script as completion_script
 
 EXIT_ERROR = 1
@@ -124,11 +120,11 @@ def _parser() -> argparse.ArgumentParser:
         "processes, call them, and stop them. Example: mesh demo",
     )
     demo.set_defaults(run=_cmd_demo)
-    cli_live.add_commands(commands)
-    cli_deadletters.add_commands(commands)
-    cli_launch.add_commands(commands)
-    cli_bench.add_commands(commands)
-    cli_status.add_commands(commands)
+    cmd_live.add_commands(commands)
+    cmd_deadletters.add_commands(commands)
+    cmd_launch.add_commands(commands)
+    cmd_bench.add_commands(commands)
+    cmd_status.add_commands(commands)
     completion = commands.add_parser(
         "completion",
         help="print a shell completion script",

@@ -45,18 +45,18 @@ def add_commands(commands: Any) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..bench import suite as bench
+    from ..bench import suite
 
     if args.rate is not None and args.rate <= 0:
         raise InvalidArgument("--rate must be a positive number of requests per second")
     if args.tiny:
-        plan = bench.Plan.tiny()
+        plan = suite.Plan.tiny()
     elif args.quick:
-        plan = bench.Plan.quick(args.rate)
+        plan = suite.Plan.quick(args.rate)
     else:
-        plan = bench.Plan(rate=args.rate)
+        plan = suite.Plan(rate=args.rate)
     brokers = {k: v for k, v in (("nats", args.nats), ("rabbitmq", args.rabbitmq)) if v}
-    return bench.main(plan, args.json, args.plot, brokers, _server_host(args))
+    return suite.main(plan, args.json, args.plot, brokers, _server_host(args))
 
 
 def _server_host(args: argparse.Namespace) -> Host | None:
