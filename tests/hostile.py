@@ -18,7 +18,7 @@ from mesh.core.handshake import Initiator
 from mesh.core.identity import Certificate, Identity, Trust
 from mesh.core.session import Session, SessionTable
 from mesh.core.wire import Kind
-from mesh.runtime.inbound import now_ms
+from mesh.runtime.stamps import now_ms
 
 WAIT_S = 10.0
 

@@ -20,8 +20,8 @@ from mesh.core.identity import Authority
 from mesh.core.session import SessionTable
 from mesh.core.wire import PROTOCOL_VERSION, FrameType, Kind
 from mesh.runtime.discovery import DiscoveryServer
-from mesh.runtime.inbound import now_ms
 from mesh.runtime.node import Node
+from mesh.runtime.stamps import now_ms
 from tests.hostile import LoopThread, RawPeer, until
 
 SKEW_MS = 10 * 60 * 1000  # far beyond the default bound

@@ -30,8 +30,8 @@ from mesh.core.codec import Message
 from mesh.core.publish import seal_publish
 from mesh.core.wire import PROTOCOL_VERSION, FrameType, Kind
 from mesh.runtime.discovery import DiscoveryServer
-from mesh.runtime.inbound import now_ms
 from mesh.runtime.node import Node
+from mesh.runtime.stamps import now_ms
 from tests.hostile import LoopThread, RawPeer, until
 from tests.processes import ROOT
 

@@ -17,9 +17,9 @@ from mesh import Identity, SessionLimits
 from mesh.core.errors import InvalidBody, NodeClosed
 from mesh.core.publish import open_publish
 from mesh.runtime.discovery import DiscoveryServer
-from mesh.runtime.inbound import now_ms
 from mesh.runtime.node import Node
 from mesh.runtime.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
+from mesh.runtime.stamps import now_ms
 from mesh.runtime.sync import SyncNode
 from tests.conftest import eventually
 

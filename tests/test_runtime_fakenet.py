@@ -420,7 +420,7 @@ async def _echo(body):
 
 def _ping():
     from mesh.core.codec import Message
-    from mesh.runtime.connection import next_msg_id
+    from mesh.runtime.stamps import next_msg_id
 
     return Message(Kind.PING, next_msg_id())
 

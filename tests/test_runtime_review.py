@@ -14,7 +14,8 @@ from mesh import NoCredit
 from mesh.core.codec import Message
 from mesh.core.flow import SendCredit
 from mesh.core.wire import Kind
-from mesh.runtime.connection import ConnectionState, next_msg_id
+from mesh.runtime.connection import ConnectionState
+from mesh.runtime.stamps import next_msg_id
 from tests.fakenet import settle, wait_until
 from tests.test_runtime_fakenet import Mesh, within_mesh
 

@@ -15,9 +15,8 @@ from mesh import InvalidArgument, MeshDirectory, MeshError, Node, SyncNode, _sod
 from mesh.core.codec import Message, encode_payload
 from mesh.core.publish import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publish
 from mesh.core.wire import MAC_SIZE, NONCE_SIZE, PROTOCOL_VERSION, FrameType, Kind
-from mesh.runtime.connection import next_msg_id
 from mesh.runtime.discovery import DiscoveryServer
-from mesh.runtime.inbound import now_ms
+from mesh.runtime.stamps import next_msg_id, now_ms
 from tests.conftest import eventually
 
 

@@ -21,24 +21,21 @@ from ..core.handshake import Initiator, Responder
 from ..core.session import Session, SessionTable
 from ..core.wire import Kind
 from ..runtime.keystore import MeshDirectory
+from ..runtime.stamps import now_ms
 
 SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _pair(mesh: MeshDirectory, a: str, b: str) -> tuple[Session, Session, SessionTable]:
     trust = mesh.create().trust()
     caller, callee = mesh.identity(a), mesh.identity(b)
     caller_table, callee_table = SessionTable(), SessionTable()
-    now = _now_ms()
+    now = now_ms()
     initiator = Initiator(caller, trust, callee.require_certificate(), caller_table, now)
     callee_session, welcome = Responder(callee, trust, callee_table).receive(
         initiator.hello_frames(), now
     )
-    return initiator.receive(welcome, _now_ms()), callee_session, callee_table
+    return initiator.receive(welcome, now_ms()), callee_session, callee_table
 
 
 def _expect(check: Callable[[], Any], error: type[ProtocolError]) -> bool:
@@ -56,7 +53,7 @@ def _timing(caller: Session, callee: Session) -> list[dict[str, float]]:
     for size in SIZES:
         body = os.urandom(size)
         rounds = max(20, min(5000, 20_000_000 // (size + 4096)))
-        now = _now_ms()
+        now = now_ms()
         started = time.perf_counter()
         for i in range(rounds):
             callee.open(caller.seal([Message(Kind.REQUEST, i, name="echo", body=body)], now), now)
@@ -80,7 +77,7 @@ def _timing(caller: Session, callee: Session) -> list[dict[str, float]]:
 def run_selfcheck(mesh: MeshDirectory) -> dict[str, Any]:
     """Run every check; return ``ok``, ``checks``, ``timing`` and printable ``lines``."""
     caller, callee, callee_table = _pair(mesh, "selfcheck-alice", "selfcheck-bob")
-    now = _now_ms()
+    now = now_ms()
     request = Message(
         Kind.REQUEST, 1, name="echo", body={"text": "hello", "blob": Blob(b"\x00" * 64)}
     )

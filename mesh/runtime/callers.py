@@ -23,9 +23,9 @@ from ..core.identity import Certificate
 from ..core.session import Session
 from ..core.wire import ErrorCode, Kind
 from ..ops.telemetry import Traffic
-from .connection import next_msg_id
 from .handlers import Caller, HandlerRunner, error_message
 from .inbound import Inbound
+from .stamps import next_msg_id
 
 if TYPE_CHECKING:
     from .delivery import Deliveries

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import itertools
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +45,7 @@ from ..core.identity import Certificate, Identity, Trust
 from ..core.session import Session, SessionTable
 from ..core.wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind
 from ..ops.telemetry import Traffic
-from .inbound import now_ms
+from .stamps import next_msg_id, now_ms
 from .transport import Network, Transport
 
 log = logging.getLogger("mesh.connection")
@@ -68,13 +66,6 @@ _REMOTE_ERRORS: dict[int, type[RemoteError]] = {
 }
 _CREDITED = (Kind.REQUEST, Kind.SEND)
 _SEALED = bytes([FrameType.SEALED])
-
-# msg ids are unique per sender: a random 48-bit start per process, then a counter
-_ids = itertools.count(int.from_bytes(os.urandom(6), "big"))
-
-
-def next_msg_id() -> int:
-    return next(_ids)
 
 
 class ConnectionState(enum.Enum):

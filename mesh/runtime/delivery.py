@@ -39,9 +39,10 @@ from ..core.errors import (
 )
 from ..core.sequencer import DEFAULT_HOLD_S, KEPT, Arrival, Sequencer
 from ..core.wire import ErrorCode, Kind
-from .connection import Connection, next_msg_id
+from .connection import Connection
 from .handlers import Caller, HandlerRunner, error_code, error_message
-from .outbox import DeliveryStore, now_ms, pack_body
+from .outbox import DeliveryStore, pack_body
+from .stamps import next_msg_id, now_ms
 
 AT_MOST_ONCE = "at_most_once"
 AT_LEAST_ONCE = "at_least_once"

@@ -32,9 +32,9 @@ from ..core.session import Session, SessionTable
 from ..core.subjects import validate_pattern, validate_topic
 from ..core.wire import DIRECTORY_TOPIC, ErrorCode, Kind
 from . import sockets
-from .connection import next_msg_id
-from .inbound import Inbound, cancel_and_wait, now_ms
+from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
+from .stamps import next_msg_id, now_ms
 from .transport import ZmqNetwork
 
 log = logging.getLogger("mesh.discovery")

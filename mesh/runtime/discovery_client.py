@@ -34,8 +34,8 @@ from ..core.publish import TopicKey, open_publish
 from ..core.replay import ReplayWindow
 from ..core.wire import DEFAULT_REPLAY_WINDOW, DIRECTORY_TOPIC, ErrorCode, Kind
 from .connection import Connection
-from .inbound import now_ms
 from .reactor import Reactor
+from .stamps import now_ms
 
 log = logging.getLogger("mesh.discovery")
 OnEvent = Callable[[Any], None]

@@ -21,9 +21,9 @@ from ..core.identity import Certificate
 from ..core.publish import TopicKey, open_publish
 from ..core.replay import TopicSequence
 from ..core.wire import MAX_FIRST_FRAME, Kind
-from .inbound import now_ms
 from .reactor import Reactor
 from .sockets import HWM, LINGER_MS
+from .stamps import now_ms
 from .subscription import TopicMessage
 
 Deliver = Callable[[TopicMessage], None]

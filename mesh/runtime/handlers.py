@@ -30,7 +30,7 @@ from ..core.flow import SendCredit, Window
 from ..core.session import Session
 from ..core.wire import ErrorCode, Kind
 from ..ops.telemetry import Tracing, server_span
-from .connection import next_msg_id
+from .stamps import next_msg_id
 
 REPLY_CACHE_SIZE = 4096
 # and at most this many bytes of them: a soak with 1 MiB replies held 130 MiB without it

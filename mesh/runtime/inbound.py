@@ -23,16 +23,13 @@ from ..core.identity import Certificate, Identity, Trust
 from ..core.ratelimit import RateLimiter
 from ..core.session import Session, SessionTable
 from ..core.wire import PROTOCOL_VERSION, FrameType
+from .stamps import now_ms
 from .transport import Network, Transport
 
 OnMessages = Callable[[Session, Opened], None]
 log = logging.getLogger("mesh.inbound")
 _SEALED, _HELLO, _CERT_REQUEST = FrameType.SEALED, FrameType.HELLO, FrameType.CERT_REQUEST
 _CERT_REQUEST_FRAME = bytes([PROTOCOL_VERSION, FrameType.CERT_REQUEST])
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Inbound:

@@ -43,14 +43,15 @@ from ..ops.metrics import MetricsServer
 from ..ops.telemetry import CallStats, Traffic, client_span, stream_span, tracing
 from . import sockets
 from .callers import Callers
-from .connection import CONNECT_TIMEOUT_S, Call, Connection, next_msg_id, stream_end
+from .connection import CONNECT_TIMEOUT_S, Call, Connection, stream_end
 from .delivery import AT_MOST_ONCE, MODES, Deliveries
 from .discovery_client import DiscoveryClient
 from .handlers import Handler
-from .inbound import Inbound, cancel_and_wait, now_ms
+from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
 from .outbox import DeliveryStore
 from .peers import PeerDirectory, PeerInfo
+from .stamps import next_msg_id, now_ms
 from .subscription import DEFAULT_QUEUE, Subscription
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
 from .transport import Network, ZmqNetwork

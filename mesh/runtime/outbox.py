@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import msgpack
 
 from ..core.errors import InvalidArgument, InvalidBody
+from .stamps import now_ms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -37,10 +37,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL, detail TEXT NOT NULL, attempts INTEGER NOT NULL,
     created_ms INTEGER NOT NULL, dead_ms INTEGER NOT NULL, retry INTEGER NOT NULL DEFAULT 0);
 """
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def pack_body(body: Any) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core.errors import ProtocolError
 from ..core.identity import Certificate, Trust
-from .inbound import now_ms
+from .stamps import now_ms
 
 DOWN_FOR_S = 5.0
 

@@ -18,8 +18,7 @@ from ..core.publish import TopicKey, seal_publish
 from ..core.subjects import validate_topic
 from ..core.wire import Kind
 from . import sockets
-from .connection import next_msg_id
-from .inbound import now_ms
+from .stamps import next_msg_id, now_ms
 
 _NOBLOCK = int(zmq.NOBLOCK)
 

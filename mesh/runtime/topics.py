@@ -38,10 +38,11 @@ from ..core.publish import TopicKey
 from ..core.session import Session
 from ..core.subjects import matches, validate_pattern, validate_topic
 from ..core.wire import KEY_SIZE, ErrorCode, Kind
-from .connection import Connection, next_msg_id
+from .connection import Connection
 from .feeds import Feed
 from .handlers import error_message
 from .peers import PeerInfo
+from .stamps import next_msg_id
 from .subscription import DEFAULT_QUEUE, Subscription, TopicMessage
 from .topic_publisher import TopicPublisher
 
