@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh import CallContext
-from mesh.cli.runner import install_echo
+from mesh.cli.run_targets import install_echo
 from mesh.core.errors import InvalidArgument
 from mesh.runtime.node import Node
 

@@ -20,7 +20,7 @@ import signal
 import pytest
 
 from mesh import MeshDirectory, NameConflict, Node, PeerNotFound
-from mesh.core.directory import Directory, parse_registration
+from mesh.core.registry import Registry, parse_registration
 from mesh.runtime.discovery import DiscoveryServer
 from tests.conftest import eventually
 
@@ -38,35 +38,35 @@ def _node(name: str, url: str, mesh: MeshDirectory, tag: str, **options) -> Node
     return node
 
 
-# ----------------------------------------------------------------- the rule, in the directory
+# ----------------------------------------------------------------- the rule, in the registry
 
 
 def test_the_directory_gives_a_live_name_to_one_process(mesh):
     identity = mesh.identity("echo-1")  # one stored identity: the same keys in both processes
     cert = identity.require_certificate()
-    directory = Directory()
+    registry = Registry()
 
     def registration(endpoint: str, started_ms: int, now_ms: int):
         body = {"endpoint": endpoint, "started_ms": started_ms, "lease_ms": 1000}
         return parse_registration(cert, body, now_ms)
 
     first = registration("tcp://127.0.0.1:5001", 100, 100)
-    assert directory.register(first) == "JOIN"
+    assert registry.register(first) == "JOIN"
     refreshed = registration("tcp://127.0.0.1:5001", 100, 400)  # the same process again
-    assert directory.register(refreshed) == "UPDATE"
+    assert registry.register(refreshed) == "UPDATE"
     second = registration("tcp://127.0.0.1:5002", 500, 500)
     with pytest.raises(NameConflict, match="live in another process"):
-        directory.register(second)
-    assert directory.holder(second) is refreshed
-    assert directory.holder(refreshed) is None
-    assert directory.unregister(cert, second.registration) is None  # not the second's to remove
+        registry.register(second)
+    assert registry.holder(second) is refreshed
+    assert registry.holder(refreshed) is None
+    assert registry.unregister(cert, second.registration) is None  # not the second's to remove
     with pytest.raises(PeerNotFound):
-        directory.renew(cert, 600, second.registration)
-    assert directory.renew(cert, 600, first.registration).expires_ms == 1600
-    assert directory.expire(1599) == []
-    assert [e.endpoint for e in directory.expire(1600)] == ["tcp://127.0.0.1:5001"]
-    assert directory.register(second) == "JOIN"  # the lease ran out: the name is free
-    assert directory.unregister(cert, second.registration) is second
+        registry.renew(cert, 600, second.registration)
+    assert registry.renew(cert, 600, first.registration).expires_ms == 1600
+    assert registry.expire(1599) == []
+    assert [e.endpoint for e in registry.expire(1600)] == ["tcp://127.0.0.1:5001"]
+    assert registry.register(second) == "JOIN"  # the lease ran out: the name is free
+    assert registry.unregister(cert, second.registration) is second
 
 
 # ----------------------------------------------------------------- nodes and a discovery server
@@ -87,20 +87,20 @@ async def test_a_second_node_under_a_live_name_is_refused_and_the_first_keeps_se
             finally:
                 await second.close()  # closing the refused node unregisters nothing of the first's
             assert first.endpoint in str(refused.value)  # it says who holds the name
-            (entry,) = discovery.directory.lookup(name="echo-1")
+            (entry,) = discovery.registry.lookup(name="echo-1")
             assert entry.registration == (first.endpoint, first.started_ms)
             assert discovery.stats()["drops"]["name_conflict"] == 1
             assert await caller.request("echo-1", "who", timeout=10) == "first"
 
             # the holder itself registers again (a new topic) and renews: still its name
             await first.publish("news.today", 1)
-            (entry,) = discovery.directory.lookup(name="echo-1")
+            (entry,) = discovery.registry.lookup(name="echo-1")
             assert entry.topics == ("news.today",)
             renewed_until = entry.expires_ms
             await eventually(lambda: entry.expires_ms > renewed_until, timeout=30)
-            assert discovery.directory.lookup(name="echo-1") == [entry]
+            assert discovery.registry.lookup(name="echo-1") == [entry]
 
-        assert discovery.directory.lookup(name="echo-1") == []  # the first unregistered
+        assert discovery.registry.lookup(name="echo-1") == []  # the first unregistered
         async with (
             _node("echo-1", url, mesh, "third"),
             Node("caller", discovery=url, mesh=mesh, register=False) as caller,
@@ -145,7 +145,7 @@ async def test_a_stopped_process_keeps_its_name_until_its_lease_runs_out(spawn, 
             assert "live in another process" in refused.popen.stderr.read()
         finally:
             os.kill(stopped.pid, signal.SIGCONT)
-        (entry,) = discovery.directory.lookup(name="worker")
+        (entry,) = discovery.registry.lookup(name="worker")
         assert entry.endpoint == stopped.endpoint_line
 
         stopped.kill()  # done with: its name passes at once to the next one (see above)
@@ -154,7 +154,7 @@ async def test_a_stopped_process_keeps_its_name_until_its_lease_runs_out(spawn, 
         await asyncio.to_thread(short.endpoint)
         os.kill(short.pid, signal.SIGSTOP)
         try:
-            await eventually(lambda: discovery.directory.lookup(name="worker") == [], timeout=30)
+            await eventually(lambda: discovery.registry.lookup(name="worker") == [], timeout=30)
             newcomer = spawn(*agent, "--lease-ms", "1000")
             await asyncio.to_thread(newcomer.endpoint)
         finally:
@@ -163,7 +163,7 @@ async def test_a_stopped_process_keeps_its_name_until_its_lease_runs_out(spawn, 
         await eventually(
             lambda: discovery.stats()["drops"].get("name_conflict", 0) > conflicts, timeout=30
         )  # the continued one tried to register again, and was refused
-        (entry,) = discovery.directory.lookup(name="worker")
+        (entry,) = discovery.registry.lookup(name="worker")
         assert entry.endpoint == newcomer.endpoint_line
         async with Node("caller", discovery=url, mesh=home, register=False) as caller:
             assert await caller.request("worker", "pid", timeout=10) == newcomer.pid

@@ -27,7 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from mesh import MeshDirectory
 from mesh.core.codec import Message
-from mesh.core.publish import seal_publish
+from mesh.core.topic_frame import seal_publish
 from mesh.core.wire import PROTOCOL_VERSION, FrameType, Kind
 from mesh.runtime.discovery import DiscoveryServer
 from mesh.runtime.node import Node

@@ -15,7 +15,7 @@ import zmq.asyncio
 
 from mesh import Identity, SessionLimits
 from mesh.core.errors import InvalidBody, NodeClosed
-from mesh.core.publish import open_publish
+from mesh.core.topic_frame import open_publish
 from mesh.runtime.discovery import DiscoveryServer
 from mesh.runtime.node import Node
 from mesh.runtime.sockets import DEALER_OPTIONS, ROUTER_OPTIONS
@@ -159,7 +159,7 @@ async def test_several_discovery_nodes_are_merged_and_one_may_die(mesh):
             Node("b", discovery=second.endpoint, mesh=mesh) as b,
         ):
             b.handler("hi", lambda body: "hi from b")
-            assert len(first.directory) == 1 and len(second.directory) == 2  # a in both
+            assert len(first.registry) == 1 and len(second.registry) == 2  # a in both
             assert {p.name for p in await a.peers()} == {"a", "b"}  # merged by name
             await first.close()
             assert await a.request("b", "hi", timeout=10) == "hi from b"
@@ -212,7 +212,7 @@ async def test_a_live_name_with_other_keys_is_refused(mesh):
             await Node(
                 "dup", discovery=discovery.endpoint, identity=impostor, trust=mesh.trust()
             ).start()
-        (entry,) = discovery.directory.lookup(name="dup")
+        (entry,) = discovery.registry.lookup(name="dup")
         assert entry.certificate.node_id == mesh.load_identity("dup").node_id
 
 

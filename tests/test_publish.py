@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh import AuthenticationFailed, ClockSkew, Message, ProtocolError
-from mesh.core.publish import TopicKey, open_publish, publish_header, seal_publish
+from mesh.core.topic_frame import TopicKey, open_publish, publish_header, seal_publish
 from mesh.core.wire import Kind
 from tests.conftest import NOW_MS
 

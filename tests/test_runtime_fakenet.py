@@ -26,7 +26,7 @@ from mesh import (
 from mesh.core.errors import HandshakeRejected
 from mesh.core.flow import SendCredit
 from mesh.core.wire import Kind, RejectCode
-from mesh.runtime.callers import MAX_SESSIONS_PER_PEER
+from mesh.runtime.callee import MAX_SESSIONS_PER_PEER
 from mesh.runtime.connection import COLLECT_MAX_BYTES, Connection, ConnectionState
 from tests.conftest import certified
 from tests.fakenet import FakeNetwork, run, settle, wait_until
@@ -279,7 +279,7 @@ def test_sessions_and_handshakes_are_bounded_per_member(fake_mesh, authority):
                 busy += refused.code == RejectCode.BUSY
         node_id = member.require_certificate().node_id
         assert busy > 0  # the bucket is per member: 60 at once is beyond its burst
-        assert len(b._callers._by_peer[node_id]) <= MAX_SESSIONS_PER_PEER
+        assert len(b._callee._by_peer[node_id]) <= MAX_SESSIONS_PER_PEER
         assert len(b._table) <= MAX_SESSIONS_PER_PEER
         for connection in opened:
             connection.close()

@@ -176,7 +176,7 @@ def test_one_way_rows_queued_across_a_rekey_are_charged_to_the_session_they_go_o
         await rekey
         await wait_until(lambda: notes == ["x"])
         await settle()  # any grant on its way has arrived
-        inflow = b._callers.inflow[b._callers.sessions[a.identity.node_id].recv_id]
+        inflow = b._callee.inflow[b._callee.sessions[a.identity.node_id].recv_id]
         receiver_view = inflow.granted_messages - inflow.received_messages
         assert connection.credit.messages == receiver_view
 

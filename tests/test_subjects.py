@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh import InvalidArgument, ReplayDetected
-from mesh.core.directory import Directory, parse_registration
+from mesh.core.registry import Registry, parse_registration
 from mesh.core.replay import TopicSequence
 from mesh.core.subjects import matches, validate_pattern, validate_topic
 from tests.conftest import certified
@@ -103,7 +103,7 @@ def test_first_probe_sets_the_start_and_later_probes_reveal_a_lost_tail():
 
 
 def test_directory_finds_publishers_and_subscribers_by_pattern(authority):
-    directory = Directory()
+    registry = Registry()
     for name, topics, patterns in [
         ("pub", ["orders.eu.new", "status"], []),
         ("sub-all", [], ["orders.>"]),
@@ -116,11 +116,11 @@ def test_directory_finds_publishers_and_subscribers_by_pattern(authority):
             "subscriptions": patterns,
             "topics_endpoint": "tcp://127.0.0.1:2",
         }
-        directory.register(parse_registration(certified(authority, name).certificate, body, 0))
-    names = {e.name for e in directory.lookup(subscribers="orders.eu.new")}
+        registry.register(parse_registration(certified(authority, name).certificate, body, 0))
+    names = {e.name for e in registry.lookup(subscribers="orders.eu.new")}
     assert names == {"sub-all", "sub-eu"}
-    assert [e.name for e in directory.lookup(publishers="orders.*.new")] == ["pub"]
-    assert directory.lookup(publishers="orders.us.>") == []
+    assert [e.name for e in registry.lookup(publishers="orders.*.new")] == ["pub"]
+    assert registry.lookup(publishers="orders.us.>") == []
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import zmq
 
 from mesh import InvalidArgument, MeshDirectory, MeshError, Node, SyncNode, _sodium
 from mesh.core.codec import Message, encode_payload
-from mesh.core.publish import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publish
+from mesh.core.topic_frame import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publish
 from mesh.core.wire import MAC_SIZE, NONCE_SIZE, PROTOCOL_VERSION, FrameType, Kind
 from mesh.runtime.discovery import DiscoveryServer
 from mesh.runtime.stamps import next_msg_id, now_ms

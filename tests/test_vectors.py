@@ -9,7 +9,7 @@ import pytest
 
 from mesh import Certificate, Message, Trust
 from mesh.core.envelope import open_sealed
-from mesh.core.publish import TopicKey, open_publish
+from mesh.core.topic_frame import TopicKey, open_publish
 from mesh.core.wire import Kind
 from tests.vectors import NOW_MS, compute, parse
 

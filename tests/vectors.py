@@ -20,8 +20,8 @@ from mesh.core.envelope import seal, seal_payload
 from mesh.core.errors import Unauthorized
 from mesh.core.handshake import Initiator, Responder
 from mesh.core.identity import Authority, Identity
-from mesh.core.publish import TopicKey, seal_publish
 from mesh.core.session import SessionTable
+from mesh.core.topic_frame import TopicKey, seal_publish
 from mesh.core.wire import Kind
 
 NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z

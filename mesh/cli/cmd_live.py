@@ -23,7 +23,7 @@ from ..core.flow import Window
 from ..runtime.discovery import DiscoveryServer
 from ..runtime.keystore import mesh_directory
 from ..runtime.node import ENV_DISCOVERY, Node
-from .runner import close_agent, load_target
+from .run_targets import close_agent, load_target
 
 DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"
 CLI_IDENTITY = "mesh-cli"

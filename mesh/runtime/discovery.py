@@ -6,7 +6,7 @@ and UNREGISTER messages; answers are REPLY, ENTRIES or ERROR with the request's 
 ``corr_id``. A discovery node restarted with empty state is simply repopulated: a node whose
 RENEW comes back NOT_FOUND registers again.
 
-A live name belongs to one process (the rule is :mod:`mesh.core.directory`'s): a second process
+A live name belongs to one process (the rule is :mod:`mesh.core.registry`'s): a second process
 registering it is refused with CONFLICT while the first holds it. The first holds it until it
 unregisters or its lease runs out, or, under the same keys, until the connection it last
 registered or renewed on is gone: a process killed with SIGKILL and started again at once
@@ -23,13 +23,13 @@ from typing import Any
 import zmq
 
 from ..core.codec import Message
-from ..core.directory import Directory, Entry, parse_registration, parse_registration_key
 from ..core.envelope import Opened
 from ..core.errors import InvalidArgument, MeshError, NameConflict, PeerNotFound
 from ..core.identity import Identity, Trust
-from ..core.publish import TopicKey, seal_publish
+from ..core.registry import Entry, Registry, parse_registration, parse_registration_key
 from ..core.session import Session, SessionTable
 from ..core.subjects import validate_pattern, validate_topic
+from ..core.topic_frame import TopicKey, seal_publish
 from ..core.wire import DIRECTORY_TOPIC, ErrorCode, Kind
 from . import sockets
 from .inbound import Inbound, cancel_and_wait
@@ -57,7 +57,7 @@ class DiscoveryServer:
         directory = mesh_directory(mesh)
         self.identity = identity or directory.identity(name)
         self.trust = trust or directory.verifier()
-        self.directory = Directory()
+        self.registry = Registry()
         self._holders: dict[str, Session] = {}  # name -> session it last registered/renewed on
         self.drops: Counter[str] = Counter()
         self._bind = bind
@@ -112,7 +112,7 @@ class DiscoveryServer:
             self._sweep(now_ms())
 
     def _sweep(self, now: int) -> None:
-        for entry in self.directory.expire(now):
+        for entry in self.registry.expire(now):
             log.info("lease of %s expired", entry.name)
             self._left(entry)
 
@@ -124,12 +124,12 @@ class DiscoveryServer:
         now = now_ms()
         entry = parse_registration(session.peer, body, now)
         self._sweep(now)  # a lease that ran out frees its name now, not at the next sweep
-        holder = self.directory.holder(entry)
+        holder = self.registry.holder(entry)
         if holder is not None and self._gone(holder, entry):
             log.info("%s at %s is gone: its name passes on", holder.name, holder.endpoint)
-            self.directory.unregister(holder.certificate, holder.registration)
+            self.registry.unregister(holder.certificate, holder.registration)
             self._left(holder)
-        event = self.directory.register(entry)  # NameConflict while the holder lives
+        event = self.registry.register(entry)  # NameConflict while the holder lives
         self._holders[entry.name] = session
         log.info("%s %s at %s", event, entry.name, entry.endpoint)
         self._publish(event, entry)
@@ -173,14 +173,14 @@ class DiscoveryServer:
                 )
             if kind == Kind.RENEW:
                 key = parse_registration_key(message.body)
-                entry = self.directory.renew(session.peer, now_ms(), key)
+                entry = self.registry.renew(session.peer, now_ms(), key)
                 self._holders[entry.name] = session
                 return Message(Kind.REPLY, next_msg_id(), corr, body={"lease_ms": entry.lease_ms})
             if kind == Kind.LOOKUP:
                 return Message(Kind.ENTRIES, next_msg_id(), corr, body=self._lookup(message.body))
             if kind == Kind.UNREGISTER:
                 key = parse_registration_key(message.body)
-                gone = self.directory.unregister(session.peer, key)
+                gone = self.registry.unregister(session.peer, key)
                 if gone is not None:
                     self._left(gone)
                 return Message(Kind.REPLY, next_msg_id(), corr)
@@ -204,7 +204,7 @@ class DiscoveryServer:
         return {
             "name": self.identity.name,
             "drops": dict(self.drops),
-            "entries": len(self.directory),
+            "entries": len(self.registry),
         }
 
     def _events_info(self) -> dict[str, Any]:
@@ -238,7 +238,7 @@ class DiscoveryServer:
             validate_pattern(asked["publishers"])
         if "subscribers" in asked:
             validate_topic(asked["subscribers"])
-        return [entry.to_wire() for entry in self.directory.lookup(**asked)]
+        return [entry.to_wire() for entry in self.registry.lookup(**asked)]
 
 
 def _error(corr: int, code: ErrorCode, text: str) -> Message:

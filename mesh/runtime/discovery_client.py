@@ -30,8 +30,8 @@ from ..core.errors import (
     ProtocolError,
     RemoteError,
 )
-from ..core.publish import TopicKey, open_publish
 from ..core.replay import ReplayWindow
+from ..core.topic_frame import TopicKey, open_publish
 from ..core.wire import DEFAULT_REPLAY_WINDOW, DIRECTORY_TOPIC, ErrorCode, Kind
 from .connection import Connection
 from .reactor import Reactor

@@ -18,8 +18,8 @@ import zmq
 
 from ..core.errors import ProtocolError
 from ..core.identity import Certificate
-from ..core.publish import TopicKey, open_publish
 from ..core.replay import TopicSequence
+from ..core.topic_frame import TopicKey, open_publish
 from ..core.wire import MAX_FIRST_FRAME, Kind
 from .reactor import Reactor
 from .sockets import HWM, LINGER_MS

@@ -42,7 +42,7 @@ from ..core.wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, Kind
 from ..ops.metrics import MetricsServer
 from ..ops.telemetry import CallStats, Traffic, client_span, stream_span, tracing
 from . import sockets
-from .callers import Callers
+from .callee import Callee
 from .connection import CONNECT_TIMEOUT_S, Call, Connection, stream_end
 from .delivery import AT_MOST_ONCE, MODES, Deliveries
 from .discovery_client import DiscoveryClient
@@ -50,7 +50,7 @@ from .handlers import Handler
 from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
 from .outbox import DeliveryStore
-from .peers import PeerDirectory, PeerInfo
+from .peers import PeerCache, PeerInfo
 from .stamps import next_msg_id, now_ms
 from .subscription import DEFAULT_QUEUE, Subscription
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
@@ -157,16 +157,16 @@ class Node:
         self.drops: Counter[str] = Counter()
         self.traffic = Traffic()  # messages and bytes by kind, each way
         self.call_stats = CallStats()  # per peer called: latency and outcomes
-        self._callers = Callers(self.drops, self.traffic, self.window_for)
+        self._callee = Callee(self.drops, self.traffic, self.window_for)
         self._tracing = tracing()  # None unless opentelemetry-api is installed
-        self._runner = self._callers.runner
+        self._runner = self._callee.runner
         self._runner.tracing = self._tracing
         self._runner.add(STATS_METHOD, self._stats_handler)  # for mesh status
         self._inbound: Inbound | None = None
         self._connections: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Task[Connection]] = {}  # one connect per peer
         self._dials: dict[str, tuple[PeerInfo, asyncio.Task[Connection]]] = {}  # under way
-        self.known = PeerDirectory(self.trust, self.drops)
+        self.known = PeerCache(self.trust, self.drops)
         self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
         self._discovery: DiscoveryClient | None = None
         self._topics: Topics | None = None
@@ -181,11 +181,11 @@ class Node:
             outbox,
             self._resolve,
             self._runner,
-            self._callers.send_to_caller,
+            self._callee.send_to_caller,
             self.publish if publish_dead_letters else None,
             gap_hold_s,
         )
-        self._callers.deliveries = self._deliveries
+        self._callee.deliveries = self._deliveries
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,9 +208,9 @@ class Node:
             self.trust,
             self._table,
             self._bind,
-            self._callers.on_frame,
+            self._callee.on_frame,
             self.drops,
-            self._callers.on_session,
+            self._callee.on_session,
             self.window_for,
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
@@ -225,9 +225,9 @@ class Node:
             resolve=self._resolve,
             lookup=self._lookup if self._urls else None,
             reregister=self._reregister,
-            reply=self._callers.send_to_peer,
+            reply=self._callee.send_to_peer,
         )
-        self._callers.inbound, self._callers.topics = self._inbound, self._topics
+        self._callee.inbound, self._callee.topics = self._inbound, self._topics
         self._inbound.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"{self.name} gc"))
         if self._urls:
@@ -816,7 +816,7 @@ class Node:
                 }
                 for name, c in self._connections.items()
             },
-            "callers": self._callers.stats(),
+            "callers": self._callee.stats(),
             "handler_failures": self._runner.failures,
             "duplicates": self._runner.duplicates,
             "directory_events": self.known.events_seen,
@@ -832,4 +832,4 @@ class Node:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             for session in self._table.expire(now_ms()):
-                self._callers.forget(session)
+                self._callee.forget(session)

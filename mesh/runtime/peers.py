@@ -71,7 +71,7 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
-class PeerDirectory:
+class PeerCache:
     """Verified entries by name, plus down marks."""
 
     def __init__(self, trust: Trust, drops: Counter[str]) -> None:

@@ -14,8 +14,8 @@ import zmq
 
 from ..core.codec import Message
 from ..core.identity import Identity
-from ..core.publish import TopicKey, seal_publish
 from ..core.subjects import validate_topic
+from ..core.topic_frame import TopicKey, seal_publish
 from ..core.wire import Kind
 from . import sockets
 from .stamps import next_msg_id, now_ms

@@ -34,9 +34,9 @@ import zmq
 from ..core.codec import Message
 from ..core.errors import InvalidArgument, MeshError
 from ..core.identity import Certificate, Identity
-from ..core.publish import TopicKey
 from ..core.session import Session
 from ..core.subjects import matches, validate_pattern, validate_topic
+from ..core.topic_frame import TopicKey
 from ..core.wire import KEY_SIZE, ErrorCode, Kind
 from .connection import Connection
 from .feeds import Feed

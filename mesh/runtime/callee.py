@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 MAX_SESSIONS_PER_PEER = 16  # live inbound sessions per certified node (its processes, rekeys)
 
 
-class Callers:
+class Callee:
     """Inbound sessions, their credit and the handler runner; the node sets ``deliveries``,
     ``inbound`` and ``topics`` before the first frame can arrive."""
 

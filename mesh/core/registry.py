@@ -1,7 +1,7 @@
 """The discovery node's state: who is up, where, with which keys and capabilities.
 
 Pure: every method takes ``now_ms``. A registration comes from an authenticated session,
-so the certificate in it has already been verified by the handshake; the directory adds the
+so the certificate in it has already been verified by the handshake; the registry adds the
 rule a handshake cannot: a live name belongs to one process. A process is told apart by
 what its registration carries, its keys, ``endpoint`` and ``started_ms``: the same process
 registering again (a renewal, new capabilities or topics, a reconnect, a restarted discovery
@@ -9,7 +9,7 @@ node) refreshes its entry; another process under a live name is a conflict, whet
 other keys or the same ones (two ``mesh run --name echo-1``). Leases expire unless renewed,
 and an expired or unregistered name is free again. Whether a holder is gone before its lease
 ran out is for the discovery server to judge (it knows the holder's connection), see
-:meth:`Directory.holder`.
+:meth:`Registry.holder`.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _names(value: Any, validate: Any, what: str) -> tuple[str, ...]:
     return tuple(validate(v) for v in value)
 
 
-class Directory:
+class Registry:
     """Live entries by name, with leases."""
 
     def __init__(self) -> None:
