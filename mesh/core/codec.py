@@ -12,6 +12,8 @@ compromised). Contract: :func:`decode_payload` raises only :class:`MalformedEnve
 subclasses (and :class:`UnsupportedAttachment`); anything else escaping is a bug.
 Every length is bounded by the buffer, depth by ``MAX_DEPTH``, map keys must be strings,
 strings valid UTF-8, and the only ext type is the project's own.
+
+Specified in protocol.md 7.5 (messages), 7.6 (message kinds), 7.7 (attachments).
 """
 
 from __future__ import annotations

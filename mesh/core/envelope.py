@@ -13,6 +13,8 @@ after opening: no byte of the frame can change undetected.
 
 Pure functions over bytes and keys: the per-session state (sequence numbers, replay
 window, key lifetime) lives in :mod:`mesh.core.session`.
+
+Specified in protocol.md 7.1 (layout), 7.2 (session ids and freshness), 7.4 (clock skew).
 """
 
 from __future__ import annotations

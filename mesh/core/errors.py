@@ -12,6 +12,8 @@ matter most to callers:
 
 Exceptions carry fields (limit, size, path, ...) as well as a readable message, so code
 can react without parsing text.
+
+Specified in protocol.md 12 (error codes).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ messages and bytes the receiver is ready to hold that its application has not co
 * Counters are cumulative 64-bit totals on the receiver; grants on the wire are increments.
   A new session starts from a fresh window: credit never carries over, so a peer that
   restarts or reconnects can never be left without any.
+
+Specified in protocol.md 11 (credit-based flow control).
 """
 
 from __future__ import annotations

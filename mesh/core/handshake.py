@@ -26,6 +26,8 @@ An :class:`Initiator` takes exactly one answer: its :class:`HandshakeState` goes
 to receive again raises :class:`LocalProtocolError` before it looks at the frame. A second
 session under the same receive id would come with a fresh replay window, so a frame the
 first one accepted would be accepted again.
+
+Specified in protocol.md 6 (handshake).
 """
 
 from __future__ import annotations

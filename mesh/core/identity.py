@@ -11,6 +11,8 @@ lying discovery node cannot put itself between two peers: it cannot forge a cert
 
 Certificates travel as ``msgpack [body: bin, signature: bin]`` with the signed body kept as
 bytes, so verification never depends on re-encoding a structure the same way twice.
+
+Specified in protocol.md 5 (certificates).
 """
 
 from __future__ import annotations

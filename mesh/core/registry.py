@@ -10,6 +10,8 @@ other keys or the same ones (two ``mesh run --name echo-1``). Leases expire unle
 and an expired or unregistered name is free again. Whether a holder is gone before its lease
 ran out is for the discovery server to judge (it knows the holder's connection), see
 :meth:`Registry.holder`.
+
+Specified in protocol.md 9 (discovery).
 """
 
 from __future__ import annotations

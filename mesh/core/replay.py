@@ -7,6 +7,8 @@ rekey can reorder a few frames); a repeat, or one that fell out of the bottom, i
 
 The check runs only after the frame has authenticated, so an attacker cannot move the
 window with forged numbers.
+
+Specified in protocol.md 7.3 (sequence numbers and the replay window).
 """
 
 from __future__ import annotations

@@ -41,6 +41,8 @@ delays, and for a hostile one it is the end. Every message the sequencer lets go
 handed back to the caller (:attr:`Outcome.released`, :meth:`Sequencer.overdue`, and the
 arrival itself unless its verdict is in :data:`KEPT`) so the caller can return the credit
 it holds: each arrival is consumed exactly once, whatever happens to it.
+
+Specified in protocol.md 8.2 (reliable delivery).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ Theory of operation, the freshness rules in one place:
   ``REJECT_AFTER_*``. A session replaced on its connection (rekey, reconnect) is retired: it
   still opens frames for ``RETIRED_GRACE_MS`` (those in flight), then goes; a session past
   the hard age limit goes too, since no peer may use it any more.
+
+Specified in protocol.md 6.3 (session keys), 6.5 (rekeying), 7.2 (session ids and freshness).
 """
 
 from __future__ import annotations

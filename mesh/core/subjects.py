@@ -9,6 +9,8 @@ Matching happens at the edges, never on the wire: topic names are hashed into ke
 there (protocol.md, 7.8), so a subscriber learns concrete topic names from the publishers'
 directory entries and matches its patterns against them, and discovery matches registered
 patterns against a topic when a publisher asks who subscribes.
+
+Specified in protocol.md 10.1 (names and patterns).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Layout (protocol.md, 7.8)::
     %x01 %x04 tag:16 key-id:u32 publisher-id:16 | nonce:24 | secretbox(key, nonce, inner)
     inner = clear header (38, repeated) | seq u64 | timestamp ms u64 | attachments u8 (0)
             | payload | signature:64 over "agent-mesh publish v1\\0" and everything before it
+
+Specified in protocol.md 7.8 (PUBLISH frames), 10.2 (keys).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Everything here is a constant that protocol.md defines; nothing here does work. Keeping
 them in one module means the spec has exactly one counterpart in code.
+
+Specified in protocol.md 4 (frame types), 7.6 (message kinds), 12 (error codes), 13 (limits).
 """
 
 from __future__ import annotations

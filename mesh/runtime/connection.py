@@ -12,6 +12,8 @@ closes: OPENING until the first handshake finishes, OPEN, REKEYING while a fresh
 replaces the session (the old one still carries traffic), CLOSED for good. Credit is checked
 before anything is written: a frame that leaves has been paid for, and a call that leaves is
 registered.
+
+Specified in protocol.md 6 (handshake), 8.1 (request, reply, stream), 8.3 (liveness).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ registering it is refused with CONFLICT while the first holds it. The first hold
 unregisters or its lease runs out, or, under the same keys, until the connection it last
 registered or renewed on is gone: a process killed with SIGKILL and started again at once
 gets its name back without waiting for the old lease.
+
+Specified in protocol.md 9 (discovery).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ RENEW and UNREGISTER name the registration they mean (its ``endpoint`` and ``sta
 and a node does not unregister where its registration was refused: a node refused because
 its name is live in another process (NameConflict) leaves that process's entry alone when it
 closes.
+
+Specified in protocol.md 9 (discovery).
 """
 
 from __future__ import annotations

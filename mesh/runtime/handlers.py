@@ -12,6 +12,8 @@ runs at most once; its reply is kept for a while and sent again to the retry. An
 to the :class:`Caller` a request came from (its session, so its connection), never merely to
 "the newest session of that node": two processes may share one identity (protocol.md 6.5),
 and each gets its own replies, and a BYE or CANCEL from one never stops the other's work.
+
+Specified in protocol.md 8.1 (request, reply, stream).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ It answers CERT_REQUEST with the node's certificate, turns HELLOs into sessions,
 SEALED frames and hands their messages to the owner's callback. Anything that fails a check
 is dropped and counted by reason; nothing is allocated for a sender that has not
 authenticated (a REJECT is the only answer, and only for refusals a peer can act on).
+
+Specified in protocol.md 4.1 (CERT_REQUEST and CERTIFICATE), 6 (handshake), 7 (SEALED frames).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
 * High-water marks sit above the protocol's credit windows: they are a backstop only.
 * ``HANDSHAKE_IVL`` bounds ZMTP's own greeting, so a silent scanner costs a connection only
   for that long.
+
+Specified in protocol.md 3 (transport and socket topology).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ sees that as a gap in this publisher's sequence numbers and counts it (see
 :class:`mesh.core.replay.TopicSequence`). Each topic gets its own key, made on first use and
 handed out only over sealed sessions (SUBSCRIBE answers and offers), so a member who asked
 for one topic cannot read another.
+
+Specified in protocol.md 7.8 (PUBLISH frames), 10.2 (keys), 10.3 (sequence numbers).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ by arriving, that the subscription is in place at the publisher:
 Registering before looking up, on both sides, means that of two racing nodes at least one
 sees the other. Directory events (JOIN/UPDATE/LEAVE) add publishers of matching topics as
 they appear and drop the ones that leave; they are an aid, not the guarantee.
+
+Specified in protocol.md 10.3 (sequence numbers and probes), 10.4 (no slow joiners).
 """
 
 from __future__ import annotations
