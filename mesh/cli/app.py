@@ -21,6 +21,7 @@ from ..ops.logs import configure as configure_logs
 from ..runtime.keystore import default_mesh_dir, mesh_directory
 from . import cmd_bench, cmd_deadletters, cmd_launch, cmd_live, cmd_status
 from .completion import script as completion_script
+from .options import json_option
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Examples: mesh show; mesh show alice --json",
     )
     show.add_argument("name", nargs="?", help="identity to show (default: the authority)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(show)
     show.set_defaults(run=_cmd_show)
 
     check = commands.add_parser(
@@ -111,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         "mesh and seal, open, tamper with and replay envelopes. Examples: mesh selfcheck; "
         "mesh selfcheck --json",
     )
-    check.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(check)
     check.set_defaults(run=_cmd_selfcheck)
     demo = commands.add_parser(
         "demo",

@@ -15,6 +15,7 @@ from typing import Any
 from ..core.errors import InvalidArgument
 from ..runtime.keystore import mesh_directory
 from ..runtime.outbox import DeliveryStore
+from .options import json_option
 
 
 def add_commands(commands: Any) -> None:
@@ -30,7 +31,7 @@ def add_commands(commands: Any) -> None:
     where = letters.add_mutually_exclusive_group(required=True)
     where.add_argument("--node", help="the node's name (its store in the mesh directory)")
     where.add_argument("--store", help="the delivery store's path")
-    letters.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(letters)
     letters.set_defaults(run=_deadletters)
 
 

@@ -11,6 +11,7 @@ from ..core.identity import Certificate
 from ..runtime.keystore import mesh_directory
 from .cluster import load_cluster
 from .launch import Launcher
+from .options import json_option
 
 
 def add_commands(commands: Any) -> None:
@@ -23,7 +24,7 @@ def add_commands(commands: Any) -> None:
     launch.add_argument("cluster", help="the cluster file (TOML)")
     launch.add_argument("action", choices=("up", "status", "down", "logs"))
     launch.add_argument("name", nargs="?", help="logs: which node")
-    launch.add_argument("--json", action="store_true", help="status: machine-readable")
+    json_option(launch, "status: machine-readable")
     launch.add_argument("--lines", type=int, default=50, help="logs: how many lines")
     launch.set_defaults(run=_launch)
 

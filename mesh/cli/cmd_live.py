@@ -22,10 +22,10 @@ from ..core.errors import InvalidArgument, KeyFileError
 from ..core.flow import Window
 from ..runtime.discovery import DiscoveryServer
 from ..runtime.keystore import mesh_directory
-from ..runtime.node import ENV_DISCOVERY, Node
+from ..runtime.node import Node
+from .options import DEFAULT_DISCOVERY, discovery_option, json_option
 from .run_targets import close_agent, load_target
 
-DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"
 CLI_IDENTITY = "mesh-cli"
 ENV_METRICS_PORT = "MESH_METRICS_PORT"
 
@@ -48,7 +48,7 @@ def add_commands(commands: Any) -> None:
     )
     run.add_argument("target", help="'echo' or module:attribute (a callable taking the node)")
     run.add_argument("--name", required=True, help="the node's name in the mesh")
-    _discovery_option(run)
+    discovery_option(run)
     run.add_argument("--bind", default="tcp://127.0.0.1:0", help="ROUTER bind address")
     run.add_argument("--advertise", default=None, help="address peers should dial")
     run.add_argument("--caps", default="", help="extra comma-separated capabilities")
@@ -71,7 +71,7 @@ def add_commands(commands: Any) -> None:
     call.add_argument("name", help="the peer's name")
     call.add_argument("method")
     call.add_argument("body", nargs="?", default="null", help="JSON body (default null)")
-    _discovery_option(call)
+    discovery_option(call)
     call.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     call.add_argument("--stream", action="store_true", help="print one JSON line per chunk")
     call.set_defaults(run=lambda args: asyncio.run(_call(args)))
@@ -84,7 +84,7 @@ def add_commands(commands: Any) -> None:
     )
     publish.add_argument("topic", help="a concrete topic such as orders.new")
     publish.add_argument("body", nargs="?", default="null", help="JSON body (default null)")
-    _discovery_option(publish)
+    discovery_option(publish)
     _name_option(publish, "pub")
     publish.add_argument("--count", type=int, default=1, help="publish it N times (default 1)")
     publish.add_argument(
@@ -103,7 +103,7 @@ def add_commands(commands: Any) -> None:
         "Example: mesh subscribe 'orders.>'",
     )
     subscribe.add_argument("pattern", help="topic or pattern")
-    _discovery_option(subscribe)
+    discovery_option(subscribe)
     _name_option(subscribe, "sub")
     subscribe.add_argument("--count", type=int, default=0, help="exit after N messages")
     subscribe.set_defaults(run=lambda args: asyncio.run(_subscribe(args)))
@@ -111,8 +111,8 @@ def add_commands(commands: Any) -> None:
     peers = commands.add_parser(
         "peers", help="list the live nodes", description="Example: mesh peers --json"
     )
-    _discovery_option(peers)
-    peers.add_argument("--json", action="store_true", help="machine-readable output")
+    discovery_option(peers)
+    json_option(peers)
     peers.set_defaults(run=lambda args: asyncio.run(_peers(args)))
 
 
@@ -140,14 +140,6 @@ def _env_int(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise InvalidArgument(f"${name} must be a port number, not {value!r}") from None
-
-
-def _discovery_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--discovery",
-        default=os.environ.get(ENV_DISCOVERY) or DEFAULT_DISCOVERY,
-        help=f"discovery URL(s), comma-separated (default: $MESH_DISCOVERY or {DEFAULT_DISCOVERY})",
-    )
 
 
 def _name_option(parser: argparse.ArgumentParser, prefix: str) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 from ..core.errors import InvalidArgument
 from ..runtime.keystore import mesh_directory
 from ..runtime.node import Node
-from .cmd_live import CLI_IDENTITY, StopSignals, _discovery_option
+from .cmd_live import CLI_IDENTITY, StopSignals
+from .options import discovery_option, json_option
 
 
 def add_commands(commands: Any) -> None:
@@ -22,8 +23,8 @@ def add_commands(commands: Any) -> None:
         description="Examples: mesh status; mesh status --watch; mesh status --json | jq .; "
         "MESH_DISCOVERY=tcp://10.0.0.5:7700 mesh status --watch 5",
     )
-    _discovery_option(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    discovery_option(status)
+    json_option(status)
     status.add_argument(
         "--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
         help="refresh every SECONDS (default 2) until Ctrl-C",
