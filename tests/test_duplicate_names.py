@@ -41,7 +41,7 @@ def _node(name: str, url: str, mesh: MeshDirectory, tag: str, **options) -> Node
 # ----------------------------------------------------------------- the rule, in the registry
 
 
-def test_the_directory_gives_a_live_name_to_one_process(mesh):
+def test_the_registry_gives_a_live_name_to_one_process(mesh):
     identity = mesh.identity("echo-1")  # one stored identity: the same keys in both processes
     cert = identity.require_certificate()
     registry = Registry()
