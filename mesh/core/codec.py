@@ -337,6 +337,37 @@ def decode_payload(
 _DECLARED_LENGTH = re.compile(r"(\d+) exceeds (max_\w+)\((\d+)\)")
 
 
+def unpack_bounded(
+    data: bytes,
+    what: str,
+    *,
+    reason: str = "malformed",
+    max_array: int,
+    max_str: int = 0,
+    max_bin: int = 0,
+) -> Any:
+    """A small msgpack structure from untrusted bytes: a certificate, a handshake payload, an
+    attachment descriptor.
+
+    No maps and no ext types; strings, binaries and arrays are capped before anything is
+    allocated (0 forbids the type). Whatever msgpack raises (it signals bad input with several
+    exception types) becomes one :class:`MalformedEnvelope` naming ``what``, counted as
+    ``reason``.
+    """
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            max_array_len=max_array,
+            max_str_len=max_str,
+            max_bin_len=max_bin,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:
+        raise MalformedEnvelope(f"{what} is not valid msgpack: {exc}", reason=reason) from exc
+
+
 def _unpack_error(exc: Exception) -> MalformedEnvelope:
     """Name what msgpack refused, so every kind of bomb has one typed, counted error."""
     if isinstance(exc, msgpack.exceptions.StackError):
@@ -375,18 +406,9 @@ def _messages_from_rows(rows: Any) -> list[Message]:
 
 
 def _parse_descriptor(data: bytes, count: int) -> tuple[int, int, list[Any]]:
-    try:
-        fields = msgpack.unpackb(
-            data,
-            raw=False,
-            max_array_len=MAX_NDIM + 4,
-            max_map_len=0,
-            max_ext_len=0,
-            max_str_len=32,
-            max_bin_len=0,
-        )
-    except Exception as exc:  # msgpack's assorted errors all mean a bad descriptor
-        raise MalformedEnvelope("bad attachment descriptor", reason="attachment_ref") from exc
+    fields = unpack_bounded(
+        data, "attachment descriptor", reason="attachment_ref", max_array=MAX_NDIM + 4, max_str=32
+    )
     if not (
         isinstance(fields, list)
         and len(fields) >= 2

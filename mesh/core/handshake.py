@@ -45,6 +45,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.signing import VerifyKey
 
+from .codec import unpack_bounded
 from .envelope import Frame
 from .errors import (
     AuthenticationFailed,
@@ -165,18 +166,7 @@ def _verify_signature(certificate: Certificate, signed: tuple[bytes, bytes]) -> 
 
 
 def _unpack(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            max_bin_len=MAX_CERT_SIZE,
-            max_str_len=0,
-            max_array_len=8,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # every msgpack failure means the same: not a handshake payload
-        raise MalformedEnvelope(f"handshake payload is not valid msgpack: {exc}") from exc
+    return unpack_bounded(data, "handshake payload", max_array=8, max_bin=MAX_CERT_SIZE)
 
 
 def _check_skew(timestamp: int, now_ms: int, trust: Trust) -> None:

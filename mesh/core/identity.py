@@ -28,6 +28,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
+from .codec import unpack_bounded
 from .errors import (
     CertificateExpired,
     InvalidArgument,
@@ -148,21 +149,14 @@ def _require_cert(ok: bool, what: str) -> None:
 
 
 def _unpack_bounded(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=MAX_CERT_SIZE,
-            max_str_len=MAX_CERT_SIZE,
-            max_array_len=MAX_CAPABILITIES + 8,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises many types; all mean "not a certificate"
-        raise MalformedEnvelope(
-            f"certificate is not valid msgpack: {exc}", reason="cert_malformed"
-        ) from exc
+    return unpack_bounded(
+        data,
+        "certificate",
+        reason="cert_malformed",
+        max_array=MAX_CAPABILITIES + 8,
+        max_str=MAX_CERT_SIZE,
+        max_bin=MAX_CERT_SIZE,
+    )
 
 
 @dataclass(frozen=True)
