@@ -128,7 +128,7 @@ class Connection:
         self._transport: Transport | None = None
         self._handshake_answer: asyncio.Future[list[bytes]] | None = None
         self._rekeying: asyncio.Task[None] | None = None
-        self._installed: list[Session] = []  # every session this connection made
+        self._installed: list[Session] = []  # this connection's sessions still in the table
         self._install: Callable[[list[bytes]], None] | None = None
         self.state = ConnectionState.OPENING
         self.session: Session | None = None
@@ -227,7 +227,9 @@ class Connection:
             if self._rows:
                 self._flush()  # rows reserved on the old window go out on the old session
             self.session = initiator.receive(answer, now_ms())
-            self._installed.append(self.session)
+            # the new session and the one it retires: older ones left the table long ago
+            # (rekeys are minutes apart, retirement lasts seconds)
+            self._installed = [*self._installed[-1:], self.session]
             self.credit = SendCredit(self.session.initial_credit)
             self._wake_credit_waiters()
 
