@@ -1,7 +1,6 @@
-"""Defects an outside review of the runtime layer found, each over the fake network.
-
-Every test here failed on the code it was written against; see each docstring for what
-breaks and where.
+"""Races in the runtime around rekeys, coalesced flushes and close, over the fake network:
+a frame read in the same batch as a WELCOME, rows queued across a rekey, a request that
+arrives while the node closes. Each failed before its fix; the docstrings say how.
 """
 
 from __future__ import annotations
