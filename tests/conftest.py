@@ -83,7 +83,7 @@ def spent_stream_credit(node: Node, peer: str) -> ReceiveCredit | None:
     """The reader's credit of ``node``'s one stream from ``peer`` once the generator over
     there has sent every chunk it was granted (so it can only be waiting for more), else
     None. A slow-reader test waits for this instead of sleeping "long enough"."""
-    connection = node._connections.get(peer)
+    connection = node._pool.connections.get(peer)
     streams = [c for c in connection.calls.values() if c.queue is not None] if connection else []
     if len(streams) != 1:
         return None

@@ -34,7 +34,7 @@ async def main(url: str, consumer: str, count: int, delay: float) -> None:
         # what the consumer had done by then (asked at once; waiting for credit only makes
         # the count larger): the test checks the producer was held to the consumer's pace
         consumed = await node.request(consumer, "consumed", timeout=60)
-        connection = node._connections[consumer]
+        connection = node._pool.connections[consumer]
         print(
             json.dumps(
                 {

@@ -107,7 +107,7 @@ async def _at_least(node: Node, name: str, count: int) -> int | None:
 
 
 async def _no_credit(node: Node, name: str) -> bool:
-    connection = node._connections.get(name)
+    connection = node._pool.connections.get(name)
     return connection is not None and not connection.credit.can_send()
 
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from mesh import InsecureKeyFile, KeyFileError, MeshDirectory, keystore
+from mesh import InsecureKeyFile, KeyFileError, MeshDirectory
+from mesh.runtime import keystore
 
 
 def test_zero_config_creates_authority_and_identity(tmp_path):

@@ -66,7 +66,7 @@ async def test_fifty_nodes_find_and_call_each_other(mesh):
 async def test_socket_options_are_set_on_purpose(mesh):
     async with Node("a", mesh=mesh) as a, Node("b", mesh=mesh) as b:
         b.handler("ping", lambda body: "pong")
-        connection = await a._open_connection(b.endpoint, 10)
+        connection = await a._pool.open(b.endpoint, 10)
         try:
             for socket, options in (
                 (a._inbound._transport.socket, ROUTER_OPTIONS),
@@ -137,7 +137,7 @@ async def test_sessions_are_rekeyed_on_a_live_connection(mesh):
         server.handler("echo", lambda body: body)
         client.add_peer(server.identity.require_certificate(), server.endpoint)
         assert await client.request("server", "echo", 0, timeout=10) == 0
-        connection = client._connections["server"]
+        connection = client._pool.connections["server"]
         first = connection.session
         first.limits = SessionLimits(rekey_after_frames=3)
         answers = [await client.request("server", "echo", n, timeout=10) for n in range(10)]
@@ -274,8 +274,8 @@ async def test_windows_are_configurable_per_peer(mesh):
         for client in (small, big):
             client.add_peer(server.identity.require_certificate(), server.endpoint)
             assert await client.request("server", "echo", 1, timeout=10) == 1
-        assert small._connections["server"].session.initial_credit[0] == 3
-        assert big._connections["server"].session.initial_credit[0] == 100
+        assert small._pool.connections["server"].session.initial_credit[0] == 3
+        assert big._pool.connections["server"].session.initial_credit[0] == 100
 
 
 @pytest.mark.asyncio

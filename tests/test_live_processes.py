@@ -259,7 +259,7 @@ async def test_foreign_authority_is_refused_everywhere(spawn, agent, discovery, 
     foreign_endpoint = foreign.endpoint()
     async with Node("caller", discovery=discovery, mesh=home) as node:
         with pytest.raises(Unauthorized):
-            await node._open_connection(foreign_endpoint, 10)
+            await node._pool.open(foreign_endpoint, 10)
 
 
 async def test_a_dead_node_leaves_the_directory_when_its_lease_runs_out(spawn, discovery, home):

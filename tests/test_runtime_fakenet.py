@@ -117,7 +117,7 @@ def test_a_request_without_credit_leaves_nothing_on_the_wire(fake_mesh):
 
         b.handler("note", lambda body: None)
         await a.request("b", "echo", 0, timeout=5)
-        connection = a._connections["b"]
+        connection = a._pool.connections["b"]
         connection.credit = SendCredit((2, 200))  # two messages, a few hundred bytes
         await a.send("b", "note", "x" * 300)  # waits to be coalesced: 1 message, ~300 bytes
         with pytest.raises(NoCredit):
@@ -138,7 +138,7 @@ def test_credit_waiters_that_give_up_leave_nothing_behind(fake_mesh):
         a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
         b.handler("echo", _echo)
         await a.request("b", "echo", 0, timeout=5)
-        connection = a._connections["b"]
+        connection = a._pool.connections["b"]
         connection.credit = SendCredit((0, 0))
         for _ in range(50):
             with pytest.raises(FlowControlTimeout):
@@ -173,7 +173,7 @@ def test_one_callers_cancellation_never_reaches_the_others(fake_mesh):
             await first
         fake_mesh.net.release()
         assert await second == 2
-        assert a._connecting == {}
+        assert a._pool.connecting == {}
 
     within_mesh(fake_mesh, scenario)
 
@@ -202,7 +202,7 @@ def test_a_plain_request_to_an_endless_stream_is_bounded(fake_mesh):
         assert raised.value.peer == "b"
         await asyncio.wait_for(stopped.wait(), 30)
         assert b._runner._running == {}  # cancelled, not run to its end
-        assert a._connections["b"].calls == {}
+        assert a._pool.connections["b"].calls == {}
 
     within_mesh(fake_mesh, scenario)
 
@@ -298,7 +298,7 @@ def test_close_during_a_rekey_installs_nothing_and_ends_every_task(fake_mesh):
         a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
         b.handler("echo", _echo)
         await a.request("b", "echo", 0, timeout=5)
-        connection = a._connections["b"]
+        connection = a._pool.connections["b"]
         sessions_before = len(a._table)
         fake_mesh.net.hold()
         rekey = asyncio.create_task(connection.rekey())
@@ -439,7 +439,7 @@ def test_a_restarted_peers_join_ends_the_dial_to_its_old_address(fake_mesh):
         loop = asyncio.get_running_loop()
         started = loop.time()
         call = asyncio.create_task(a.request("b", "echo", "hi", timeout=120))
-        await wait_until(lambda: "b" in a._dials)
+        await wait_until(lambda: "b" in a._pool.dials)
         entry = {"cert": certificate.to_bytes(), "endpoint": b.endpoint, "started_ms": 1}
         a._on_directory_event({"type": "JOIN", "entry": entry})
         assert await call == "hi"

@@ -47,7 +47,7 @@ def test_a_reply_sent_right_after_a_rekey_welcome_is_not_lost(fake_mesh):
         go.set()
         await a.request("b", "slow", 0, timeout=5)  # connected
         go.clear()
-        connection = a._connections["b"]
+        connection = a._pool.connections["b"]
         call = asyncio.create_task(a.request("b", "slow", 1, timeout=10))
         await settle()  # b runs the handler, waiting on ``go``
         net = fake_mesh.net
@@ -87,7 +87,7 @@ def test_flushing_coalesced_rows_never_spends_the_credit_a_request_was_checked_a
 
         b.handler("note", lambda body: None)
         await a.request("b", "echo", 0, timeout=5)
-        connection = a._connections["b"]
+        connection = a._pool.connections["b"]
         connection.credit = SendCredit((5, 10_000))
         await a.send("b", "note", "x" * 100)  # a row waiting to be coalesced, paid for
         # the peer's byte credit is all but spent: one byte left, overhead not yet charged
@@ -161,7 +161,7 @@ def test_one_way_rows_queued_across_a_rekey_are_charged_to_the_session_they_go_o
 
         b.handler("echo", _echo)
         await a.request("b", "echo", 0, timeout=5)
-        connection = a._connections["b"]
+        connection = a._pool.connections["b"]
         net = fake_mesh.net
         net.hold()
         rekey = asyncio.create_task(connection.rekey())

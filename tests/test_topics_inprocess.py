@@ -11,7 +11,8 @@ import threading
 import pytest
 import zmq
 
-from mesh import InvalidArgument, MeshDirectory, MeshError, Node, SyncNode, _sodium
+from mesh import InvalidArgument, MeshDirectory, MeshError, Node, SyncNode
+from mesh.core import _sodium
 from mesh.core.codec import Message, encode_payload
 from mesh.core.topic_frame import BOX_OFFSET, CLEAR, CONTEXT, INNER, TopicKey, seal_publish
 from mesh.core.wire import MAC_SIZE, NONCE_SIZE, PROTOCOL_VERSION, FrameType, Kind

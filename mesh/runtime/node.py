@@ -51,6 +51,7 @@ from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
 from .outbox import DeliveryStore
 from .peers import PeerCache, PeerInfo
+from .pool import ConnectionPool
 from .stamps import next_msg_id, now_ms
 from .subscription import DEFAULT_QUEUE, Subscription
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
@@ -60,8 +61,7 @@ log = logging.getLogger("mesh")
 STATS_METHOD = "mesh.stats"
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
-CONNECT_ATTEMPTS = 3
-REGISTER_RETRY_S = 0.2  # dials of one connect, when newer entries supersede the one dialled
+REGISTER_RETRY_S = 0.2
 DEFAULT_STREAM_WINDOW = 64
 HOUSEKEEPING_S = 5.0
 DEFAULT_STREAM_BYTES = 16 * 1024 * 1024
@@ -163,10 +163,20 @@ class Node:
         self._runner.tracing = self._tracing
         self._runner.add(STATS_METHOD, self._stats_handler)  # for mesh status
         self._inbound: Inbound | None = None
-        self._connections: dict[str, Connection] = {}
-        self._connecting: dict[str, asyncio.Task[Connection]] = {}  # one connect per peer
-        self._dials: dict[str, tuple[PeerInfo, asyncio.Task[Connection]]] = {}  # under way
         self.known = PeerCache(self.trust, self.drops)
+        self._pool = ConnectionPool(
+            self._network,
+            self.identity,
+            self.trust,
+            self._table,
+            self.known,
+            self._lookup,
+            drops=self.drops,
+            traffic=self.traffic,
+            heartbeat_s=self.heartbeat,
+            connect_timeout=self.connect_timeout,
+        )
+        self._resolve = self._pool.resolve
         self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
         self._discovery: DiscoveryClient | None = None
         self._topics: Topics | None = None
@@ -233,7 +243,7 @@ class Node:
         if self._urls:
             self._discovery = DiscoveryClient(
                 self._urls,
-                self._open_connection,
+                self._pool.open,
                 self._context,
                 self._on_directory_event,
                 self.trust.max_skew_ms,
@@ -281,10 +291,7 @@ class Node:
         self._closed = True
         if self._metrics is not None:
             self._metrics.close()
-        connecting = list(self._connecting.values())
-        for task in connecting:
-            task.cancel()
-        await asyncio.gather(*connecting, return_exceptions=True)
+        await self._pool.stop_connecting()
         if self._discovery is not None:
             if self._registered:
                 await self._discovery.unregister()
@@ -293,11 +300,7 @@ class Node:
             await self._topics.close()
         await self._deliveries.close()
         await self._runner.close()
-        connections = list(self._connections.values())  # lose() takes them out of the pool
-        for connection in connections:
-            connection.say_goodbye()
-            connection.lose("node closed")
-        await asyncio.gather(*(connection.wait_closed() for connection in connections))
+        await self._pool.close()
         await cancel_and_wait(self._tasks)
         if self._inbound is not None:
             self._inbound.close()
@@ -330,7 +333,7 @@ class Node:
         if applied is None:
             return
         if applied[0] != "LEAVE":
-            self._supersede_dial(applied[1])
+            self._pool.supersede(applied[1])
         if self._topics is not None:
             self._topics.on_directory_event(*applied)
         for watcher in self._peer_watchers:
@@ -669,104 +672,6 @@ class Node:
         asked_at = time.monotonic()
         return self.known.merge(await self._discovery.lookup(query), query, asked_at)
 
-    async def _resolve(self, peer: str) -> Connection:
-        """The open connection to ``peer``, made (once, however many callers wait) if needed.
-
-        The connect runs in a task of its own that every caller awaits through a shield, as
-        a connection pool does: a caller that is cancelled (or times out) leaves, and the
-        others, and the connect, carry on."""
-        if self._closed:
-            raise NodeClosed("node is closed")
-        connection = self._connections.get(peer)
-        if connection is not None and not connection.closed:
-            if connection.needs_rekey():
-                await connection.rekey()
-            return connection
-        pending = self._connecting.get(peer)
-        if pending is None:
-            pending = asyncio.create_task(self._connect_peer(peer), name=f"connect {peer}")
-            self._connecting[peer] = pending
-            pending.add_done_callback(lambda task: self._connected(peer, task))
-        return await asyncio.shield(pending)
-
-    def _connected(self, peer: str, task: asyncio.Task[Connection]) -> None:
-        if self._connecting.get(peer) is task:
-            del self._connecting[peer]
-        if not task.cancelled():
-            task.exception()  # each waiter gets it through its own await; nobody else must
-
-    async def _connect_peer(self, peer: str) -> Connection:
-        """Dial the newest entry known for ``peer``. A restarted peer's JOIN that arrives
-        while its old endpoint is still being dialled ends that dial and the new endpoint
-        is dialled at once, instead of after the old one's whole connect timeout."""
-        for _ in range(CONNECT_ATTEMPTS):
-            info = self.known.get(peer)
-            if info is None:
-                found = await self._lookup({"name": peer})
-                info = next((i for i in found if i.name == peer), None)
-                if info is None:
-                    raise PeerNotFound(f"no live node named {peer!r}", peer=peer)
-            dial = asyncio.create_task(
-                self._open_connection(info.endpoint, self.connect_timeout, info.certificate),
-                name=f"dial {peer}",
-            )
-            self._dials[peer] = (info, dial)
-            try:
-                connection = await dial
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # our own cancellation (node closing): not a newer entry
-                continue  # superseded by a newer entry: dial that one
-            except PeerLost:
-                if self.known.get(peer) is info:  # never forget a newer entry than ours
-                    self._forget_peer(peer)
-                    raise
-                continue
-            finally:
-                if self._dials.get(peer, (None, None))[1] is dial:
-                    del self._dials[peer]
-            self._connections[peer] = connection
-            return connection
-        raise PeerLost(f"{peer} changed address while being dialled", peer=peer)
-
-    def _supersede_dial(self, info: PeerInfo) -> None:
-        """A newer entry for a peer being dialled: end the dial (the connect retries)."""
-        dialling = self._dials.get(info.name)
-        if dialling is not None and self.known.get(info.name) is info:
-            old, dial = dialling
-            if (old.endpoint, old.started_ms) != (info.endpoint, info.started_ms):
-                dial.cancel()
-
-    async def _open_connection(
-        self, endpoint: str, timeout: float, certificate: Certificate | None = None
-    ) -> Connection:
-        connection = Connection(
-            self._network,
-            self.identity,
-            self.trust,
-            self._table,
-            endpoint,
-            certificate,
-            self.drops,
-            self.heartbeat,
-            self._on_lost,
-            self.traffic,
-        )
-        await connection.open(timeout)
-        return connection
-
-    def _on_lost(self, connection: Connection) -> None:
-        name = connection.name
-        if self._connections.get(name) is connection:
-            del self._connections[name]
-            self._forget_peer(name)
-
-    def _forget_peer(self, name: str) -> None:
-        """Drop what we know of ``name``: the next call looks it up again (it may have
-        restarted elsewhere), and capability routing skips it for a while."""
-        self.known.mark_down(name)
-
     async def _choose(self, capability: str | None) -> str:
         """The least busy live node offering ``capability``."""
         if not capability:  # without it, a lookup would list every node: never call "anyone"
@@ -814,7 +719,7 @@ class Node:
                     "messages_sent": c.messages_sent,
                     "frames_sent": c.frames_sent,
                 }
-                for name, c in self._connections.items()
+                for name, c in self._pool.connections.items()
             },
             "callers": self._callee.stats(),
             "handler_failures": self._runner.failures,
