@@ -710,17 +710,7 @@ class Node:
             "name": self.name,
             "endpoint": self.endpoint,
             "sessions": len(self._table),
-            "connections": {
-                name: {
-                    "calls": len(c.calls),
-                    "credit_messages": c.credit.messages,
-                    "credit_bytes": c.credit.bytes,
-                    "waiting": c.waiting_for_credit,
-                    "messages_sent": c.messages_sent,
-                    "frames_sent": c.frames_sent,
-                }
-                for name, c in self._pool.connections.items()
-            },
+            "connections": self._pool.stats(),
             "callers": self._callee.stats(),
             "handler_failures": self._runner.failures,
             "duplicates": self._runner.duplicates,

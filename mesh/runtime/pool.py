@@ -153,6 +153,21 @@ class ConnectionPool:
         restarted elsewhere), and capability routing skips it for a while."""
         self._known.mark_down(name)
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per peer called: ``calls`` in flight, the ``credit_*`` it granted and we have not
+        used, ``waiting`` sends queued for credit, ``messages_sent`` in ``frames_sent``."""
+        return {
+            name: {
+                "calls": len(c.calls),
+                "credit_messages": c.credit.messages,
+                "credit_bytes": c.credit.bytes,
+                "waiting": c.waiting_for_credit,
+                "messages_sent": c.messages_sent,
+                "frames_sent": c.frames_sent,
+            }
+            for name, c in self.connections.items()
+        }
+
     async def stop_connecting(self) -> None:
         """Refuse new connects and end the ones under way (the node is closing)."""
         self._closed = True
