@@ -150,17 +150,28 @@ class FakeNetwork:
     def hold(self) -> None:
         self.holding = True
 
-    def release(self, keep: Callable[[Sent], bool] = lambda sent: True) -> int:
-        """Stop holding; deliver what was held (that ``keep`` accepts; the rest is lost)."""
+    def release(
+        self,
+        keep: Callable[[Sent], bool] = lambda sent: True,
+        then: Callable[[], None] | None = None,
+    ) -> int:
+        """Stop holding; deliver what was held (that ``keep`` accepts; the rest is lost), in
+        one loop callback that ends with ``then()``: it runs right after the frames are
+        read and before anything they woke, which is how a test closes a connection between
+        a WELCOME arriving and the handshake resuming."""
         self.holding = False
         held, self.held = self.held, []
-        count = 0
-        for sent, deliver in held:
-            if keep(sent):
+        kept = [(sent, deliver) for sent, deliver in held if keep(sent)]
+
+        def hand_over() -> None:
+            for sent, deliver in kept:
                 sent.delivered = True
-                asyncio.get_running_loop().call_soon(deliver, sent.frames)
-                count += 1
-        return count
+                deliver(sent.frames)
+            if then is not None:
+                then()
+
+        asyncio.get_running_loop().call_soon(hand_over)
+        return len(kept)
 
     def drop_held(self) -> int:
         return self.release(keep=lambda sent: False)
@@ -203,6 +214,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self.clock.now
 
+    def idle(self) -> bool:
+        """Nothing is ready to run (timers aside): asyncio's own ready queue is empty."""
+        return not self._ready  # type: ignore[attr-defined]
+
 
 def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run ``main()`` on a virtual-time loop (a fresh one per test) and close it."""
@@ -210,10 +225,16 @@ def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return runner.run(main())
 
 
-async def settle(rounds: int = 50) -> None:
-    """Let every frame in flight arrive and every callback it causes run (no time passes)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
+async def settle(turns: int = 10_000) -> None:
+    """Until nothing can run but timers: every frame in flight has arrived and everything it
+    woke has run (no virtual time passes). Fails if the loop never gets there."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTimeLoop), "settle() needs fakenet.run()"
+    for _ in range(turns):
+        await asyncio.sleep(0)  # one turn; then look at what the others scheduled
+        if loop.idle():
+            return
+    raise AssertionError(f"still busy after {turns} loop turns")
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 30.0) -> None:

@@ -307,9 +307,7 @@ def test_close_during_a_rekey_installs_nothing_and_ends_every_task(fake_mesh):
         fake_mesh.net.release()
         fake_mesh.net.hold()
         await wait_until(lambda: fake_mesh.net.held)  # b's WELCOME, on its way back
-        fake_mesh.net.release()
-        await asyncio.sleep(0)  # the WELCOME is read: the handshake wakes up next
-        connection.close()
+        fake_mesh.net.release(then=connection.close)  # the WELCOME is read, then close
         with pytest.raises(PeerLost):
             await rekey
         await connection.wait_closed()
@@ -333,9 +331,7 @@ def test_close_while_the_first_welcome_arrives_installs_nothing(fake_mesh, autho
         fake_mesh.net.release()
         fake_mesh.net.hold()
         await wait_until(lambda: fake_mesh.net.held)  # the WELCOME
-        fake_mesh.net.release()
-        await asyncio.sleep(0)  # the WELCOME is read: open() wakes up next
-        connection.close()
+        fake_mesh.net.release(then=connection.close)  # the WELCOME is read, then close
         with pytest.raises(PeerLost):
             await opening
         assert connection.state is ConnectionState.CLOSED

@@ -407,17 +407,20 @@ class Connection:
         if credited and not self.credit.can_send():
             raise NoCredit(f"{self.name} has granted no credit", peer=self.name)
         frames = session.seal(messages, now_ms())
-        self._write(frames, messages)
+        size = self._write(frames, messages)
         if credited:
-            self.credit.charge(sum(len(frame) for frame in frames))
+            self.credit.charge(size)
 
-    def _write(self, frames: list, messages: list[Message]) -> None:
+    def _write(self, frames: list, messages: list[Message]) -> int:
+        """Hand the sealed frames to the transport; their size in bytes."""
         if self._transport is None or not self._transport.send(frames):
             self.lose(f"{self.name} is unreachable")
             raise PeerLost(f"{self.name} is unreachable", peer=self.name)
+        size = sum(len(frame) for frame in frames)
         self.frames_sent += 1
         self.messages_sent += len(messages)
-        self._traffic.sent(messages, sum(len(frame) for frame in frames))
+        self._traffic.sent(messages, size)
+        return size
 
     def send_one_way(self, message: Message) -> None:
         """Send a SEND (credit on hand: see :meth:`acquire`), coalesced with the others sent
