@@ -48,13 +48,13 @@ from .core.errors import (
 from .core.flow import Window
 from .core.handshake import Initiator, Responder
 from .core.identity import Authority, Certificate, Identity, Trust
+from .core.registry import PeerInfo
 from .core.session import Session, SessionLimits, SessionTable
 from .core.wire import ErrorCode, Kind
 from .runtime.discovery import DiscoveryServer
 from .runtime.handlers import CallContext
 from .runtime.keystore import MeshDirectory
 from .runtime.node import Node
-from .runtime.peers import PeerInfo
 from .runtime.subscription import Subscription, TopicMessage
 from .runtime.sync import SyncNode, SyncSubscription
 

@@ -29,17 +29,20 @@ MAX_LEASE_MS = 300_000
 MIN_LEASE_MS = 200
 
 
-@dataclass
-class Entry:
-    """One registered node as discovery knows it."""
+@dataclass(eq=False)
+class PeerInfo:
+    """A directory entry: a node's certificate and what it registered (protocol.md 9).
+
+    The same rules read a REGISTER body on the discovery node and an entry a node receives in
+    ENTRIES or an EVENT (:func:`parse_entry`), so a node never holds an entry discovery would
+    have refused.
+    """
 
     certificate: Certificate
     endpoint: str
-    capabilities: tuple[str, ...]
-    meta: dict[str, Any]
-    started_ms: int
-    lease_ms: int
-    expires_ms: int = field(default=0)
+    capabilities: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+    started_ms: int = 0
     topics: tuple[str, ...] = ()
     subscriptions: tuple[str, ...] = ()
     topics_endpoint: str = ""
@@ -47,6 +50,33 @@ class Entry:
     @property
     def name(self) -> str:
         return self.certificate.name
+
+    def to_wire(self) -> dict[str, Any]:
+        """The entry as ENTRIES and EVENT bodies carry it."""
+        return {
+            "cert": self.certificate.to_bytes(),
+            "endpoint": self.endpoint,
+            "capabilities": list(self.capabilities),
+            "meta": self.meta,
+            "started_ms": self.started_ms,
+            "topics": list(self.topics),
+            "subscriptions": list(self.subscriptions),
+            "topics_endpoint": self.topics_endpoint,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry for people and JSON: the node id instead of the certificate's bytes."""
+        fields = self.to_wire()
+        del fields["cert"]
+        return {"name": self.name, "node_id": self.certificate.node_id.hex(), **fields}
+
+
+@dataclass(eq=False)
+class Entry(PeerInfo):
+    """One registration as the discovery node keeps it: the entry and its lease."""
+
+    lease_ms: int = 0
+    expires_ms: int = 0
 
     @property
     def registration(self) -> tuple[str, int]:
@@ -59,28 +89,16 @@ class Entry:
             and self.registration == other.registration
         )
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "cert": self.certificate.to_bytes(),
-            "endpoint": self.endpoint,
-            "capabilities": list(self.capabilities),
-            "meta": self.meta,
-            "started_ms": self.started_ms,
-            "topics": list(self.topics),
-            "subscriptions": list(self.subscriptions),
-            "topics_endpoint": self.topics_endpoint,
-        }
 
-
-def parse_registration(certificate: Certificate, body: Any, now_ms: int) -> Entry:
-    """Validate a REGISTER body (raises InvalidArgument) and build the entry."""
+def parse_entry(certificate: Certificate, body: Any, started_default: int = 0) -> PeerInfo:
+    """Validate a directory entry's fields (raises InvalidArgument); the certificate is
+    verified by the caller."""
     if not isinstance(body, dict):
-        raise InvalidArgument("REGISTER body must be a map")
+        raise InvalidArgument("a directory entry must be a map")
     endpoint = body.get("endpoint")
     caps = body.get("capabilities", [])
     meta = body.get("meta") or {}
-    lease = body.get("lease_ms", 10_000)
-    started = body.get("started_ms", now_ms)
+    started = body.get("started_ms", started_default)
     if not (
         isinstance(endpoint, str) and 0 < len(endpoint) <= MAX_ENDPOINT_LEN and "://" in endpoint
     ):
@@ -93,26 +111,31 @@ def parse_registration(certificate: Certificate, body: Any, now_ms: int) -> Entr
         raise InvalidArgument("capabilities must be a list of short strings")
     if not isinstance(meta, dict):
         raise InvalidArgument("meta must be a map")
-    if type(lease) is not int or type(started) is not int:
-        raise InvalidArgument("lease_ms and started_ms must be integers")
-    lease = min(max(lease, MIN_LEASE_MS), MAX_LEASE_MS)
-    topics = _names(body.get("topics", []), validate_topic, "topics")
-    subscriptions = _names(body.get("subscriptions", []), validate_pattern, "subscriptions")
+    if type(started) is not int:
+        raise InvalidArgument("started_ms must be an integer")
     topics_endpoint = body.get("topics_endpoint", "")
     if not (isinstance(topics_endpoint, str) and len(topics_endpoint) <= MAX_ENDPOINT_LEN):
         raise InvalidArgument("topics_endpoint must be a ZeroMQ address")
-    return Entry(
+    return PeerInfo(
         certificate,
         endpoint,
         tuple(caps),
         meta,
         started,
-        lease,
-        now_ms + lease,
-        topics,
-        subscriptions,
+        _names(body.get("topics", []), validate_topic, "topics"),
+        _names(body.get("subscriptions", []), validate_pattern, "subscriptions"),
         topics_endpoint,
     )
+
+
+def parse_registration(certificate: Certificate, body: Any, now_ms: int) -> Entry:
+    """Validate a REGISTER body (raises InvalidArgument) and build the entry with its lease."""
+    info = parse_entry(certificate, body, started_default=now_ms)
+    lease = body.get("lease_ms", 10_000)
+    if type(lease) is not int:
+        raise InvalidArgument("lease_ms must be an integer")
+    lease = min(max(lease, MIN_LEASE_MS), MAX_LEASE_MS)
+    return Entry(**vars(info), lease_ms=lease, expires_ms=now_ms + lease)
 
 
 def parse_registration_key(body: Any) -> tuple[str, int] | None:

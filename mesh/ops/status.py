@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..core.errors import MeshError
+from ..core.registry import PeerInfo
 from ..runtime.node import STATS_METHOD, Node
-from ..runtime.peers import PeerInfo
 
 ASK_TIMEOUT_S = 2.0
 

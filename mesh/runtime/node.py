@@ -35,6 +35,7 @@ from ..core.errors import (
 )
 from ..core.flow import Window
 from ..core.identity import Certificate, Identity, Trust
+from ..core.registry import PeerInfo
 from ..core.sequencer import DEFAULT_HOLD_S
 from ..core.session import SessionTable
 from ..core.subjects import validate_pattern
@@ -50,7 +51,7 @@ from .handlers import Handler
 from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
 from .outbox import DeliveryStore
-from .peers import PeerCache, PeerInfo
+from .peers import PeerCache
 from .pool import ConnectionPool
 from .stamps import next_msg_id, now_ms
 from .subscription import DEFAULT_QUEUE, Subscription

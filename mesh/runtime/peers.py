@@ -13,62 +13,12 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..core.errors import ProtocolError
+from ..core.errors import InvalidArgument, ProtocolError
 from ..core.identity import Certificate, Trust
+from ..core.registry import PeerInfo, parse_entry
 from .stamps import now_ms
 
 DOWN_FOR_S = 5.0
-
-
-class PeerInfo:
-    """A directory entry this node has verified: name, certificate, endpoint, capabilities."""
-
-    __slots__ = (
-        "capabilities",
-        "certificate",
-        "endpoint",
-        "meta",
-        "started_ms",
-        "subscriptions",
-        "topics",
-        "topics_endpoint",
-    )
-
-    def __init__(self, certificate: Certificate, entry: dict[str, Any]) -> None:
-        self.certificate = certificate
-        self.endpoint = str(entry.get("endpoint", ""))
-        caps = entry.get("capabilities")
-        self.capabilities = (
-            tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else ()
-        )
-        self.meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
-        started = entry.get("started_ms")
-        self.started_ms = started if isinstance(started, int) else 0
-        self.topics = _strings(entry.get("topics"))
-        self.subscriptions = _strings(entry.get("subscriptions"))
-        endpoint = entry.get("topics_endpoint")
-        self.topics_endpoint = endpoint if isinstance(endpoint, str) else ""
-
-    @property
-    def name(self) -> str:
-        return self.certificate.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "node_id": self.certificate.node_id.hex(),
-            "endpoint": self.endpoint,
-            "capabilities": list(self.capabilities),
-            "meta": self.meta,
-            "started_ms": self.started_ms,
-            "topics": list(self.topics),
-            "subscriptions": list(self.subscriptions),
-            "topics_endpoint": self.topics_endpoint,
-        }
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 class PeerCache:
@@ -91,19 +41,20 @@ class PeerCache:
 
     def add(self, certificate: Certificate, endpoint: str) -> PeerInfo:
         """Know a peer by hand; raises Unauthorized if its certificate does not verify."""
-        info = PeerInfo(self._trust.verify(certificate, now_ms()), {"endpoint": endpoint})
+        info = PeerInfo(self._trust.verify(certificate, now_ms()), endpoint)
         self._entries[info.name] = info
         self._static.add(info.name)
         return info
 
     def verified(self, entry: dict[str, Any]) -> PeerInfo | None:
-        """The entry as a PeerInfo if its certificate verifies; None (counted) if not."""
+        """The entry if its certificate verifies and its fields follow discovery's rules;
+        None (counted) if not."""
         try:
             cert = self._trust.verify(Certificate.from_bytes(entry["cert"]), now_ms())
-        except (ProtocolError, KeyError, TypeError):
+            return parse_entry(cert, entry)
+        except (ProtocolError, InvalidArgument, KeyError, TypeError):
             self._drops["bad_entry"] += 1
             return None
-        return PeerInfo(cert, entry)
 
     def merge(
         self, entries: list[dict[str, Any]], query: dict[str, str], asked_at: float

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 
 from ..core.errors import NodeClosed, PeerLost, PeerNotFound
 from ..core.identity import Certificate, Identity, Trust
+from ..core.registry import PeerInfo
 from ..core.session import SessionTable
 from ..ops.telemetry import Traffic
 from .connection import Connection
-from .peers import PeerCache, PeerInfo
+from .peers import PeerCache
 from .transport import Network
 
 CONNECT_ATTEMPTS = 3  # dials of one connect, when newer entries supersede the one dialled

@@ -36,6 +36,7 @@ import zmq
 from ..core.codec import Message
 from ..core.errors import InvalidArgument, MeshError
 from ..core.identity import Certificate, Identity
+from ..core.registry import PeerInfo
 from ..core.session import Session
 from ..core.subjects import matches, validate_pattern, validate_topic
 from ..core.topic_frame import TopicKey
@@ -43,7 +44,6 @@ from ..core.wire import KEY_SIZE, ErrorCode, Kind
 from .connection import Connection
 from .feeds import Feed
 from .handlers import error_message
-from .peers import PeerInfo
 from .stamps import next_msg_id
 from .subscription import DEFAULT_QUEUE, Subscription, TopicMessage
 from .topic_publisher import TopicPublisher
