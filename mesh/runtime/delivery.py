@@ -23,7 +23,6 @@ import enum
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..core.codec import Message, encode_payload
@@ -41,6 +40,7 @@ from ..core.sequencer import DEFAULT_HOLD_S, KEPT, Arrival, Sequencer
 from ..core.wire import ErrorCode, Kind
 from .connection import Connection
 from .handlers import Caller, HandlerRunner, error_code, error_message
+from .letter import Letter
 from .outbox import DeliveryStore, pack_body
 from .stamps import next_msg_id, now_ms
 
@@ -71,24 +71,6 @@ class DeadReason(enum.StrEnum):
     NO_SUCH_METHOD = "no_such_method"  # the receiver has no handler for it
     REFUSED = "refused"  # the receiver answered another error (bad request, overloaded...)
     UNSENDABLE = "unsendable"  # the body could no longer be encoded when it was sent
-
-
-@dataclass
-class Letter:
-    """One reliable message on its way."""
-
-    peer: str
-    seq: int
-    msg_id: int
-    method: str
-    body: Any
-    deadline_ms: int
-    max_attempts: int
-    created_ms: int
-    row: int | None = None  # its outbox row, if durable
-    failures: int = 0  # handler failures reported by the receiver
-    sends: int = 0
-    unreachable: bool = False  # the last try could not reach the peer
 
 
 class Lane:
@@ -153,13 +135,9 @@ class Deliveries:
     def resume(self) -> None:
         """Start again every durable message a previous run left, and poll for retries."""
         if os.path.exists(self._store_path):
-            for stored in self.store.pending():
-                lane = self._lane(stored.peer, durable=True)
-                letter = Letter(
-                    stored.peer, stored.seq, stored.msg_id, stored.method, stored.body,
-                    stored.deadline_ms, stored.max_attempts, now_ms(), stored.row,
-                )  # fmt: skip
-                lane.next_seq = max(lane.next_seq, stored.seq + 1)
+            for letter in self.store.pending():
+                lane = self._lane(letter.peer, durable=True)
+                lane.next_seq = max(lane.next_seq, letter.seq + 1)
                 self._launch(lane, letter)
         self._poller = asyncio.create_task(self._poll_retries())
 
@@ -205,9 +183,7 @@ class Deliveries:
             created,
         )  # fmt: skip
         if packed is not None:
-            letter.row = self.store.enqueue(
-                peer, lane.stream, seq, letter.msg_id, method, packed, letter.deadline_ms, attempts
-            )
+            letter.row = self.store.enqueue(letter, lane.stream, packed)
         self._launch(lane, letter)
         return seq
 

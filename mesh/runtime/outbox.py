@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from ..core.errors import InvalidArgument, InvalidBody
+from .letter import Letter
 from .stamps import now_ms
 
 SCHEMA = """
@@ -49,21 +49,6 @@ def pack_body(body: Any) -> bytes:
 
 def unpack_body(data: bytes | None) -> Any:
     return None if data is None else msgpack.unpackb(data, raw=False)
-
-
-@dataclass(frozen=True)
-class StoredLetter:
-    """A durable message waiting for its ack, as stored."""
-
-    row: int
-    peer: str
-    stream: int
-    seq: int
-    msg_id: int
-    method: str
-    body: Any
-    deadline_ms: int
-    max_attempts: int
 
 
 class DeliveryStore:
@@ -96,38 +81,34 @@ class DeliveryStore:
         self._db.execute("INSERT INTO streams VALUES (?, ?, 0)", (peer, new_stream))
         return new_stream, 0
 
-    def enqueue(
-        self,
-        peer: str,
-        stream: int,
-        seq: int,
-        msg_id: int,
-        method: str,
-        body: bytes,
-        deadline_ms: int,
-        max_attempts: int,
-    ) -> int:
-        """Write a message and its stream's next number in one commit; returns its row."""
+    def enqueue(self, letter: Letter, stream: int, body: bytes) -> int:
+        """Write a letter (its body packed) and its stream's next number in one commit;
+        returns its row."""
         with self._db:
             self._db.execute("BEGIN")
             cursor = self._db.execute(
                 "INSERT INTO outbox (peer, stream, seq, msg_id, method, body, deadline_ms,"
                 " max_attempts, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (peer, stream, seq, msg_id, method, body, deadline_ms, max_attempts, now_ms()),
+                (
+                    letter.peer, stream, letter.seq, letter.msg_id, letter.method, body,
+                    letter.deadline_ms, letter.max_attempts, letter.created_ms,
+                ),
+            )  # fmt: skip
+            self._db.execute(
+                "UPDATE streams SET next_seq = ? WHERE peer = ?", (letter.seq + 1, letter.peer)
             )
-            self._db.execute("UPDATE streams SET next_seq = ? WHERE peer = ?", (seq + 1, peer))
         return int(cursor.lastrowid or 0)
 
     def acked(self, row: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (row,))
 
-    def pending(self) -> list[StoredLetter]:
-        """Every durable message not yet acknowledged, by peer then sequence."""
+    def pending(self) -> list[Letter]:
+        """Every durable letter not yet acknowledged, by peer then sequence."""
         rows = self._db.execute(
-            "SELECT id, peer, stream, seq, msg_id, method, body, deadline_ms, max_attempts"
+            "SELECT peer, seq, msg_id, method, body, deadline_ms, max_attempts, created_ms, id"
             " FROM outbox ORDER BY peer, seq"
         ).fetchall()
-        return [StoredLetter(*r[:6], unpack_body(r[6]), *r[7:]) for r in rows]
+        return [Letter(*r[:4], unpack_body(r[4]), *r[5:]) for r in rows]
 
     # ------------------------------------------------------------------ dead letters
 
