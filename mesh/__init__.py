@@ -3,7 +3,6 @@
 This module re-exports the public names; it defines nothing itself.
 """
 
-from .cli.demo import MeshProcess
 from .core.codec import Blob, Message
 from .core.errors import (
     AuthenticationFailed,
@@ -51,6 +50,7 @@ from .core.identity import Authority, Certificate, Identity, Trust
 from .core.registry import PeerInfo
 from .core.session import Session, SessionLimits, SessionTable
 from .core.wire import ErrorCode, Kind
+from .ops.processes import MeshProcess
 from .runtime.discovery import DiscoveryServer
 from .runtime.handlers import CallContext
 from .runtime.keystore import MeshDirectory

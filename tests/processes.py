@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from mesh.ops.processes import SERVING_ON, served_endpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,7 +96,7 @@ class Process:
     def endpoint(self, timeout: float = 30.0) -> str:
         """Wait for the "... serving on ENDPOINT" line and return (and remember) ENDPOINT."""
         if not self.endpoint_line:
-            self.endpoint_line = self.wait_line("serving on", timeout).rsplit(" ", 1)[-1]
+            self.endpoint_line = served_endpoint(self.wait_line(SERVING_ON, timeout)) or ""
         return self.endpoint_line
 
     @property

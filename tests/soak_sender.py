@@ -26,6 +26,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from mesh.ops.processes import serving_line
 from mesh.runtime.node import Node
 from tests.soak_ledger import RELIABLE_MODES, Ending, Lane, read_lines
 
@@ -84,7 +85,7 @@ async def main(argv: list[str]) -> None:
     loop.add_signal_handler(signal.SIGUSR1, stop.set)
     loop.add_signal_handler(signal.SIGTERM, leave.set)
     async with Node(name, discovery=url, heartbeat=float(heartbeat)) as node:
-        print(f"{name} serving on {node.endpoint}", flush=True)
+        print(serving_line(name, node.endpoint), flush=True)
         await send_until(node, log, receivers.split(","), float(rate), int(seed), stop)
         try:
             await node.delivered(timeout=float(settle_s))

@@ -140,6 +140,63 @@ def test_the_boundary_check_sees_a_forbidden_import(tmp_path):
     assert core_violations(tmp_path / "good.py") == []
 
 
+# What each layer may import from mesh: only itself and the layers below. The CLI and the
+# benchmarks are applications on top (``mesh bench`` is a subcommand, and the benchmark uses
+# the launcher's hosts); the package's own ``__init__`` exports the library, not them.
+BELOW = {
+    "core": {"core"},
+    "ops": {"core", "ops"},
+    "runtime": {"core", "ops", "runtime"},
+    "cli": {"core", "ops", "runtime", "cli", "bench"},
+    "bench": {"core", "ops", "runtime", "cli", "bench"},
+    "": {"core", "ops", "runtime"},  # mesh/__init__.py
+}
+
+
+def layer_violations(path: Path, layer: str) -> list[str]:
+    """The imports in ``path`` (a module of ``layer``) of a mesh layer above it."""
+    package = f"mesh.{layer}" if layer else "mesh"
+    bad = []
+    for line, module, names in imports(path, package):
+        parts = module.split(".")
+        if parts[0] != "mesh":
+            continue
+        targets = [parts[1]] if len(parts) > 1 else [name for name in names if name in BELOW]
+        bad += [f"{path.name}:{line}: imports mesh.{t}" for t in targets if t not in BELOW[layer]]
+    return bad
+
+
+MESH_MODULES = [
+    (layer, path)
+    for layer in BELOW
+    for path in sorted(
+        (ROOT / "mesh" / layer).glob("*.py") if layer else [ROOT / "mesh" / "__init__.py"]
+    )
+]
+
+
+def test_every_module_is_in_a_layer():
+    modules = {p for p in (ROOT / "mesh").rglob("*.py")} - {p for _, p in MESH_MODULES}
+    assert modules == set()
+
+
+@pytest.mark.parametrize(
+    ("layer", "path"), MESH_MODULES, ids=lambda v: v if isinstance(v, str) else v.name
+)
+def test_a_layer_imports_only_the_layers_below(layer, path):
+    assert layer_violations(path, layer) == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("from ..cli import demo\n")
+    assert layer_violations(path, "runtime") == ["bad.py:1: imports mesh.cli"]
+    path.write_text("from mesh import runtime\n")
+    assert layer_violations(path, "ops") == ["bad.py:1: imports mesh.runtime"]
+    path.write_text("from .runtime.node import Node\n")
+    assert layer_violations(path, "") == []
+
+
 @pytest.mark.parametrize("path", sorted(AGENTS.glob("*.py")), ids=lambda path: path.name)
 def test_agents_use_only_the_public_api(path):
     for line, module, names in imports(path, "agents"):

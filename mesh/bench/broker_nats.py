@@ -17,6 +17,7 @@ from typing import Any
 
 from ..core.codec import Blob
 from ..core.errors import InvalidArgument
+from ..ops.processes import serving_line
 from .targets import reachable
 
 # steps (by label or its first word) NATS does not run here
@@ -89,7 +90,7 @@ async def respond(url: str) -> None:
     await nc.subscribe("bench.sink", cb=sink)
     await nc.subscribe("bench.count", cb=count)
     await nc.flush()
-    print("nats serving on " + url, flush=True)
+    print(serving_line("nats", url), flush=True)
     await asyncio.Event().wait()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core.codec import Blob
 from ..core.errors import InvalidArgument
+from ..ops.processes import serving_line
 from .targets import reachable
 
 SKIPPED = ("stream", "blocking", "fan-out")  # steps RabbitMQ does not run here
@@ -176,7 +177,7 @@ def respond(url: str) -> None:
 
     for queue, callback in zip(QUEUES, (echo, sink, count), strict=True):
         channel.basic_consume(queue, callback, auto_ack=True)
-    print("rabbitmq serving on " + url, flush=True)
+    print(serving_line("rabbitmq", url), flush=True)
     channel.start_consuming()
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from ..ops.processes import serving_line
 from ..runtime.node import Node
 
 MAX_CHUNKS = 1_000_000
@@ -58,7 +59,7 @@ async def serve_raw(address: str) -> None:
     socket = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     port = socket.bind_to_random_port(f"tcp://{address}")
-    print(f"raw serving on tcp://{address}:{port}", flush=True)
+    print(serving_line("raw", f"tcp://{address}:{port}"), flush=True)
     sunk = 0
     while True:
         peer, kind, payload = await socket.recv_multipart(copy=False)
@@ -82,7 +83,7 @@ async def serve_mesh(address: str, mesh: str) -> None:
     """A node with the bench handlers and no discovery: the client adds it by certificate."""
     async with Node("bench-server", mesh=mesh, bind=f"tcp://{address}:0") as node:
         install(node)
-        print(f"mesh serving on {node.endpoint}", flush=True)
+        print(serving_line("mesh", node.endpoint), flush=True)
         await asyncio.Event().wait()
 
 
@@ -93,7 +94,7 @@ async def serve_many(address: str, mesh: str, count: int) -> None:
     for node in nodes:
         node.handler("echo", _echo)
         await node.start()
-    print("peers serving on " + ",".join(n.endpoint for n in nodes), flush=True)
+    print(serving_line("peers", ",".join(n.endpoint for n in nodes)), flush=True)
     await asyncio.Event().wait()
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import secrets
-import selectors
 import shlex
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from ..cli.cluster import Host
 from ..cli.launch import Remote, certify
 from ..core.errors import InvalidArgument, LaunchError
 from ..core.identity import Certificate
+from ..ops.processes import read_line, served_endpoint
 from ..runtime.keystore import MeshDirectory
 from ..runtime.node import Node
 from .broker_nats import NatsTarget
@@ -148,14 +148,11 @@ class Servers:
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         self.children.append(child)
-        assert child.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(child.stdout, selectors.EVENT_READ)
-            line = child.stdout.readline() if selector.select(START_TIMEOUT_S) else ""
-        if "serving on" not in line:
+        endpoint = served_endpoint(read_line(child.stdout, START_TIMEOUT_S))
+        if endpoint is None:
             where = f" on {self.remote.host.name}" if self.remote and what in SERVED else ""
             raise InvalidArgument(f"the bench server ({what}) did not start{where}")
-        return line.split()[-1]
+        return endpoint
 
     def close(self) -> None:
         for child in self.children:

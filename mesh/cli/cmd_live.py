@@ -20,6 +20,7 @@ from typing import Any
 from ..core.codec import Blob
 from ..core.errors import InvalidArgument, KeyFileError
 from ..core.flow import Window
+from ..ops.processes import serving_line
 from ..runtime.discovery import DiscoveryServer
 from ..runtime.keystore import mesh_directory
 from ..runtime.node import Node
@@ -207,7 +208,7 @@ async def _discovery(args: argparse.Namespace) -> int:
             from ..ops.metrics import MetricsServer
 
             metrics = MetricsServer(server.stats, port, "127.0.0.1")
-        print(f"discovery serving on {server.endpoint}", flush=True)
+        print(serving_line("discovery", server.endpoint), flush=True)
         if metrics is not None:
             print(f"metrics on http://127.0.0.1:{metrics.port}/metrics", flush=True)
         try:
@@ -241,7 +242,7 @@ async def _agent(args: argparse.Namespace) -> int:
     signals = StopSignals()
     try:
         await node.start()
-        print(f"{args.name} serving on {node.endpoint}", flush=True)
+        print(serving_line(args.name, node.endpoint), flush=True)
         if node.metrics_url:
             print(f"metrics on {node.metrics_url}", flush=True)
         return await signals.wait()
@@ -255,7 +256,7 @@ async def _agent_class(factory: Any, argv: list[str], node_options: dict[str, An
     signals = StopSignals()
     await agent.start()
     try:
-        print(f"{agent.name} serving on {agent.node.endpoint}", flush=True)
+        print(serving_line(agent.name, agent.node.endpoint), flush=True)
         return await signals.wait()
     finally:
         await agent.stop()

@@ -36,7 +36,7 @@ def add_commands(commands: Any) -> None:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from ..ops import status
+    from . import status
 
     if args.timeout <= 0 or (args.watch is not None and args.watch <= 0):
         raise InvalidArgument("--timeout and --watch take a positive number of seconds")

@@ -8,92 +8,19 @@ by capability, times a burst of round trips, and stops everything cleanly.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-import selectors
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
+from ..ops.processes import MeshProcess
 from ..runtime.keystore import MeshDirectory
 from ..runtime.node import Node
 
 AGENTS = ("echo-1", "echo-2", "echo-3")
 ROUNDS = 2000
-START_TIMEOUT_S = 30.0
-PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-class MeshProcess:
-    """A ``mesh`` subcommand (``python -m mesh.cli ARGS``) in its own process, for demos.
-
-    ``endpoint()`` waits for its "serving on" line; ``stop()`` ends it (SIGTERM, then SIGKILL).
-    """
-
-    def __init__(
-        self, mesh: MeshDirectory, *args: str, name: str | None = None, log: Path | None = None
-    ) -> None:
-        env = {**os.environ, "MESH_HOME": str(mesh.path)}
-        self.name = name or (args[-1] if args[0] == "run" else "discovery")
-        self.log = log  # stderr goes there when given (a chatty child never blocks on a pipe)
-        stderr: IO[str] | int = subprocess.PIPE
-        if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            stderr = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", *args],
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        if log is not None:
-            stderr.close()  # type: ignore[union-attr]
-
-    def endpoint(self, timeout: float = START_TIMEOUT_S) -> str:
-        """The address from the child's "serving on" line."""
-        line = _read_line(self.process.stdout, timeout)
-        if "serving on" not in line:
-            if self.log is not None:
-                if self.process.poll() is None:
-                    self.process.kill()
-                err = self.log.read_text()
-            else:
-                err = self.process.stderr.read() if self.process.stderr else ""
-            last = err.strip().splitlines()[-1] if err.strip() else line
-            raise RuntimeError(f"{self.name} did not start: {last}")
-        return line.rsplit(" ", 1)[-1]
-
-    def stop(self) -> int:
-        self.process.terminate()
-        try:
-            return self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux for SIGTERM when the parent dies, so a demo
-    killed outright (SIGKILL, a test's timeout) leaves no agents behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _read_line(stream: IO[str] | None, timeout: float) -> str:
-    assert stream is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        if selector.select(timeout):
-            return stream.readline().strip()
-    return ""
 
 
 async def _talk(discovery: str, mesh: MeshDirectory, say: Callable[[str], None]) -> None:

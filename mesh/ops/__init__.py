@@ -1,1 +1,3 @@
-"""Operations: metrics, OpenTelemetry spans, log formats, ``mesh status``."""
+"""Operations: what lets people watch and run nodes — metrics, OpenTelemetry spans, log
+formats, and mesh commands as child processes. Below the runtime (which reports into it),
+above the core."""

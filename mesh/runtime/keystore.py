@@ -148,6 +148,10 @@ class MeshDirectory:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
+    def __fspath__(self) -> str:
+        """The folder, so a MeshDirectory goes wherever a path does (``MESH_HOME``)."""
+        return str(self.path)
+
     @classmethod
     def default(cls) -> MeshDirectory:
         return cls(default_mesh_dir())
