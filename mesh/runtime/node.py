@@ -14,7 +14,6 @@ callers as handlers finish and to streams as their readers take chunks.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import time
@@ -30,7 +29,6 @@ from ..core.errors import (
     InvalidArgument,
     NodeClosed,
     PeerLost,
-    PeerNotFound,
     RequestTimeout,
 )
 from ..core.flow import Window
@@ -43,6 +41,7 @@ from ..core.wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, Kind
 from ..ops.metrics import MetricsServer
 from ..ops.telemetry import CallStats, Traffic, client_span, stream_span, tracing
 from . import sockets
+from .balancer import LeastBusy
 from .callee import Callee
 from .connection import CONNECT_TIMEOUT_S, Call, Connection, stream_end
 from .delivery import AT_MOST_ONCE, MODES, Deliveries
@@ -55,6 +54,7 @@ from .peers import PeerCache
 from .pool import ConnectionPool
 from .stamps import next_msg_id, now_ms
 from .subscription import DEFAULT_QUEUE, Subscription
+from .topic_handlers import TopicHandlers
 from .topics import ANNOUNCE_TIMEOUT_S, Topics
 from .transport import Network, ZmqNetwork
 
@@ -178,10 +178,10 @@ class Node:
             connect_timeout=self.connect_timeout,
         )
         self._resolve = self._pool.resolve
-        self._outstanding: Counter[str] = Counter()  # calls in flight per peer name
+        self._balancer = LeastBusy()
         self._discovery: DiscoveryClient | None = None
         self._topics: Topics | None = None
-        self._topic_handlers: list[tuple[str, Handler]] = []
+        self._topic_handlers = TopicHandlers(self.name)
         self._peer_watchers: list[Callable[[str, PeerInfo], None]] = []
         self._tasks: list[asyncio.Task] = []
         self.endpoint = ""
@@ -255,8 +255,7 @@ class Node:
             self._tasks.append(
                 asyncio.create_task(self._discovery.renew_forever(), name=f"{self.name} renew")
             )
-        for pattern, function in self._topic_handlers:
-            self._run_topic_handler(pattern, function)
+        self._topic_handlers.start(self.subscribe)
         self._deliveries.resume()
         port, address = self._metrics_at
         if port is not None:
@@ -297,6 +296,7 @@ class Node:
             if self._registered:
                 await self._discovery.unregister()
             self._discovery.close()
+        await self._topic_handlers.close()
         if self._topics is not None:
             await self._topics.close()
         await self._deliveries.close()
@@ -438,7 +438,7 @@ class Node:
             outcome = type(exc).__name__
             raise
         finally:
-            self._outstanding[connection.name] -= 1
+            self._balancer.release(connection.name)
             self.call_stats.record(connection.name, time.perf_counter_ns() - started, outcome)
 
     async def stream(
@@ -493,7 +493,7 @@ class Node:
                 connection.grant_stream(msg_id, call, size)  # taken by the reader: consumed
                 yield item
         finally:
-            self._outstanding[connection.name] -= 1
+            self._balancer.release(connection.name)
             if msg_id in connection.calls:
                 connection.cancel_call(msg_id)
             if span is not None:
@@ -517,7 +517,7 @@ class Node:
         attempts = 1 if peer is not None else CAPABILITY_ATTEMPTS
         for attempt in range(attempts):
             name = peer if peer is not None else await self._choose(capability)
-            self._outstanding[name] += 1  # reserved now, so concurrent choices spread out
+            self._balancer.reserve(name)  # counted now, so concurrent choices spread out
             try:
                 connection = await self._resolve(name)
                 await connection.acquire(timeout, block)
@@ -525,12 +525,12 @@ class Node:
                     Kind.REQUEST, method, body, window=window, meta=meta
                 )
             except PeerLost:
-                self._outstanding[name] -= 1
+                self._balancer.release(name)
                 if attempt == attempts - 1:
                     raise
                 continue
             except BaseException:
-                self._outstanding[name] -= 1
+                self._balancer.release(name)
                 raise
             return connection, msg_id, call
         raise AssertionError("unreachable")
@@ -630,30 +630,10 @@ class Node:
         validate_pattern(pattern)
 
         def decorate(function: Handler) -> Handler:
-            if self._topics is None:
-                self._topic_handlers.append((pattern, function))
-            else:
-                self._run_topic_handler(pattern, function)
+            self._topic_handlers.add(pattern, function)
             return function
 
         return decorate
-
-    def _run_topic_handler(self, pattern: str, function: Handler) -> None:
-        subscription = self.subscribe(pattern)
-        is_async = inspect.iscoroutinefunction(function)
-
-        async def run() -> None:
-            async for message in subscription:
-                try:
-                    if is_async:
-                        await function(message)
-                    else:
-                        await asyncio.to_thread(function, message)
-                except Exception:
-                    self._runner.failures += 1
-                    log.exception("topic handler for %s failed", pattern)
-
-        self._tasks.append(asyncio.create_task(run(), name=f"{self.name} on {pattern}"))
 
     # ------------------------------------------------------------------ peers
 
@@ -678,10 +658,7 @@ class Node:
         if not capability:  # without it, a lookup would list every node: never call "anyone"
             raise InvalidArgument("give a peer name or a capability")
         candidates = await self._lookup({"capability": capability})
-        live = self.known.up(candidates) or candidates
-        if not live:
-            raise PeerNotFound(f"no live node offers {capability!r}")
-        return min(live, key=lambda info: self._outstanding[info.name]).name
+        return self._balancer.choose(capability, self.known.up(candidates) or candidates)
 
     # ------------------------------------------------------------------ introspection
 
@@ -713,7 +690,7 @@ class Node:
             "sessions": len(self._table),
             "connections": self._pool.stats(),
             "callers": self._callee.stats(),
-            "handler_failures": self._runner.failures,
+            "handler_failures": self._runner.failures + self._topic_handlers.failures,
             "duplicates": self._runner.duplicates,
             "directory_events": self.known.events_seen,
             "topics": self._topics.stats() if self._topics is not None else {},
