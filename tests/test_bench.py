@@ -31,7 +31,7 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "ratio = mesh / raw pyzmq" in done.stdout and "32/32 done" in done.stderr
+    assert "ratio = mesh / raw pyzmq" in done.stdout and "64/64 done" in done.stderr
     summary = json.loads(out.read_text())
     assert {"cpu", "cores", "python", "pyzmq", "libzmq"} <= set(summary["machine"])
     seen = {(r["scenario"], r["system"]) for r in summary["results"]}
@@ -39,6 +39,7 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
     assert seen == {(s, system) for s in SCENARIOS for system in ("mesh", "raw pyzmq")} | sessions
     for row in summary["results"]:
         assert row["throughput"]["messages_per_s"] > 0, row
+        assert len(row["blocks"]) == 2, row  # the tiny plan's blocks, systems taking turns
         lat = row["latency_us"]
         if row["scenario"].startswith("one-way"):
             assert lat is None  # throughput only
@@ -51,6 +52,12 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
             assert params["delivered"] == lat["count"] == params["count"] * params["subscribers"]
     assert set(summary["ratios"]) == SCENARIOS | {"p50 with 4 peers vs 2"}
     assert all(v > 0 for ratio in summary["ratios"].values() for v in ratio.values())
+    assert set(summary["spread"]) == SCENARIOS
+    for scenario, found in summary["spread"].items():
+        ((figure, (low, high)),) = found.items()
+        overall = summary["ratios"][scenario][figure]
+        assert 0 < low <= high, scenario
+        assert low * 0.5 <= overall <= high * 2, scenario  # merged blocks lie near their own
 
     doc = tmp_path / "benchmarks.md"
     rendered = subprocess.run(
@@ -117,8 +124,8 @@ def test_plots_are_written_from_a_summary(tmp_path):
     assert [p.name for p in written] == ["latency_by_size.png", "latency_vs_throughput.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
     lines = suite.table(summary).splitlines()
-    assert len(lines) == 1 + len(summary["results"]) + 1 + 2  # header, rows, flatness, legend
-    assert lines[-3].startswith("p50 with 4 peers vs 2: p50 ")
+    assert len(lines) == 1 + len(summary["results"]) + 1 + 3  # header, rows, flatness, legend
+    assert lines[-4].startswith("p50 with 4 peers vs 2: p50 ")
 
 
 def test_an_unreachable_rabbitmq_is_one_line():

@@ -29,10 +29,33 @@ class Result:
     seconds: float = 0.0
     messages: int = 0
     payload_bytes: int = 0
+    blocks: list[dict[str, float]] = field(default_factory=list)  # each block's own figures
+
+    def block_figures(self) -> dict[str, float]:
+        rate = self.messages / self.seconds if self.seconds else 0.0
+        p50 = self.histogram.percentile(0.5) / 1000 if self.histogram.count else 0.0
+        return {"p50": round(p50, 1), "messages_per_s": round(rate, 1)}
+
+    def first_block(self) -> Result:
+        """This result as the first of several blocks of its scenario."""
+        self.blocks = [self.block_figures()]
+        return self
+
+    def absorb(self, block: Result) -> None:
+        """Add a later block of the same scenario and system: its samples, time and counts."""
+        self.blocks.append(block.block_figures())
+        self.histogram.merge(block.histogram)
+        self.seconds += block.seconds
+        self.messages += block.messages
+        self.payload_bytes += block.payload_bytes
+        for counted in ("count", "delivered"):
+            if counted in self.params and counted in block.params:
+                self.params[counted] += block.params[counted]
 
     def to_dict(self) -> dict[str, Any]:
         rate = self.messages / self.seconds if self.seconds else 0.0
         return {
+            "blocks": self.blocks,
             "scenario": self.scenario,
             "system": self.system,
             "params": self.params,

@@ -3,9 +3,11 @@
 * The mesh side is ``python -m mesh.bench.servers mesh ADDRESS MESH_DIR``, a node with
   ``echo``, ``sink`` (one-way, counted), ``count`` (how many sinks since the last ask) and
   ``chunks`` (``[n, size]``: a stream of n chunks).
-* The raw side is ``python -m mesh.bench.servers raw ADDRESS``: a plain pyzmq asyncio ROUTER
-  doing the same over frames ``[kind, payload]`` (``E`` echo, ``S`` sink, ``C`` count,
-  ``T`` stream), with nothing sealed, numbered or credited: the floor the mesh is compared with.
+* The raw side is ``python -m mesh.bench.servers raw ADDRESS``: plain pyzmq asyncio ROUTERs,
+  one per job (echo, zero-copy echo for large messages, sink, stream), each the simplest
+  correct loop for it, with nothing sealed, numbered or credited: the floor the mesh is
+  compared with. ``raw-blocking`` is the same echo with a blocking socket, the reference for
+  SyncNode.
 
 Each binds a random port on ADDRESS (loopback, or the server host's address with
 ``mesh bench --server-host``) and exits when its stdin closes: over ssh, that is when the
@@ -56,27 +58,63 @@ def install(node: Node) -> None:
 
 
 async def serve_raw(address: str) -> None:
-    socket = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
-    socket.setsockopt(zmq.LINGER, 0)
-    port = socket.bind_to_random_port(f"tcp://{address}")
-    print(serving_line("raw", f"tcp://{address}:{port}"), flush=True)
+    """Raw pyzmq asyncio at its best: one socket per job, so each loop is the plainest one
+    for it (the echo is ``send_multipart(await recv_multipart())``, nothing parsed)."""
+    context = zmq.asyncio.Context.instance()
+    sockets = []
+    for _ in range(4):  # echo, bulk echo (zero-copy frames), sink, stream
+        socket = context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        sockets.append((socket, socket.bind_to_random_port(f"tcp://{address}")))
+    (echo, _), (bulk, _), (sink, _), (stream, _) = sockets
+    endpoints = ",".join(f"tcp://{address}:{port}" for _, port in sockets)
+    print(serving_line("raw", endpoints), flush=True)
+    await asyncio.gather(raw_echo(echo), raw_bulk_echo(bulk), raw_sink(sink), raw_stream(stream))
+
+
+async def raw_echo(socket: zmq.asyncio.Socket) -> None:
+    while True:
+        await socket.send_multipart(await socket.recv_multipart())
+
+
+async def raw_bulk_echo(socket: zmq.asyncio.Socket) -> None:
+    """Large messages: frames passed on without copying them into bytes (pyzmq's advice
+    from tens of kilobytes up)."""
+    while True:
+        await socket.send_multipart(await socket.recv_multipart(copy=False), copy=False)
+
+
+async def raw_sink(socket: zmq.asyncio.Socket) -> None:
+    """Counts one-way messages; an empty frame asks for the count since the last ask."""
     sunk = 0
     while True:
-        peer, kind, payload = await socket.recv_multipart(copy=False)
-        code = kind.bytes
-        if code == b"E":
-            await socket.send_multipart([peer, kind, payload], copy=False)
-        elif code == b"S":
+        peer, body = await socket.recv_multipart()
+        if body:
             sunk += 1
-        elif code == b"C":
-            await socket.send_multipart([peer, kind, struct.pack("!Q", sunk)])
+        else:
+            await socket.send_multipart([peer, struct.pack("!Q", sunk)])
             sunk = 0
-        elif code == b"T":
-            n, size = struct.unpack("!II", payload.bytes)
-            chunk = b"x" * size
-            for _ in range(min(n, MAX_CHUNKS)):
-                await socket.send_multipart([peer, b"T", chunk])
-            await socket.send_multipart([peer, b"D", b""])
+
+
+async def raw_stream(socket: zmq.asyncio.Socket) -> None:
+    """``[n, size]`` asks for n chunks of size bytes; an empty frame ends them."""
+    while True:
+        peer, ask = await socket.recv_multipart()
+        n, size = struct.unpack("!II", ask)
+        chunk = b"x" * size
+        for _ in range(min(n, MAX_CHUNKS)):
+            await socket.send_multipart([peer, chunk])
+        await socket.send_multipart([peer, b""])
+
+
+def serve_raw_blocking(address: str) -> None:
+    """The blocking reference for SyncNode: a plain sync ROUTER echo loop."""
+    socket = zmq.Context.instance().socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    port = socket.bind_to_random_port(f"tcp://{address}")
+    print(serving_line("raw-blocking", f"tcp://{address}:{port}"), flush=True)
+    while True:
+        socket.send_multipart(socket.recv_multipart())
 
 
 async def serve_mesh(address: str, mesh: str) -> None:
@@ -117,5 +155,7 @@ if __name__ == "__main__":
         asyncio.run(serve_mesh(address, rest[0]))
     elif kind == "peers":
         asyncio.run(serve_many(address, rest[0], int(rest[1])))
+    elif kind == "raw-blocking":
+        serve_raw_blocking(address)
     else:
         asyncio.run(serve_raw(address))

@@ -67,52 +67,60 @@ class Plan:
     peer_counts: tuple[int, ...] = (2, 50)
     published: int = 1000
     subscriber_counts: tuple[int, ...] = (1, 10, 50)
+    blocks: int = 5  # each scenario runs as this many blocks, systems taking turns
 
     @classmethod
     def quick(cls, rate: int | None = None) -> Plan:
-        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate, (2, 50), 100, (1, 10, 50))
+        return cls(800, 40, 100, 5000, 1600, 200, 2, 5, rate, (2, 50), 100, (1, 10, 50), 3)
 
     @classmethod
     def tiny(cls) -> Plan:
         """For the test suite: every scenario, a few operations each."""
-        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200, (2, 4), 10, (1, 3))
+        return cls(30, 5, 5, 200, 64, 20, 1, 2, 200, (2, 4), 10, (1, 3), 2)
+
+    def per_block(self, count: int) -> int:
+        return max(1, count // self.blocks)
 
 
 Step = Callable[[Any], Awaitable[Result]]
 
 
 def steps(plan: Plan, fanout: FanOut | None = None) -> list[tuple[str, Step]]:
+    """The scenarios, each sized for one block (``plan.blocks`` of them make the whole)."""
+    block = plan.per_block
+    warmup = block(plan.warmup)
     found: list[tuple[str, Step]] = []
     for size in (64, 1024, 64 * 1024, 1024 * 1024):
-        n = plan.rounds if size <= 1024 else plan.large_rounds
-        found.append((f"rr {size}", lambda t, s=size, n=n: round_trip(t, s, n, plan.warmup)))
-    found.append(("blocking", lambda t: blocking_round_trip(t, plan.rounds, plan.warmup)))
-    found.append(("one-way", lambda t: one_way(t, plan.one_way, plan.warmup)))
+        n = block(plan.rounds if size <= 1024 else plan.large_rounds)
+        found.append((f"rr {size}", lambda t, s=size, n=n: round_trip(t, s, n, warmup)))
+    found.append(("blocking", lambda t: blocking_round_trip(t, block(plan.rounds), warmup)))
+    found.append(("one-way", lambda t: one_way(t, block(plan.one_way), warmup)))
     for outstanding in (1, 4, 16, 64):
+        total = max(outstanding, block(plan.concurrency_total))
         found.append(
             (
                 f"concurrency {outstanding}",
-                lambda t, c=outstanding: concurrent(t, c, plan.concurrency_total, plan.warmup),
+                lambda t, c=outstanding, n=total: concurrent(t, c, n, warmup),
             )
         )
-    found.append(("stream", lambda t: streamed(t, plan.chunks, plan.streams)))
-    found.append(("tensor", lambda t: tensor(t, 4, plan.tensors, 2)))
+    found.append(("stream", lambda t: streamed(t, plan.chunks, block(plan.streams))))
+    found.append(("tensor", lambda t: tensor(t, 4, block(plan.tensors), 1)))
     for connected in plan.peer_counts:
         found.append(
             (
                 f"peers {connected}",
-                lambda t, n=connected: with_peers(t, n, plan.rounds, plan.warmup),
+                lambda t, n=connected: with_peers(t, n, block(plan.rounds), warmup),
             )
         )
     for subscribers in plan.subscriber_counts if fanout else ():
         found.append(
             (
                 f"fan-out {subscribers}",
-                lambda t, n=subscribers: fanout.run(t.name, n, plan.published),  # type: ignore[union-attr]
+                lambda t, n=subscribers: fanout.run(t.name, n, block(plan.published)),  # type: ignore[union-attr]
             )
         )
     if plan.rate:
-        found.append(("fixed rate", lambda t: fixed_rate(t, plan.rate, plan.rounds, plan.warmup)))
+        found.append(("fixed rate", lambda t: fixed_rate(t, plan.rate, block(plan.rounds), warmup)))
     return found
 
 
@@ -160,7 +168,7 @@ class Servers:
             child.wait(10)
 
 
-SERVED = ("raw", "mesh", "peers")  # what runs on the server host with --server-host
+SERVED = ("raw", "raw-blocking", "mesh", "peers")  # what runs on the server host with --server-host
 BROKERS: dict[str, Any] = {"nats": NatsTarget, "rabbitmq": RabbitTarget}  # by option
 
 
@@ -169,6 +177,7 @@ class Setup:
     """Where everything the client measures against is."""
 
     raw_endpoint: str
+    raw_blocking_endpoint: str
     mesh_endpoint: str
     server: Certificate
     peers: list[tuple[Certificate, str]]
@@ -211,12 +220,19 @@ async def run(
                 mesh_endpoint = servers.serve("mesh", remote.mesh_home)
                 peers = []
             raw_endpoint = servers.serve("raw")
+            raw_blocking_endpoint = servers.serve("raw-blocking")
             discovery = servers.spawn("discovery", "--bind", "tcp://127.0.0.1:0", module="mesh.cli")
             for kind, url in brokers.items():
                 await (await BROKERS[kind].connect(url)).close()  # reachable, or one line
                 servers.spawn(url, module=BROKERS[kind].__module__)
             setup = Setup(
-                raw_endpoint, mesh_endpoint, server, peers, FanOut(home, discovery), brokers
+                raw_endpoint,
+                raw_blocking_endpoint,
+                mesh_endpoint,
+                server,
+                peers,
+                FanOut(home, discovery),
+                brokers,
             )
             return await _measure(plan, mesh, setup, progress)
         finally:
@@ -232,7 +248,7 @@ async def _measure(
     results = []
     async with Node("bench-client", mesh=mesh) as node:
         node.add_peer(setup.server, setup.mesh_endpoint)
-        raw = RawTarget(setup.raw_endpoint)
+        raw = RawTarget(setup.raw_endpoint, setup.raw_blocking_endpoint)
         others = []
         try:
             for kind, url in setup.brokers.items():
@@ -241,21 +257,37 @@ async def _measure(
             ours.peers = setup.peers
             targets: list[Any] = [ours, raw, *others]
             work = [
-                (label, step, target)
+                (label, step, [t for t in targets if _runs(label, t, ours)])
                 for label, step in steps(plan, setup.fanout)
-                for target in targets
-                if not {label, label.split()[0]} & set(getattr(target, "skipped", ()))
-                and not (label.startswith("peers") and (target is not ours or not ours.peers))
             ]
-            for index, (label, step, target) in enumerate(work):
-                progress(index, len(work), f"{label}: {target.name}")
-                results.append(await step(target))
-            progress(len(work), len(work), "done")
+            total = sum(plan.blocks * len(systems) for _, _, systems in work)
+            done = 0
+            for label, step, systems in work:
+                merged: dict[str, Result] = {}
+                # blocks of each system in turn: a slow spell of the machine hits them all
+                for block in range(plan.blocks):
+                    for target in systems:
+                        progress(done, total, f"{label}: {target.name} ({block + 1})")
+                        part = await step(target)
+                        if target.name in merged:
+                            merged[target.name].absorb(part)
+                        else:
+                            merged[target.name] = part.first_block()
+                        done += 1
+                results += merged.values()
+            progress(total, total, "done")
         finally:
             raw.close()
             for other in others:
                 await other.close()
     return results
+
+
+def _runs(label: str, target: Any, ours: MeshTarget) -> bool:
+    """Whether ``target`` takes part in the scenario ``label``."""
+    if {label, label.split()[0]} & set(getattr(target, "skipped", ())):
+        return False
+    return not (label.startswith("peers") and (target is not ours or not ours.peers))
 
 
 def machine() -> dict[str, Any]:
@@ -285,10 +317,12 @@ def report(results: list[Result]) -> dict[str, Any]:
     for row in rows:
         by_scenario.setdefault(row["scenario"], {})[row["system"]] = row
     versus: dict[str, dict[str, Any]] = {}
+    spread: dict[str, dict[str, list[float]]] = {}
     for scenario, systems in by_scenario.items():
         mesh, raw = systems.get("mesh"), systems.get("raw pyzmq")
         if mesh and raw:
             ratios[scenario] = _ratio(scenario, mesh, raw)
+            spread[scenario] = _spread(scenario, mesh, raw)
         for other, row in systems.items():
             if mesh and other not in ("mesh", "raw pyzmq"):
                 versus.setdefault(other, {})[scenario] = _ratio(scenario, mesh, row)
@@ -298,7 +332,28 @@ def report(results: list[Result]) -> dict[str, Any]:
         ratios[f"p50 with {flat[-1]['params']['peers']} peers vs {flat[0]['params']['peers']}"] = {
             "p50": round(most / fewest, 3) if fewest else 0.0
         }
-    return {"machine": machine(), "results": rows, "ratios": ratios, "mesh_vs": versus}
+    return {
+        "machine": machine(),
+        "results": rows,
+        "ratios": ratios,
+        "spread": spread,
+        "mesh_vs": versus,
+    }
+
+
+def _spread(scenario: str, mesh: dict[str, Any], raw: dict[str, Any]) -> dict[str, list[float]]:
+    """The lowest and highest ratio of one block of the mesh to the raw block beside it."""
+    figure = "messages_per_s" if scenario.startswith("one-way") else "p50"
+    pairs = [
+        (ours[figure], theirs[figure])
+        for ours, theirs in zip(mesh["blocks"], raw["blocks"], strict=False)
+        if ours[figure] and theirs[figure]
+    ]
+    if not pairs:
+        return {}
+    found = [ours / theirs for ours, theirs in pairs]
+    name = "throughput" if figure == "messages_per_s" else "p50"
+    return {name: [round(min(found), 3), round(max(found), 3)]}
 
 
 def _ratio(scenario: str, mesh: dict[str, Any], raw: dict[str, Any]) -> dict[str, float]:
@@ -324,6 +379,8 @@ def table(summary: dict[str, Any]) -> str:
         if row["system"] == "mesh":
             found = summary["ratios"].get(row["scenario"], {})
             ratio = "  ".join(f"{k} {v:.2f}x" for k, v in found.items())
+            for name, (low, high) in summary.get("spread", {}).get(row["scenario"], {}).items():
+                ratio += f"  ({name} by block {low:.2f}-{high:.2f})"
         elif row["system"] != "raw pyzmq":
             found = summary.get("mesh_vs", {}).get(row["system"], {}).get(row["scenario"], {})
             ratio = "mesh/this " + "  ".join(f"{k} {v:.2f}x" for k, v in found.items())
@@ -336,8 +393,9 @@ def table(summary: dict[str, Any]) -> str:
     for name, found in summary["ratios"].items():
         if name not in scenarios:
             lines.append(f"{name}: " + "  ".join(f"{k} {v:.2f}x" for k, v in found.items()))
-    lines.append("latency in microseconds; ratio = mesh / raw pyzmq asyncio (lower is better,")
-    lines.append("except one-way, where it is throughput: higher is better)")
+    lines.append("latency in microseconds; ratio = mesh / raw pyzmq (lower is better, except")
+    lines.append("one-way, where it is throughput: higher is better); by block: the lowest and")
+    lines.append("highest ratio of a block to the raw block run beside it")
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 """What ``mesh bench`` drives: the same five operations on the mesh and on raw pyzmq.
 
 Both sides get the same shapes of work, so a ratio compares the mesh's per-message path
-(sealing, numbering, credit, correlation) with the floor of pyzmq asyncio doing only the
-transport. The raw client is the leanest asyncio pattern: send, then await the reply; with many
-calls outstanding, one reader task hands replies to callers in order (its server answers
-in order), the cheapest correlation there is.
+(sealing, numbering, credit, correlation) with the floor of pyzmq doing only the transport.
+The mesh side is the public API as a user writes it (``await node.request``, ``await
+node.send`` in a loop, ``node.stream``, ``SyncNode.request``, ``Blob`` for large binary); the
+raw side is the simplest correct pyzmq code for the same job (see :class:`RawTarget` and
+:mod:`mesh.bench.servers`).
 """
 
 from __future__ import annotations
@@ -93,28 +94,41 @@ class MeshTarget:
 
 
 class RawTarget:
+    """The simplest correct pyzmq asyncio client for each job, a DEALER per server socket:
+    ``await send(body)`` then ``await recv()``; large bodies go as zero-copy frames."""
+
     name = "raw pyzmq"
 
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(endpoint)
+    def __init__(self, endpoints: str, blocking_endpoint: str) -> None:
+        context = zmq.asyncio.Context.instance()
+        self.echo_socket, self.bulk, self.sink_socket, self.stream_socket = (
+            self._dealer(context, endpoint) for endpoint in endpoints.split(",")
+        )
+        self.blocking_endpoint = blocking_endpoint
         self._waiting: deque[asyncio.Future[Any]] | None = None  # set while fanning out
 
+    @staticmethod
+    def _dealer(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(endpoint)
+        return socket
+
     def close(self) -> None:
-        self.socket.close()
+        for socket in (self.echo_socket, self.bulk, self.sink_socket, self.stream_socket):
+            socket.close()
 
     @contextlib.asynccontextmanager
     async def fanning_out(self) -> AsyncIterator[None]:
         """While many calls are outstanding, one reader task hands replies to waiters in
-        order (pyzmq's many pending recv futures would cost the raw side dearly)."""
+        order (the server answers in order): the cheapest correlation there is, cheaper
+        than many pending recv futures."""
         self._waiting = deque()
 
         async def read() -> None:
             while True:
-                reply = await self.socket.recv_multipart(copy=False)
-                self._waiting.popleft().set_result(reply[1])  # type: ignore[union-attr]
+                reply = await self.echo_socket.recv()
+                self._waiting.popleft().set_result(reply)  # type: ignore[union-attr]
 
         reader = asyncio.create_task(read())
         try:
@@ -126,41 +140,37 @@ class RawTarget:
             self._waiting = None
 
     def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
-        """A plain (sync) pyzmq DEALER's echo for the blocking scenario, and its closer."""
+        """A plain blocking pyzmq DEALER's echo against a blocking server, and its closer."""
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.endpoint)
+        socket.connect(self.blocking_endpoint)
 
         def echo(body: Any) -> Any:
-            socket.send_multipart([b"E", body])
-            return socket.recv_multipart()[1]
+            socket.send(body)
+            return socket.recv()
 
         return echo, socket.close
 
-    async def _call(self, kind: bytes, payload: Any) -> Any:
-        # one at a time, the leanest asyncio pattern: send, then await the reply
+    async def echo(self, body: Any) -> Any:
+        if isinstance(body, Blob) or not isinstance(body, bytes):  # large: zero-copy frames
+            await self.bulk.send(body.data if isinstance(body, Blob) else body, copy=False)
+            return await self.bulk.recv(copy=False)
         if self._waiting is None:
-            await self.socket.send_multipart([kind, payload], copy=False)
-            return (await self.socket.recv_multipart(copy=False))[1]
+            await self.echo_socket.send(body)
+            return await self.echo_socket.recv()
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        await self.socket.send_multipart([kind, payload], copy=False)
+        await self.echo_socket.send(body)
         return await future
 
-    async def echo(self, body: Any) -> Any:
-        return await self._call(b"E", body.data if isinstance(body, Blob) else body)
-
     async def sink(self, body: Any) -> None:
-        await self.socket.send_multipart([b"S", body])
+        await self.sink_socket.send(body)
 
     async def count(self) -> int:
-        reply = await self._call(b"C", b"")
-        return int(struct.unpack("!Q", reply.bytes)[0])
+        await self.sink_socket.send(b"")
+        return int(struct.unpack("!Q", await self.sink_socket.recv())[0])
 
     async def stream(self, n: int, size: int) -> AsyncIterator[bytes]:
-        await self.socket.send_multipart([b"T", struct.pack("!II", n, size)])
-        while True:
-            kind, chunk = await self.socket.recv_multipart()
-            if kind == b"D":
-                return
+        await self.stream_socket.send(struct.pack("!II", n, size))
+        while chunk := await self.stream_socket.recv():
             yield chunk
