@@ -14,6 +14,7 @@ import pytest
 
 from mesh import PeerInfo
 from mesh.core.registry import parse_registration
+from mesh.core.wire import Suite
 from mesh.runtime.peers import PeerCache
 from tests.conftest import certified
 
@@ -25,6 +26,7 @@ REGISTERED = {
     "topics": ["orders.new"],
     "subscriptions": ["orders.>"],
     "topics_endpoint": "tcp://127.0.0.1:5001",
+    "suites": [2, 1],
     "lease_ms": 5000,
 }
 
@@ -33,6 +35,17 @@ REGISTERED = {
 def cache(trust) -> tuple[PeerCache, Counter[str]]:
     drops: Counter[str] = Counter()
     return PeerCache(trust, drops), drops
+
+
+def test_an_entry_without_suites_accepts_xsalsa20_only(authority, cache):
+    peers, _ = cache
+    wire = parse_registration(
+        certified(authority, "old").certificate, REGISTERED, now_ms=0
+    ).to_wire()
+    del wire["suites"]  # a node or discovery node from before suites were advertised
+    info = peers.verified(wire)
+    assert info is not None and info.suites == (1,)
+    assert info.suite_for((Suite.AES256_GCM, Suite.XSALSA20_POLY1305)) is Suite.XSALSA20_POLY1305
 
 
 def test_an_entry_discovery_sends_reads_back_as_it_was_registered(authority, cache):
@@ -60,6 +73,11 @@ def test_an_entry_discovery_sends_reads_back_as_it_was_registered(authority, cac
         ("topics", ["bad topic"]),
         ("subscriptions", ["orders.>.x"]),
         ("topics_endpoint", ["tcp://x"]),
+        ("suites", []),
+        ("suites", [1] * 9),
+        ("suites", ["aes"]),
+        ("suites", [0]),
+        ("suites", 2),
     ],
 )
 def test_an_entry_discovery_would_refuse_is_dropped_and_counted(authority, cache, field, value):

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
+import msgpack
+import nacl.bindings
+import nacl.exceptions
 import pytest
+from nacl._sodium import lib as nacl_lib
 
 from mesh import Certificate, Message, Trust
 from mesh.core.envelope import open_sealed
@@ -59,6 +64,32 @@ def test_documented_frames_open_with_the_documented_keys(documented):
     burst = open_sealed([documented["coalesced"]["frame0"]], i2r)
     assert burst.messages == [Message(Kind.SEND, 8 + i, name="tick", body=i) for i in range(3)]
     assert (burst.seq, burst.timestamp_ms) == (3, NOW_MS + 6)
+
+
+def test_documented_aes256gcm_frames_open_with_libsodium_alone(documented):
+    """Suite 2 read from protocol.md's text with PyNaCl's AES-256-GCM, no mesh code."""
+    if not nacl_lib.crypto_aead_aes256gcm_is_available():
+        pytest.fail("this CPU has no AES instructions: suite 2 cannot be checked here")
+    hello = documented["handshake_aes256gcm"]["hello"]
+    assert hello[:3] == b"\x01\x01\x02"  # version, HELLO, suite 2: offered, and signed
+    key = documented["handshake_aes256gcm"]["key_initiator_to_responder"]
+    frame0 = documented["request_aes256gcm"]["frame0"]
+    frame1 = documented["request_aes256gcm"]["frame1"]
+    clear = frame0[:34]
+    assert frame0[10:34] == struct.pack(">QI12x", 0, 0)  # seq 0, index 0, zeros
+    inner = nacl.bindings.crypto_aead_aes256gcm_decrypt(frame0[34:], clear, frame0[10:22], key)
+    assert inner[:10] == clear[:10]
+    seq, timestamp, grant_messages, grant_bytes, count = struct.unpack_from(">QQIQB", inner, 10)
+    assert (seq, timestamp, grant_messages, grant_bytes, count) == (0, NOW_MS + 7, 0, 0, 1)
+    listed = inner[39:63]
+    assert listed == struct.pack(">QI12x", 0, 1)  # attachment 0: seq 0, index 1
+    blob = nacl.bindings.crypto_aead_aes256gcm_decrypt(frame1, b"", listed[:12], key)
+    assert blob == b"\x00\x01\x02\x03"
+    (message,) = msgpack.unpackb(inner[63:], raw=False)
+    assert message[:3] == [Kind.REQUEST, 9, 0] and "echo" in message
+    altered = bytes([clear[0], clear[1] ^ 1]) + clear[2:]
+    with pytest.raises(nacl.exceptions.CryptoError):  # the clear header is authenticated
+        nacl.bindings.crypto_aead_aes256gcm_decrypt(frame0[34:], altered, frame0[10:22], key)
 
 
 def test_documented_publish_frame_opens_and_verifies(documented):

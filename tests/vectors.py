@@ -19,10 +19,10 @@ from mesh.core.codec import Blob, Message, encode_row, payload_of_rows
 from mesh.core.envelope import seal, seal_payload
 from mesh.core.errors import Unauthorized
 from mesh.core.handshake import Initiator, Responder
-from mesh.core.identity import Authority, Identity
+from mesh.core.identity import Authority, Identity, Trust
 from mesh.core.session import SessionTable
 from mesh.core.topic_frame import TopicKey, seal_publish
-from mesh.core.wire import Kind
+from mesh.core.wire import Kind, Suite
 
 NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 NOT_BEFORE = NOW_MS // 1000 - 3600
@@ -174,7 +174,44 @@ def compute() -> dict[str, dict[str, bytes]]:
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))
     assert rejected is not None
     vectors["reject"] = {"frame": bytes(rejected[0])}
+    vectors.update(_aes256gcm(alice, bob, trust))
     return vectors
+
+
+def _aes256gcm(alice: Identity, bob: Identity, trust: Trust) -> dict[str, dict[str, bytes]]:
+    """Suite 2: a handshake offering AES-256-GCM, then a request with an attachment sealed
+    under it (its nonces come from the seq: nothing random after the handshake)."""
+    initiator = Initiator(
+        alice,
+        trust,
+        bob.require_certificate(),
+        SessionTable(epoch=0xA11CE),
+        NOW_MS,
+        suite=Suite.AES256_GCM,
+        _random=deterministic_random(b"hello gcm"),
+    )
+    responder = Responder(
+        bob,
+        trust,
+        SessionTable(epoch=0xB0B),
+        suites=(Suite.AES256_GCM, Suite.XSALSA20_POLY1305),
+        _random=deterministic_random(b"welcome gcm"),
+    )
+    _, welcome = responder.receive(initiator.hello_frames(), NOW_MS)
+    session = initiator.receive(welcome, NOW_MS)
+    request = Message(Kind.REQUEST, 9, name="echo", body=Blob(b"\x00\x01\x02\x03"))
+    frames = seal(
+        session.send_id, session._send_key, 0, NOW_MS + 7, [request], suite=Suite.AES256_GCM
+    )
+    return {
+        "handshake_aes256gcm": {
+            "hello": initiator.hello,
+            "welcome": bytes(welcome[0]),
+            "key_initiator_to_responder": session._send_key,
+            "key_responder_to_initiator": session._recv_key,
+        },
+        "request_aes256gcm": {"frame0": bytes(frames[0]), "frame1": bytes(frames[1])},
+    }
 
 
 def render(vectors: dict[str, dict[str, bytes]], width: int = 64) -> str:

@@ -27,8 +27,10 @@ import zmq
 
 from ..cli.cluster import Host
 from ..cli.launch import Remote, certify
+from ..core.envelope import local_suites
 from ..core.errors import InvalidArgument, LaunchError
 from ..core.identity import Certificate
+from ..core.wire import Suite
 from ..ops.processes import read_line, served_endpoint
 from ..runtime.keystore import MeshDirectory
 from ..runtime.node import Node
@@ -183,6 +185,7 @@ class Setup:
     peers: list[tuple[Certificate, str]]
     fanout: FanOut
     brokers: dict[str, str]
+    server_suites: tuple[Suite, ...] = (Suite.XSALSA20_POLY1305,)  # what the server accepts
 
 
 async def run(
@@ -233,6 +236,7 @@ async def run(
                 peers,
                 FanOut(home, discovery),
                 brokers,
+                local_suites() if remote is None else (Suite.XSALSA20_POLY1305,),
             )
             return await _measure(plan, mesh, setup, progress)
         finally:
@@ -247,7 +251,9 @@ async def _measure(
 ) -> list[Result]:
     results = []
     async with Node("bench-client", mesh=mesh) as node:
-        node.add_peer(setup.server, setup.mesh_endpoint)
+        # a server here runs what this process runs: tell the node (it has no directory entry
+        # to learn it from); one on another host may lack AES instructions
+        node.add_peer(setup.server, setup.mesh_endpoint, cipher_suites=setup.server_suites)
         raw = RawTarget(setup.raw_endpoint, setup.raw_blocking_endpoint)
         others = []
         try:
@@ -255,6 +261,7 @@ async def _measure(
                 others.append(await BROKERS[kind].connect(url))
             ours = MeshTarget(node, setup.server, setup.mesh_endpoint, mesh.identity("bench-sync"))
             ours.peers = setup.peers
+            ours.server_suites = setup.server_suites
             targets: list[Any] = [ours, raw, *others]
             work = [
                 (label, step, [t for t in targets if _runs(label, t, ours)])

@@ -24,6 +24,7 @@ import zmq.asyncio
 from ..core.codec import Blob
 from ..core.errors import InvalidArgument
 from ..core.identity import Certificate, Identity
+from ..core.wire import Suite
 from ..runtime.node import Node
 from ..runtime.sync import SyncNode
 
@@ -61,6 +62,7 @@ class MeshTarget:
         self.endpoint = endpoint
         self.sync_identity = sync_identity  # a node of its own, not a second session of ours
         self.peers: list[tuple[Certificate, str]] = []  # the many-peers server's nodes
+        self.server_suites: tuple[Suite, ...] = (Suite.XSALSA20_POLY1305,)
 
     async def connect_peers(self, count: int) -> list[str]:
         """Sessions to the first ``count`` peers of the many-peers server; their names."""
@@ -76,7 +78,7 @@ class MeshTarget:
         """A SyncNode's ``echo`` for the blocking scenario, and its closer."""
         identity = self.sync_identity
         sync = SyncNode(identity.name, identity=identity, trust=self.node.trust)
-        sync.node.add_peer(self.server, self.endpoint)
+        sync.node.add_peer(self.server, self.endpoint, cipher_suites=self.server_suites)
         return (lambda body: sync.request(SERVER, "echo", body, timeout=60)), sync.close
 
     async def echo(self, body: Any) -> Any:

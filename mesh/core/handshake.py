@@ -46,7 +46,7 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nacl.signing import VerifyKey
 
 from .codec import unpack_bounded
-from .envelope import Frame
+from .envelope import Frame, local_suites
 from .errors import (
     AuthenticationFailed,
     CertificateExpired,
@@ -195,6 +195,7 @@ def _establish(
     credit: tuple[int, int],
     now_ms: int,
     replaces: Session | None,
+    suite: Suite,
 ) -> Session:
     """Create the session from the derived keys and register it (retiring the session it
     replaces on the same connection, if any)."""
@@ -210,6 +211,7 @@ def _establish(
         created_ms=now_ms,
         initial_credit=credit,
         limits=limits,
+        suite=suite,
     )
     table.add(session, now_ms, replaces)
     return session
@@ -238,11 +240,15 @@ class Initiator:
         credit: tuple[int, int] = DEFAULT_CREDIT,
         limits: SessionLimits | None = None,
         replaces: Session | None = None,
+        suite: Suite = Suite.XSALSA20_POLY1305,
         _random: Random = os.urandom,
     ) -> None:
         self._identity = identity
         self._trust = trust
         self._peer = peer
+        # offered only to a peer known to run it (its directory entry says so): a node
+        # without it drops the HELLO unanswered, and the caller would wait for nothing
+        self.suite = suite
         self._replaces = replaces
         self._table = table
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
@@ -251,7 +257,7 @@ class Initiator:
         clear = HELLO_CLEAR.pack(
             PROTOCOL_VERSION,
             FrameType.HELLO,
-            Suite.XSALSA20_POLY1305,
+            suite,
             bytes(self._ephemeral.public_key),
             peer.node_id,
         )
@@ -338,6 +344,7 @@ class Initiator:
             credit,
             now_ms,
             self._replaces,
+            self.suite,
         )
 
 
@@ -375,11 +382,13 @@ class Responder:
         *,
         credit: tuple[int, int] | Callable[[Certificate], tuple[int, int]] = DEFAULT_CREDIT,
         limits: SessionLimits | None = None,
+        suites: tuple[Suite, ...] | None = None,
         _random: Random = os.urandom,
     ) -> None:
         self._identity = identity
         self._trust = trust
         self._table = table
+        self.suites = local_suites() if suites is None else suites  # what HELLOs may offer
         # the window granted to each caller, or a function choosing it per caller
         self._credit = credit if callable(credit) else (lambda _peer, fixed=credit: fixed)
         self._limits = limits or SessionLimits(max_skew_ms=trust.max_skew_ms)
@@ -396,7 +405,7 @@ class Responder:
         """
         data = _frame(frames, FrameType.HELLO, HELLO_CLEAR.size + NONCE_SIZE + MAC_SIZE)
         _, _, suite, their_ephemeral, responder_id = HELLO_CLEAR.unpack_from(data)
-        if suite != Suite.XSALSA20_POLY1305:
+        if suite not in self.suites:
             raise MalformedEnvelope(f"cipher suite {suite} is not supported", reason="suite")
         if responder_id != self._identity.node_id:
             raise HandshakeFailed("HELLO is for another node", reason="wrong_responder")
@@ -419,7 +428,9 @@ class Responder:
         self._seen[their_ephemeral] = now_ms + 2 * self._trust.max_skew_ms
         while len(self._seen) > MAX_REMEMBERED_HELLOS:
             self._seen.popitem(last=False)
-        return self._welcome(data, their_ephemeral, certificate, send_id, credit, now_ms, replaces)
+        return self._welcome(
+            data, their_ephemeral, certificate, send_id, credit, now_ms, replaces, Suite(suite)
+        )
 
     def _forget_old(self, now_ms: int) -> None:
         seen = self._seen
@@ -438,6 +449,7 @@ class Responder:
         credit: tuple[int, int],
         now_ms: int,
         replaces: Session | None,
+        suite: Suite,
     ) -> tuple[Session, list[Frame]]:
         ephemeral = PrivateKey(self._random(KEY_SIZE))
         recv_id = self._table.new_id()
@@ -463,6 +475,7 @@ class Responder:
             credit,
             now_ms,
             replaces,
+            suite,
         )
         return session, [welcome]
 

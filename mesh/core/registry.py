@@ -22,9 +22,11 @@ from typing import Any
 from .errors import InvalidArgument, NameConflict, PeerNotFound
 from .identity import Certificate
 from .subjects import matches, validate_pattern, validate_topic
-from .wire import MAX_CAPABILITIES, MAX_CAPABILITY_LEN, MAX_TOPICS
+from .wire import MAX_CAPABILITIES, MAX_CAPABILITY_LEN, MAX_TOPICS, Suite
 
 MAX_ENDPOINT_LEN = 256
+MAX_SUITES = 8
+_XSALSA = int(Suite.XSALSA20_POLY1305)  # what every node accepts, and an entry without suites
 MAX_LEASE_MS = 300_000
 MIN_LEASE_MS = 200
 
@@ -46,10 +48,15 @@ class PeerInfo:
     topics: tuple[str, ...] = ()
     subscriptions: tuple[str, ...] = ()
     topics_endpoint: str = ""
+    suites: tuple[int, ...] = (_XSALSA,)  # the cipher suites it accepts (6.1)
 
     @property
     def name(self) -> str:
         return self.certificate.name
+
+    def suite_for(self, ours: tuple[Suite, ...]) -> Suite:
+        """The suite to offer this peer in a HELLO: our most preferred one it accepts."""
+        return next((suite for suite in ours if suite in self.suites), Suite.XSALSA20_POLY1305)
 
     def to_wire(self) -> dict[str, Any]:
         """The entry as ENTRIES and EVENT bodies carry it."""
@@ -62,6 +69,7 @@ class PeerInfo:
             "topics": list(self.topics),
             "subscriptions": list(self.subscriptions),
             "topics_endpoint": self.topics_endpoint,
+            "suites": list(self.suites),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +124,13 @@ def parse_entry(certificate: Certificate, body: Any, started_default: int = 0) -
     topics_endpoint = body.get("topics_endpoint", "")
     if not (isinstance(topics_endpoint, str) and len(topics_endpoint) <= MAX_ENDPOINT_LEN):
         raise InvalidArgument("topics_endpoint must be a ZeroMQ address")
+    suites = body.get("suites", [_XSALSA])
+    if not (
+        isinstance(suites, list)
+        and 0 < len(suites) <= MAX_SUITES
+        and all(type(s) is int and 0 < s < 256 for s in suites)
+    ):
+        raise InvalidArgument(f"suites must be a list of 1 to {MAX_SUITES} suite numbers")
     return PeerInfo(
         certificate,
         endpoint,
@@ -125,6 +140,7 @@ def parse_entry(certificate: Certificate, body: Any, started_default: int = 0) -
         _names(body.get("topics", []), validate_topic, "topics"),
         _names(body.get("subscriptions", []), validate_pattern, "subscriptions"),
         topics_endpoint,
+        tuple(suites),
     )
 
 

@@ -54,6 +54,7 @@ from .wire import (
     REKEY_AFTER_FRAMES,
     REKEY_AFTER_MS,
     RETIRED_GRACE_MS,
+    Suite,
 )
 
 _SESSION_ID = struct.Struct(">II")
@@ -88,6 +89,7 @@ class Session:
         "recv_id",
         "retired_ms",
         "send_id",
+        "suite",
         "window",
     )
 
@@ -103,8 +105,10 @@ class Session:
         created_ms: int,
         initial_credit: tuple[int, int],
         limits: SessionLimits,
+        suite: Suite = Suite.XSALSA20_POLY1305,
     ) -> None:
         self.peer = peer
+        self.suite = suite  # the cipher suite the handshake agreed on
         self.initiator = initiator
         self._send_key = send_key
         self._recv_key = recv_key
@@ -133,14 +137,14 @@ class Session:
         :class:`InvalidBody` or :class:`EnvelopeTooLarge` for what cannot be sent.
         """
         seq = self._take_seq(now_ms)
-        frames = seal(self.send_id, self._send_key, seq, now_ms, messages, grant)
+        frames = seal(self.send_id, self._send_key, seq, now_ms, messages, grant, suite=self.suite)
         self._next_seq = seq + 1
         return frames
 
     def seal_payload(self, payload: bytes, now_ms: int) -> list[Frame]:
         """:meth:`seal` for coalesced rows (:func:`~mesh.core.codec.payload_of_rows`)."""
         seq = self._take_seq(now_ms)
-        frames = seal_payload(self.send_id, self._send_key, seq, now_ms, payload)
+        frames = seal_payload(self.send_id, self._send_key, seq, now_ms, payload, suite=self.suite)
         self._next_seq = seq + 1
         return frames
 
@@ -154,7 +158,7 @@ class Session:
 
     def open(self, frames: Sequence[Frame], now_ms: int) -> Opened:
         """Authenticate, check freshness, and decode a frame addressed to this session."""
-        opened = open_sealed(frames, self._recv_key)
+        opened = open_sealed(frames, self._recv_key, self.suite)
         skew = opened.timestamp_ms - now_ms
         if abs(skew) > self.limits.max_skew_ms:
             raise ClockSkew(skew, self.limits.max_skew_ms)

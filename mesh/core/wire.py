@@ -90,9 +90,10 @@ class RejectCode(IntEnum):
 
 
 class Suite(IntEnum):
-    """Cipher suites a HELLO may offer. v1 defines one."""
+    """Cipher suites a HELLO may offer (protocol.md 6.1, 7.1)."""
 
-    XSALSA20_POLY1305 = 1
+    XSALSA20_POLY1305 = 1  # every node: the default
+    AES256_GCM = 2  # where the CPU has AES instructions; nonces from the frame's seq
 
 
 class AttachmentKind(IntEnum):

@@ -45,7 +45,7 @@ from ..core.flow import ReceiveCredit, SendCredit, Window
 from ..core.handshake import Initiator
 from ..core.identity import Certificate, Identity, Trust
 from ..core.session import Session, SessionTable
-from ..core.wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind
+from ..core.wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind, Suite
 from ..ops.telemetry import Traffic
 from .stamps import next_msg_id, now_ms
 from .transport import Network, Transport
@@ -114,8 +114,10 @@ class Connection:
         heartbeat_s: float,
         on_lost: Callable[[Connection], None] | None = None,
         traffic: Traffic | None = None,
+        suite: Suite = Suite.XSALSA20_POLY1305,
     ) -> None:
         self.endpoint = endpoint
+        self.suite = suite  # offered in every HELLO: the peer is known to accept it
         self.certificate = certificate
         self._identity = identity
         self._trust = trust
@@ -221,6 +223,7 @@ class Connection:
             self._table,
             now_ms(),
             replaces=self.session,
+            suite=self.suite,
         )  # a rekey retires the old session
 
         def install(answer: list[bytes]) -> None:

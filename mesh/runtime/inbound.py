@@ -24,7 +24,7 @@ from ..core.handshake import Responder
 from ..core.identity import Certificate, Identity, Trust
 from ..core.ratelimit import RateLimiter
 from ..core.session import Session, SessionTable
-from ..core.wire import PROTOCOL_VERSION, FrameType
+from ..core.wire import PROTOCOL_VERSION, FrameType, Suite
 from .stamps import now_ms
 from .transport import Network, Transport
 
@@ -48,6 +48,7 @@ class Inbound:
         drops: Counter[str],
         on_session: Callable[[Session], None] | None = None,
         window_for: Callable[[Certificate], Window] | None = None,
+        suites: tuple[Suite, ...] | None = None,
     ) -> None:
         self._listener = network.listen(bind)
         self.endpoint = self._listener.endpoint
@@ -59,7 +60,11 @@ class Inbound:
         self._table = table
         choose = window_for or (lambda _certificate: Window())
         self._responder = Responder(
-            identity, trust, table, credit=lambda certificate: choose(certificate).as_grant
+            identity,
+            trust,
+            table,
+            credit=lambda certificate: choose(certificate).as_grant,
+            suites=suites,
         )
         self._on_messages = on_messages
         self._on_session = on_session

@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from ..core.codec import Message
+from ..core.envelope import local_suites
 from ..core.errors import (
     DiscoveryUnavailable,
     InvalidArgument,
@@ -37,7 +38,7 @@ from ..core.registry import PeerInfo
 from ..core.sequencer import DEFAULT_HOLD_S
 from ..core.session import SessionTable
 from ..core.subjects import validate_pattern
-from ..core.wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, Kind
+from ..core.wire import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_MS, Kind, Suite
 from ..ops.metrics import MetricsServer
 from ..ops.telemetry import CallStats, Traffic, client_span, stream_span, tracing
 from . import sockets
@@ -84,6 +85,18 @@ def _discovery_urls(discovery: str | list[str] | None) -> list[str]:
     return list(discovery)
 
 
+def _cipher_suites(chosen: tuple[Suite, ...] | None) -> tuple[Suite, ...]:
+    """The suites a node runs: the chosen ones this process can run (all it can by
+    default), XSalsa20-Poly1305 always among them (every node accepts it)."""
+    runnable = local_suites()
+    if chosen is None:
+        return runnable
+    suites = tuple(dict.fromkeys(Suite(s) for s in chosen if s in runnable))
+    if Suite.XSALSA20_POLY1305 not in suites:
+        suites += (Suite.XSALSA20_POLY1305,)
+    return suites
+
+
 class Node:
     """A member of the mesh. Use ``async with Node("alice", discovery=URL) as node:``.
 
@@ -99,7 +112,9 @@ class Node:
     metrics there, on ``metrics_address``; 0 picks a free port, see ``metrics_url``),
     ``network`` (what makes the ROUTER and the DEALERs: ZeroMQ by default; the tests pass
     an in-memory one), ``connect_timeout`` (seconds a peer has to answer the handshake
-    before calls to it fail with PeerLost; default 5).
+    before calls to it fail with PeerLost; default 5), ``cipher_suites`` (the suites this
+    node accepts and offers, preferred first; default: AES-256-GCM where the CPU has AES
+    instructions, then XSalsa20-Poly1305, which is always kept).
     """
 
     def __init__(
@@ -127,7 +142,9 @@ class Node:
         metrics_address: str = "127.0.0.1",
         network: Network | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
+        cipher_suites: tuple[Suite, ...] | None = None,
     ) -> None:
+        self.cipher_suites = _cipher_suites(cipher_suites)
         self._metrics_at = (metrics_port, metrics_address)
         self._metrics: MetricsServer | None = None
         if identity is None or trust is None:
@@ -176,6 +193,7 @@ class Node:
             traffic=self.traffic,
             heartbeat_s=self.heartbeat,
             connect_timeout=self.connect_timeout,
+            suites=self.cipher_suites,
         )
         self._resolve = self._pool.resolve
         self._balancer = LeastBusy()
@@ -223,6 +241,7 @@ class Node:
             self.drops,
             self._callee.on_session,
             self.window_for,
+            self.cipher_suites,
         )
         self.endpoint = sockets.advertised(self._inbound.endpoint, self._advertise)
         self.started_ms = now_ms()
@@ -321,6 +340,7 @@ class Node:
             "meta": self.meta,
             "started_ms": self.started_ms,
             "lease_ms": self._lease_ms,
+            "suites": [int(suite) for suite in self.cipher_suites],
             **(self._topics.registration() if self._topics is not None else {}),
         }
 
@@ -637,10 +657,18 @@ class Node:
 
     # ------------------------------------------------------------------ peers
 
-    def add_peer(self, certificate: Certificate, endpoint: str) -> PeerInfo:
+    def add_peer(
+        self,
+        certificate: Certificate,
+        endpoint: str,
+        *,
+        cipher_suites: tuple[Suite, ...] = (Suite.XSALSA20_POLY1305,),
+    ) -> PeerInfo:
         """Know a peer without discovery (a static mesh, or a test). The certificate must
-        verify against this node's authority; raises Unauthorized otherwise."""
-        return self.known.add(certificate, endpoint)
+        verify against this node's authority; raises Unauthorized otherwise.
+        ``cipher_suites``: what the peer accepts (its node's ``cipher_suites``), since no
+        directory entry says it; XSalsa20-Poly1305, which every node accepts, by default."""
+        return self.known.add(certificate, endpoint, tuple(int(s) for s in cipher_suites))
 
     async def peers(self, capability: str | None = None) -> list[PeerInfo]:
         """Every live node discovery knows (optionally only those offering ``capability``)."""

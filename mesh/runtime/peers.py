@@ -39,9 +39,11 @@ class PeerCache:
     def get(self, name: str) -> PeerInfo | None:
         return self._entries.get(name)
 
-    def add(self, certificate: Certificate, endpoint: str) -> PeerInfo:
+    def add(
+        self, certificate: Certificate, endpoint: str, suites: tuple[int, ...] = (1,)
+    ) -> PeerInfo:
         """Know a peer by hand; raises Unauthorized if its certificate does not verify."""
-        info = PeerInfo(self._trust.verify(certificate, now_ms()), endpoint)
+        info = PeerInfo(self._trust.verify(certificate, now_ms()), endpoint, suites=suites)
         self._entries[info.name] = info
         self._static.add(info.name)
         return info

@@ -19,6 +19,7 @@ from ..core.errors import NodeClosed, PeerLost, PeerNotFound
 from ..core.identity import Certificate, Identity, Trust
 from ..core.registry import PeerInfo
 from ..core.session import SessionTable
+from ..core.wire import Suite
 from ..ops.telemetry import Traffic
 from .connection import Connection
 from .peers import PeerCache
@@ -44,7 +45,9 @@ class ConnectionPool:
         traffic: Traffic,
         heartbeat_s: float,
         connect_timeout: float,
+        suites: tuple[Suite, ...] = (Suite.XSALSA20_POLY1305,),
     ) -> None:
+        self._suites = suites  # ours, preferred first
         self._network = network
         self._identity = identity
         self._trust = trust
@@ -92,7 +95,12 @@ class ConnectionPool:
                 if info is None:
                     raise PeerNotFound(f"no live node named {peer!r}", peer=peer)
             dial = asyncio.create_task(
-                self.open(info.endpoint, self.connect_timeout, info.certificate),
+                self.open(
+                    info.endpoint,
+                    self.connect_timeout,
+                    info.certificate,
+                    info.suite_for(self._suites),
+                ),
                 name=f"dial {peer}",
             )
             self.dials[peer] = (info, dial)
@@ -125,7 +133,11 @@ class ConnectionPool:
                 dial.cancel()
 
     async def open(
-        self, endpoint: str, timeout: float, certificate: Certificate | None = None
+        self,
+        endpoint: str,
+        timeout: float,
+        certificate: Certificate | None = None,
+        suite: Suite = Suite.XSALSA20_POLY1305,
     ) -> Connection:
         """A connection outside the pool's bookkeeping (discovery links use it too)."""
         connection = Connection(
@@ -139,6 +151,7 @@ class ConnectionPool:
             self._heartbeat_s,
             self._lost,
             self._traffic,
+            suite,
         )
         await connection.open(timeout)
         return connection
@@ -156,7 +169,8 @@ class ConnectionPool:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per peer called: ``calls`` in flight, the ``credit_*`` it granted and we have not
-        used, ``waiting`` sends queued for credit, ``messages_sent`` in ``frames_sent``."""
+        used, ``waiting`` sends queued for credit, ``messages_sent`` in ``frames_sent``, and
+        the cipher ``suite`` of the session (6.1)."""
         return {
             name: {
                 "calls": len(c.calls),
@@ -165,6 +179,7 @@ class ConnectionPool:
                 "waiting": c.waiting_for_credit,
                 "messages_sent": c.messages_sent,
                 "frames_sent": c.frames_sent,
+                "suite": int(c.suite),
             }
             for name, c in self.connections.items()
         }
