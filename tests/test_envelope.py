@@ -20,7 +20,7 @@ from mesh import (
     UnsupportedVersion,
 )
 from mesh.core.envelope import BOX_OFFSET, open_sealed, seal
-from mesh.core.wire import MAX_FRAMES, Kind
+from mesh.core.wire import MAX_FRAMES, Kind, Suite
 from tests.conftest import NOW_MS, Pair, handshake
 
 SID = b"\x00\x00\x00\x01\x00\x00\x00\x02"
@@ -267,3 +267,22 @@ def test_nonces_are_fresh_for_every_seal(pair: Pair):
     first, second = (pair.alice.seal(message, NOW_MS) for _ in range(2))
     assert bytes(first[0])[10:34] != bytes(second[0])[10:34]
     assert bytes(first[1]) != bytes(second[1])
+
+
+@pytest.mark.parametrize("suite", [Suite.XSALSA20_POLY1305, Suite.AES256_GCM])
+def test_an_attachment_handed_over_as_a_writable_view_opens_in_place(suite):
+    """The runtime hands large received frames over as writable views: no copy is made."""
+    frames = seal(
+        SID, KEY, 0, NOW_MS, [Message(Kind.SEND, 1, body=Blob(b"z" * 100_000))], suite=suite
+    )
+    mine = memoryview(bytearray(frames[1]))
+    (message,) = open_sealed([frames[0], mine], KEY, suite).messages
+    assert bytes(message.body) == b"z" * 100_000
+    assert bytes(mine[:100_000]) == b"z" * 100_000  # the plaintext is where the box was
+    tampered = bytearray(frames[1])
+    tampered[-1] ^= 1
+    with pytest.raises(AuthenticationFailed):
+        open_sealed([frames[0], memoryview(tampered)], KEY, suite)
+    kept = bytearray(frames[1])  # anything else is not ours to change
+    open_sealed([frames[0], kept], KEY, suite)
+    assert kept == frames[1]

@@ -121,3 +121,33 @@ def gcm_open_to_bytearray(boxed: Buffer, iv: Buffer, key: bytes, ad: Buffer) -> 
         target, _NULL, _NULL, _from_buffer(source), size, extra, extra_size, _from_buffer(iv), key
     )
     return plain if result == 0 else None
+
+
+# --------------------------------------------------------------------------- in place
+# A received attachment frame that is ours to change (a writable ZeroMQ frame) is opened
+# where it lies: the plaintext is its first bytes. Allocating (and page-faulting) a fresh
+# buffer per large frame costs as much as the cipher itself. libsodium allows the output
+# to be the input for both constructions. On failure the frame's content is undefined.
+
+
+def open_in_place(boxed: memoryview, nonce: Buffer, key: bytes) -> memoryview | None:
+    """XSalsa20-Poly1305 (MAC first) opened into ``boxed`` itself; a view of the plaintext."""
+    size = boxed.nbytes
+    if size <= MAC_SIZE:
+        return None
+    target = _from_buffer(boxed)
+    if _open(target, target, size, _from_buffer(nonce), key) != 0:
+        return None
+    return boxed[: size - MAC_SIZE]
+
+
+def gcm_open_in_place(boxed: memoryview, iv: Buffer, key: bytes, ad: Buffer) -> memoryview | None:
+    """AES-256-GCM (tag last) opened into ``boxed`` itself; a view of the plaintext."""
+    size = boxed.nbytes
+    if size <= MAC_SIZE or _gcm_open is None:
+        return None
+    target = _from_buffer(boxed)
+    extra, extra_size = _ad(ad)
+    if _gcm_open(target, _NULL, _NULL, target, size, extra, extra_size, _from_buffer(iv), key):
+        return None
+    return boxed[: size - MAC_SIZE]

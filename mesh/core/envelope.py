@@ -195,6 +195,8 @@ def open_sealed(
 
     Raises only :class:`ProtocolError` subclasses: :class:`AuthenticationFailed` when any
     byte was altered or the key is not the sender's, :class:`MalformedEnvelope` otherwise.
+    An attachment frame given as a writable memoryview is the caller's to consume: it is
+    opened in place (and left undefined if it does not open).
     """
     first = memoryview(frames[0])
     gcm = suite is _GCM
@@ -235,8 +237,11 @@ def _follows_gcm_nonces(nonce: memoryview, inner: memoryview, seq: int, count: i
 
 def _open_attachments(
     frames: Sequence[Frame], nonces: memoryview, key: bytes, gcm: bool = False
-) -> list[bytearray]:
-    opened: list[bytearray] = []
+) -> list[bytearray | memoryview]:
+    """Each attachment frame opened: in place when the caller handed it over as a writable
+    memoryview (the runtime does so for the large ZeroMQ frames it received, which nobody
+    else holds), into a new buffer otherwise."""
+    opened: list[bytearray | memoryview] = []
     total = 0
     for index in range(1, len(frames)):
         frame = memoryview(frames[index])
@@ -246,8 +251,17 @@ def _open_attachments(
         if total > MAX_MESSAGE_TOTAL:
             raise EnvelopeTooLarge("message", total, MAX_MESSAGE_TOTAL)
         nonce = nonces[(index - 1) * NONCE_SIZE : index * NONCE_SIZE]
+        plain: bytearray | memoryview | None
+        given = frames[index]
+        in_place = isinstance(given, memoryview) and not given.readonly
         if gcm:
-            plain = _sodium.gcm_open_to_bytearray(frame, nonce[:GCM_IV], key, b"")
+            iv = nonce[:GCM_IV]
+            if in_place:
+                plain = _sodium.gcm_open_in_place(frame.cast("B"), iv, key, b"")
+            else:
+                plain = _sodium.gcm_open_to_bytearray(frame, iv, key, b"")
+        elif in_place:
+            plain = _sodium.open_in_place(frame.cast("B"), nonce, key)
         else:
             plain = _sodium.open_to_bytearray(frame, nonce, key)
         if plain is None:
