@@ -442,3 +442,37 @@ def test_a_restarted_peers_join_ends_the_dial_to_its_old_address(fake_mesh):
         assert loop.time() - started < 60  # virtual seconds: not the old dial's timeout
 
     within_mesh(fake_mesh, scenario)
+
+
+def test_one_way_handlers_run_count_failures_and_end_with_the_node(fake_mesh):
+    """A SEND to a coroutine handler takes the short path (no reply, one coroutine): it
+    still gets its context, counts its failure, gives the credit back, and a node closing
+    under a running one ends it cleanly."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        seen: list[tuple[object, str]] = []
+        parked = asyncio.Event()
+
+        async def note(body, ctx):
+            seen.append((body, ctx.peer))
+            if body == "fail":
+                raise ValueError("refused")
+            if body == "park":
+                parked.set()
+                await asyncio.Event().wait()  # until the node closes
+
+        b.handler("note", note)
+        for body in ("one", "fail", "two"):
+            await a.send("b", "note", body)
+        await wait_until(lambda: len(seen) == 3)
+        assert sorted(seen) == [("fail", "a"), ("one", "a"), ("two", "a")]
+        await wait_until(lambda: b.stats()["handler_failures"] == 1)
+        (inflow,) = b._callee.inflow.values()
+        assert inflow.consumed_messages == inflow.received_messages == 3  # credit comes back
+        await a.send("b", "note", "park")
+        await parked.wait()
+        await b.close()  # cancels the parked handler and returns
+        assert b._runner._running == {}
+
+    within_mesh(fake_mesh, scenario)

@@ -1,7 +1,7 @@
 """Run by test_telemetry in its own process (a tracer provider can be set once per process):
-three nodes, a request from ``front`` to ``middle``'s ``relay``, which calls ``back``'s
-``echo``, then a stream from ``front`` of ``middle``'s ``count``; prints every finished span
-as one JSON line."""
+three nodes; one untraced request, then a provider set after the nodes started; a request
+from ``front`` to ``middle``'s ``relay``, which calls ``back``'s ``echo``, then a stream from
+``front`` of ``middle``'s ``count``; prints every finished span as one JSON line."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ async def main() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     with tempfile.TemporaryDirectory() as home:
         mesh = MeshDirectory(home)
         mesh.create()
@@ -48,6 +47,8 @@ async def main() -> None:
             middle.handler("count", count)
             middle.add_peer(back.identity.require_certificate(), back.endpoint)
             front.add_peer(middle.identity.require_certificate(), middle.endpoint)
+            assert await front.request("middle", "relay", "untraced", timeout=10) == "untraced"
+            trace.set_tracer_provider(provider)  # after the nodes started: they follow it
             assert await front.request("middle", "relay", "traced", timeout=10) == "traced"
             assert [i async for i in front.stream("middle", "count", 3, timeout=10)] == [0, 1, 2]
     for span in exporter.get_finished_spans():
