@@ -11,6 +11,7 @@ import pytest
 from mesh import (
     AuthenticationFailed,
     Blob,
+    HandshakeRejected,
     Initiator,
     MalformedEnvelope,
     Message,
@@ -28,7 +29,7 @@ from mesh.core.envelope import (
     open_sealed,
     seal,
 )
-from mesh.core.wire import Kind, Suite
+from mesh.core.wire import Kind, RejectCode, Suite
 from mesh.runtime.discovery import DiscoveryServer
 from mesh.runtime.node import Node
 from tests.conftest import NOW_MS, eventually
@@ -113,15 +114,17 @@ def test_a_handshake_offering_suite_2_to_a_node_running_it_agrees_on_it(alice, b
         open_sealed(frames, alice_session._send_key, XSALSA)
 
 
-def test_a_node_without_suite_2_drops_its_hello_unanswered(alice, bob, trust):
-    initiator = Initiator(
-        alice, trust, bob.require_certificate(), SessionTable(), NOW_MS, suite=GCM
-    )
+def test_a_node_without_suite_2_refuses_its_hello_with_a_reject(alice, bob, trust):
+    initiator = offer(alice, bob, trust, GCM)
     responder = Responder(bob, trust, SessionTable(), suites=(XSALSA,))
     with pytest.raises(MalformedEnvelope) as refused:
         responder.receive(initiator.hello_frames(), NOW_MS)
     assert refused.value.reason == "suite"
-    assert Responder.reject_frames(initiator.hello_frames(), refused.value) is None  # silent
+    reject = Responder.reject_frames(initiator.hello_frames(), refused.value)
+    assert reject is not None
+    with pytest.raises(HandshakeRejected) as told:
+        initiator.receive(reject, NOW_MS)
+    assert told.value.code == RejectCode.UNSUPPORTED_SUITE
 
 
 def test_the_offered_suite_cannot_be_changed_in_transit(alice, bob, trust):
@@ -155,6 +158,21 @@ async def test_nodes_use_suite_2_between_them_and_suite_1_with_a_node_without_it
             assert _suites_in_use(old) == {"gcm-a": XSALSA}
             peers = {p.name: p.suites for p in await new_a.peers()}
             assert peers["old"] == (XSALSA,) and peers["gcm-b"] == (GCM, XSALSA)
+
+
+@pytest.mark.asyncio
+async def test_a_peer_wrongly_said_to_run_suite_2_is_reached_with_suite_1_at_once(mesh):
+    """A stale entry or a wrong add_peer: the REJECT brings the caller back to XSalsa20 in
+    one more round trip, not after its connect timeout."""
+    async with Node("xsalsa-only", mesh=mesh, cipher_suites=(XSALSA,)) as server:
+        server.handler("echo", lambda body: body)
+        async with Node("hopeful", mesh=mesh, connect_timeout=30) as caller:
+            caller.add_peer(
+                server.identity.require_certificate(), server.endpoint, cipher_suites=(GCM,)
+            )
+            assert await caller.request("xsalsa-only", "echo", b"hi", timeout=30) == b"hi"
+            assert _suites_in_use(caller) == {"xsalsa-only": XSALSA}
+            assert server.drops["suite"] == 1
 
 
 @pytest.mark.asyncio

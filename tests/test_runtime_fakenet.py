@@ -17,6 +17,7 @@ import pytest
 from mesh import (
     FlowControlTimeout,
     LocalProtocolError,
+    Message,
     NoCredit,
     Node,
     PeerLost,
@@ -28,7 +29,8 @@ from mesh.core.flow import SendCredit
 from mesh.core.wire import Kind, RejectCode
 from mesh.runtime.callee import MAX_SESSIONS_PER_PEER
 from mesh.runtime.connection import COLLECT_MAX_BYTES, Connection, ConnectionState
-from tests.conftest import certified
+from mesh.runtime.handlers import Caller, HandlerRunner
+from tests.conftest import certified, handshake
 from tests.fakenet import FakeNetwork, run, settle, wait_until
 
 _names = itertools.count()
@@ -476,3 +478,37 @@ def test_one_way_handlers_run_count_failures_and_end_with_the_node(fake_mesh):
         assert b._runner._running == {}
 
     within_mesh(fake_mesh, scenario)
+
+
+@pytest.fixture
+def pair(alice, bob, trust):
+    return handshake(alice, bob, trust)
+
+
+@pytest.mark.parametrize("kind", [Kind.SEND, Kind.REQUEST])
+def test_a_call_cancelled_before_its_handler_starts_gives_its_credit_back(kind, pair):
+    """A CANCEL read in the same batch as its REQUEST (or a SEND's, from a hostile peer)
+    cancels a task that never ran: it must still be forgotten and its credit returned,
+    or the caller's window shrinks for good and the id is refused as a duplicate later."""
+
+    async def scenario() -> None:
+        runner = HandlerRunner(lambda caller, messages: 1)
+        ran: list[object] = []
+
+        async def handler(body):
+            ran.append(body)
+            return body
+
+        runner.add("m", handler)
+        caller = Caller(pair.bob)
+        consumed: list[bool] = []
+        runner.start(caller, Message(kind, 7, name="m", body=1), consumed.append)
+        runner.cancel(caller, 7)  # before the loop ran the handler's task
+        await settle()
+        assert ran == [] and consumed == [False]
+        assert runner._running == {} and runner._one_way == set()
+        runner.start(caller, Message(kind, 7, name="m", body=2), consumed.append)
+        await settle()
+        assert ran == [2] and runner.duplicates == 0
+
+    run(scenario)

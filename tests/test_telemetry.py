@@ -89,3 +89,17 @@ def test_a_request_through_two_hops_is_one_trace():
     assert handled["parent"] == first["span"]  # across the wire, via traceparent
     assert inner["parent"] == handled["span"]  # the handler's own call nests in it
     assert last["parent"] == inner["span"]
+
+
+@pytest.mark.asyncio
+async def test_a_tracer_provider_named_by_nobody_leaves_nodes_untraced(mesh, monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_PYTHON_TRACER_PROVIDER", "no_such_provider")
+    async with Node("untraced", mesh=mesh) as node, Node("caller", mesh=mesh) as caller:
+        node.handler("echo", _echo)
+        caller.add_peer(node.identity.require_certificate(), node.endpoint)
+        assert await caller.request("untraced", "echo", 1, timeout=10) == 1
+    assert "names no provider: not tracing" in caplog.text
+
+
+async def _echo(body):
+    return body

@@ -133,7 +133,7 @@ def gcm_open_to_bytearray(boxed: Buffer, iv: Buffer, key: bytes, ad: Buffer) -> 
 def open_in_place(boxed: memoryview, nonce: Buffer, key: bytes) -> memoryview | None:
     """XSalsa20-Poly1305 (MAC first) opened into ``boxed`` itself; a view of the plaintext."""
     size = boxed.nbytes
-    if size <= MAC_SIZE:
+    if size < MAC_SIZE:
         return None
     target = _from_buffer(boxed)
     if _open(target, target, size, _from_buffer(nonce), key) != 0:
@@ -144,7 +144,7 @@ def open_in_place(boxed: memoryview, nonce: Buffer, key: bytes) -> memoryview | 
 def gcm_open_in_place(boxed: memoryview, iv: Buffer, key: bytes, ad: Buffer) -> memoryview | None:
     """AES-256-GCM (tag last) opened into ``boxed`` itself; a view of the plaintext."""
     size = boxed.nbytes
-    if size <= MAC_SIZE or _gcm_open is None:
+    if size < MAC_SIZE or _gcm_open is None:
         return None
     target = _from_buffer(boxed)
     extra, extra_size = _ad(ad)

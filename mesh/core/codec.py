@@ -103,8 +103,10 @@ class Message:
 class Blob:
     """Raw bytes that travel as an attachment frame instead of inside msgpack.
 
-    Wrap large ``bytes`` in a Blob to avoid a copy into the msgpack buffer; a received Blob
-    wraps the decrypted buffer. Compares equal to another Blob with the same bytes.
+    Wrap large ``bytes`` in a Blob to avoid a copy into the msgpack buffer. A received
+    Blob's ``data`` is a writable ``memoryview`` of the decrypted bytes, whatever its size
+    (large ones are decrypted where they arrived, without a copy): ``bytes(blob)`` for a
+    ``bytes`` copy. Compares equal to another Blob with the same bytes.
     """
 
     __slots__ = ("data",)
@@ -296,7 +298,7 @@ def _describe_attachment(obj: Any) -> tuple[list[Any], memoryview]:
 
 
 def decode_payload(
-    payload: bytes | bytearray | memoryview, attachments: Sequence[bytearray]
+    payload: bytes | bytearray | memoryview, attachments: Sequence[bytearray | memoryview]
 ) -> list[Message]:
     """Unpack a payload; materialise each attachment over its buffer. See module contract."""
     used = [False] * len(attachments)
@@ -420,9 +422,9 @@ def _parse_descriptor(data: bytes, count: int) -> tuple[int, int, list[Any]]:
     return fields[0], fields[1], fields[2:]
 
 
-def _materialise(kind: int, described: list[Any], buffer: bytearray) -> Any:
+def _materialise(kind: int, described: list[Any], buffer: bytearray | memoryview) -> Any:
     if kind == AttachmentKind.BLOB and not described:
-        return Blob(buffer)
+        return Blob(buffer if isinstance(buffer, memoryview) else memoryview(buffer))
     if kind not in (AttachmentKind.NDARRAY, AttachmentKind.TENSOR) or len(described) != 2:
         raise MalformedEnvelope("bad attachment descriptor", reason="attachment_ref")
     dtype, shape = described

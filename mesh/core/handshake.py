@@ -487,14 +487,18 @@ class Responder:
         that do not authenticate get none, so a scanner learns nothing.
         """
         code = _REJECT_CODES.get(type(error))
-        if code is None and getattr(error, "reason", "") == "wrong_responder":
-            code = RejectCode.WRONG_RESPONDER
+        if code is None:
+            code = _REJECT_REASONS.get(getattr(error, "reason", ""))
         if code is None or len(frames) != 1 or len(frames[0]) < HELLO_CLEAR.size:
             return None
         ephemeral = bytes(frames[0][3 : 3 + KEY_SIZE])
         return [REJECT.pack(PROTOCOL_VERSION, FrameType.REJECT, code, ephemeral)]
 
 
+_REJECT_REASONS: dict[str, RejectCode] = {
+    "wrong_responder": RejectCode.WRONG_RESPONDER,
+    "suite": RejectCode.UNSUPPORTED_SUITE,
+}
 _REJECT_CODES: dict[type, RejectCode] = {
     UnsupportedVersion: RejectCode.UNSUPPORTED_VERSION,
     Unauthorized: RejectCode.UNTRUSTED_CERTIFICATE,

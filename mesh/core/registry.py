@@ -48,7 +48,7 @@ class PeerInfo:
     topics: tuple[str, ...] = ()
     subscriptions: tuple[str, ...] = ()
     topics_endpoint: str = ""
-    suites: tuple[int, ...] = (_XSALSA,)  # the cipher suites it accepts (6.1)
+    suites: tuple[int, ...] = (_XSALSA,)  # the cipher suites it accepts (6.1), any order
 
     @property
     def name(self) -> str:

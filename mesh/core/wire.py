@@ -87,6 +87,7 @@ class RejectCode(IntEnum):
     CLOCK_SKEW = 4
     BUSY = 5
     WRONG_RESPONDER = 6
+    UNSUPPORTED_SUITE = 7  # the initiator may try again with suite 1
 
 
 class Suite(IntEnum):

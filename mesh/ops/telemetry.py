@@ -12,6 +12,7 @@ trace.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from ..core.codec import Message
 from ..core.histogram import Histogram
 from ..core.wire import Kind
 
+log = logging.getLogger("mesh")
 TRACEPARENT = "traceparent"
 
 
@@ -111,7 +113,10 @@ class Tracing:
         if not hasattr(trace, "_TRACER_PROVIDER"):  # an API without that global: ask it
             self._current = trace.get_tracer_provider
         else:
-            trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER
+            try:
+                trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER
+            except Exception:  # a name no package provides: untraced, and said so once
+                log.warning("OTEL_PYTHON_TRACER_PROVIDER names no provider: not tracing")
             self._current = lambda: trace._TRACER_PROVIDER
 
     def tracer(self) -> Any:

@@ -30,6 +30,7 @@ from ..core.codec import Message, encode_row, payload_of_rows
 from ..core.errors import (
     BadRequest,
     FlowControlTimeout,
+    HandshakeRejected,
     LocalProtocolError,
     MalformedEnvelope,
     MeshError,
@@ -45,11 +46,20 @@ from ..core.flow import ReceiveCredit, SendCredit, Window
 from ..core.handshake import Initiator
 from ..core.identity import Certificate, Identity, Trust
 from ..core.session import Session, SessionTable
-from ..core.wire import MISSED_HEARTBEATS, PROTOCOL_VERSION, ErrorCode, FrameType, Kind, Suite
+from ..core.wire import (
+    MISSED_HEARTBEATS,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    FrameType,
+    Kind,
+    RejectCode,
+    Suite,
+)
 from ..ops.telemetry import Traffic
 from .stamps import next_msg_id, now_ms
 from .transport import Network, Transport
 
+_XSALSA = Suite.XSALSA20_POLY1305
 log = logging.getLogger("mesh.connection")
 CONNECT_TIMEOUT_S = 5.0
 # one-way messages sent in one turn of the event loop go out as one frame (protocol.md 11.1):
@@ -215,6 +225,26 @@ class Connection:
         return self._trust.verify(Certificate.from_bytes(answer[0][2:]), now_ms())
 
     async def _handshake(self) -> None:
+        """Handshake, offering ``suite``. A peer that refuses the suite (its directory entry
+        said it runs one it does not, or a static peer was described wrongly) gets one
+        more HELLO offering XSalsa20-Poly1305, which every node runs. A REJECT is not
+        authenticated: a forged one can only make this session use the slower suite."""
+        try:
+            await self._handshake_once()
+        except HandshakeRejected as rejected:
+            if rejected.code != RejectCode.UNSUPPORTED_SUITE or self.suite is _XSALSA:
+                raise
+            log.info(
+                "%s does not run cipher suite %d: using %d",
+                self.name,
+                self.suite,
+                _XSALSA,
+                extra={"peer": self.name},
+            )
+            self.suite = _XSALSA
+            await self._handshake_once()
+
+    async def _handshake_once(self) -> None:
         assert self.certificate is not None
         initiator = Initiator(
             self._identity,

@@ -203,6 +203,21 @@ class HandlerRunner:
         self._running[key] = (task, caller)
         if message.kind == Kind.SEND:
             self._one_way.add(key)
+        task.add_done_callback(lambda ended: self._never_started(ended, key, on_done))
+
+    def _never_started(
+        self, task: asyncio.Task[None], key: tuple[bytes, int], on_done: Callable[[bool], None]
+    ) -> None:
+        """A task cancelled before its first step (a CANCEL read in the same batch as its
+        REQUEST, a node closing) never enters its own ``try``: forget it here and give the
+        caller's credit back, as its ``finally`` would have."""
+        running = self._running.get(key)
+        if running is None or running[0] is not task:
+            return  # it ran, and cleaned up after itself
+        del self._running[key]
+        self._streams.pop(key, None)
+        self._one_way.discard(key)
+        on_done(False)
 
     def _running_for(self, caller: Caller, msg_id: int) -> tuple[bytes, int] | None:
         key = (caller.node_id, msg_id)

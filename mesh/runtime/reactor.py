@@ -77,7 +77,11 @@ class Reactor:
     def send(self, frames: list) -> bool:
         """Send now or not at all: False when the peer is unreachable or its queue is full.
         Raises NodeClosed when the socket or its context was closed on this side (that is
-        not the peer's doing, and must not be reported as the peer being lost)."""
+        not the peer's doing, and must not be reported as the peer being lost).
+
+        Frames from ``ZERO_COPY_FROM`` on are handed over, not copied, and belong to the
+        transport from then on: nobody reads them again (a retry seals anew). Over
+        ``inproc://`` the receiver gets this very memory, and opens it in place."""
         if self.closed:
             return False
         socket = self.socket
