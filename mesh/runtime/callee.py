@@ -25,7 +25,7 @@ from ..core.wire import ErrorCode, Kind
 from ..ops.telemetry import Traffic
 from .handlers import Caller, HandlerRunner, error_message
 from .inbound import Inbound
-from .stamps import next_msg_id
+from .stamps import next_msg_id, now_ms
 
 if TYPE_CHECKING:
     from .delivery import Deliveries
@@ -84,6 +84,7 @@ class Callee:
             inflow = self.inflow.get(session.recv_id)
             admitted = inflow is not None and inflow.receive(opened.size, credited)
         size = opened.size  # charged to the first credited message, 0 to the others
+        now = now_ms()
         for message in opened.messages:
             kind = message.kind
             if kind == Kind.REQUEST or kind == Kind.SEND:
@@ -91,11 +92,14 @@ class Callee:
                     self._refuse(caller, message)
                 elif message.meta is not None and "dlv" in message.meta:
                     self._start_delivery(caller, message, size)
+                elif message.ttl_ms and opened.timestamp_ms + message.ttl_ms < now:
+                    self._expired(caller, message, size)
                 else:
                     self._start_handler(caller, message, size)
                 size = 0
             elif kind == Kind.PING:
-                self.send_on(session, [Message(Kind.PONG, next_msg_id(), message.msg_id)])
+                pong = Message(Kind.PONG, next_msg_id(), message.msg_id, body=message.body)
+                self.send_on(session, [pong])  # the PING's body back (protocol.md 7.6)
             elif kind == Kind.CANCEL:
                 self.runner.cancel(caller, message.corr_id)
             elif kind == Kind.CREDIT:
@@ -120,6 +124,19 @@ class Callee:
         if message.kind == Kind.REQUEST and not (message.meta and "dlv" in message.meta):
             error = error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")
             self.send_to_caller(caller, [error])
+
+    def _expired(self, caller: Caller, message: Message, size: int) -> None:
+        """Past its ``ttl_ms`` on arrival (protocol.md 7.5): not run, counted, its credit
+        given back; a REQUEST is answered DEADLINE_EXCEEDED (the grant rides along)."""
+        self._drops["expired"] += 1
+        session = caller.session
+        self.inflow[session.recv_id].consume(size)
+        if message.kind == Kind.REQUEST:
+            text = f"expired before it was served (ttl {message.ttl_ms} ms)"
+            error = error_message(message.msg_id, ErrorCode.DEADLINE_EXCEEDED, text)
+            self.send_to_caller(caller, [error])
+        else:
+            self._flush_grant(self._current(session))
 
     def _start_handler(self, caller: Caller, message: Message, size: int) -> None:
         """Run an admitted REQUEST or SEND; grant back when the handler has consumed it."""

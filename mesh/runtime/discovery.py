@@ -187,7 +187,7 @@ class DiscoveryServer:
                     self._left(gone)
                 return Message(Kind.REPLY, next_msg_id(), corr)
             if kind == Kind.PING:
-                return Message(Kind.PONG, next_msg_id(), corr)
+                return Message(Kind.PONG, next_msg_id(), corr, body=message.body)
             if kind == Kind.BYE:
                 assert self._inbound is not None
                 self._inbound.forget(session)
