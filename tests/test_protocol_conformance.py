@@ -63,3 +63,32 @@ async def test_an_expired_request_is_answered_deadline_exceeded_and_not_run(mesh
         assert await call.future == 3 and ran == [3]
         (inflow,) = callee._callee.inflow.values()
         assert inflow.consumed_messages == inflow.received_messages == 3
+
+
+async def _ask(node: Node, peer: str, kind: Kind, body: object) -> object:
+    connection = await node._resolve(peer)
+    _, call = connection.start_call(kind, "", body)
+    return await call.future
+
+
+@pytest.mark.asyncio
+async def test_not_found_is_for_what_is_not_there_and_a_lookup_miss_is_empty(mesh):
+    """9 and 12: LOOKUP finding nothing answers ENTRIES []; RENEW of a registration that
+    discovery does not hold answers ERROR 9 (NOT_FOUND), as does SUBSCRIBE to a topic the
+    node does not publish (10)."""
+    async with (
+        DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
+        Node("stranger", mesh=mesh) as stranger,
+        Node("publisher", mesh=mesh) as publisher,
+    ):
+        stranger.add_peer(mesh.identity("discovery").require_certificate(), discovery.endpoint)
+        stranger.add_peer(publisher.identity.require_certificate(), publisher.endpoint)
+        for query in ({"name": "nobody"}, {"capability": "nothing"}, {"publishers": "no.>"}):
+            assert await _ask(stranger, "discovery", Kind.LOOKUP, query) == []
+        for peer, kind, body in (
+            ("discovery", Kind.RENEW, None),
+            ("publisher", Kind.SUBSCRIBE, {"topic": "not.published"}),
+        ):
+            with pytest.raises(RemoteError) as missing:
+                await _ask(stranger, peer, kind, body)
+            assert missing.value.code == ErrorCode.NOT_FOUND, kind
