@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import msgpack
 import numpy as np
@@ -18,8 +19,15 @@ from mesh import (
     MalformedEnvelope,
     Message,
     ProtocolError,
+    UnsupportedAttachment,
 )
-from mesh.core.codec import decode_payload, encode_payload, encode_row, payload_of_rows
+from mesh.core.codec import (
+    Unmaterialised,
+    decode_payload,
+    encode_payload,
+    encode_row,
+    payload_of_rows,
+)
 from mesh.core.wire import EXT_ATTACHMENT, MAX_DEPTH, Kind
 
 
@@ -216,3 +224,22 @@ def test_a_message_with_attachments_is_not_coalesced_and_bad_bodies_fail_at_once
         encode_row(Message(Kind.SEND, 1, name="m", body={1, 2}))
     with pytest.raises(InvalidArgument):
         payload_of_rows([])
+
+
+def test_an_array_without_its_library_is_described_and_passed_on_unchanged(monkeypatch):
+    """A node without numpy cannot build an array, but keeps its description and bytes
+    (protocol.md 7.7): it can answer for it, or pass it on as it came."""
+    array = np.arange(6, dtype="<i4").reshape(3, 2)
+    payload, attachments = encode_payload([Message(Kind.SEND, 1, body={"a": array})])
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    with pytest.raises(UnsupportedAttachment):  # nobody asked for the lenient form
+        decode_payload(payload, [bytearray(a) for a in attachments])
+    lacking: list[int] = []
+    (message,) = decode_payload(payload, [bytearray(a) for a in attachments], lacking)
+    held = message.body["a"]
+    assert lacking == [0] and isinstance(held, Unmaterialised)
+    assert (held.library, held.dtype, held.shape) == ("numpy", "<i4", [3, 2])
+    forwarded, buffers = encode_payload([Message(Kind.SEND, 2, body={"a": held})])
+    monkeypatch.setitem(sys.modules, "numpy", np)
+    (again,) = decode_payload(forwarded, [bytearray(b) for b in buffers])
+    assert np.array_equal(again.body["a"], array)

@@ -3,9 +3,11 @@ implementation found the two apart). Each test names the section it checks."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from mesh import Message, RemoteError
+from mesh import Message, RemoteError, UnsupportedAttachment
 from mesh.core.wire import ErrorCode, Kind
 from mesh.runtime.connection import Call
 from mesh.runtime.discovery import DiscoveryServer
@@ -92,3 +94,47 @@ async def test_not_found_is_for_what_is_not_there_and_a_lookup_miss_is_empty(mes
             with pytest.raises(RemoteError) as missing:
                 await _ask(stranger, peer, kind, body)
             assert missing.value.code == ErrorCode.NOT_FOUND, kind
+
+
+@pytest.mark.asyncio
+async def test_arrays_a_node_cannot_build_are_answered_not_dropped(mesh, monkeypatch):
+    """7.7: a node without numpy (the core install) that receives a valid array reference
+    answers a REQUEST with BAD_REQUEST (details.type UnsupportedAttachment), drops a SEND
+    counted as `attachment`, gives the credit back, and fails a call whose answer holds one
+    instead of leaving it to its timeout."""
+    np = pytest.importorskip("numpy")  # the dev install has it; the sender needs it
+    ran: list[object] = []
+    async with Node("core-only", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
+
+        async def take(body):
+            ran.append(body)
+
+        callee.handler("take", take)
+        caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
+        connection = await caller._resolve("core-only")
+        array = np.arange(6, dtype=np.float32).reshape(2, 3)
+        sealed = []
+        for kind, msg_id in ((Kind.SEND, 9101), (Kind.REQUEST, 9102)):
+            message = Message(kind, msg_id, name="take", body={"x": array})
+            sealed.append(connection.session.seal([message], now_ms()))
+        call = connection.calls[9102] = Call("take")
+        monkeypatch.setitem(sys.modules, "numpy", None)  # from here on: no numpy
+        for frames in sealed:
+            assert connection._transport.send(frames)
+        with pytest.raises(RemoteError) as refused:
+            await call.future
+        assert refused.value.code == ErrorCode.BAD_REQUEST
+        assert refused.value.remote_type == "UnsupportedAttachment"
+        assert callee.drops["attachment"] == 2 and ran == []
+        (inflow,) = callee._callee.inflow.values()
+        assert inflow.consumed_messages == inflow.received_messages == 2
+
+        # an answer holding an array, arriving at this numpy-less caller
+        answered = connection.calls[9103] = Call("take")
+        (session,) = callee._callee.sessions.values()
+        monkeypatch.setitem(sys.modules, "numpy", np)
+        reply = session.seal([Message(Kind.REPLY, 1, 9103, body=array)], now_ms())
+        monkeypatch.setitem(sys.modules, "numpy", None)
+        connection._receive([bytes(frame) for frame in reply])
+        with pytest.raises(UnsupportedAttachment, match="install numpy"):
+            await answered.future

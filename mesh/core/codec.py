@@ -130,6 +130,23 @@ class Blob:
         return f"Blob({len(self)} bytes)"
 
 
+class Unmaterialised:
+    """A valid array or tensor attachment this process cannot build (numpy or torch is not
+    installed): its description and raw bytes, in place of the value. A node answers a
+    request holding one with BAD_REQUEST instead of running it (protocol.md 7.7)."""
+
+    __slots__ = ("data", "dtype", "library", "shape")
+
+    def __init__(self, library: str, dtype: str, shape: list[int], data: Any) -> None:
+        self.library = library
+        self.dtype = dtype
+        self.shape = shape
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Unmaterialised({self.library} {self.dtype} {self.shape})"
+
+
 # --------------------------------------------------------------------------- dtypes
 
 _NUMPY_DTYPES = frozenset(
@@ -137,22 +154,21 @@ _NUMPY_DTYPES = frozenset(
     for order in "<>"
     for code in ("i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16")
 ) | {"|b1", "|i1", "|u1"}
-_TORCH_DTYPES = frozenset(
-    {
-        "bool",
-        "uint8",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "float16",
-        "bfloat16",
-        "float32",
-        "float64",
-        "complex64",
-        "complex128",
-    }
-)
+_TORCH_ITEMSIZE = {  # bytes per element, known without torch (so sizes are checked anyway)
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+}
+_TORCH_DTYPES = frozenset(_TORCH_ITEMSIZE)
 MAX_NDIM = 32
 
 
@@ -168,12 +184,13 @@ _leaf_cache: dict[tuple[bool, bool], tuple[type, ...]] = {}
 
 
 def _attachment_types() -> tuple[type, ...]:
-    """Types that become attachments: Blob, plus numpy/torch arrays once those are imported."""
+    """Types that become attachments: Blob and Unmaterialised (an array passed on as it
+    came), plus numpy/torch arrays once those are imported."""
     np, torch = _numpy(), _torch()
     key = (np is None, torch is None)
     types = _leaf_cache.get(key)
     if types is None:
-        found: list[type] = [Blob]
+        found: list[type] = [Blob, Unmaterialised]
         if np is not None:
             found.append(np.ndarray)
         if torch is not None:
@@ -275,6 +292,9 @@ def payload_of_rows(rows: Sequence[bytes]) -> bytes:
 def _describe_attachment(obj: Any) -> tuple[list[Any], memoryview]:
     if isinstance(obj, Blob):
         return [AttachmentKind.BLOB], memoryview(obj.data).cast("B")
+    if isinstance(obj, Unmaterialised):  # forwarded unchanged by a node without its library
+        kind = AttachmentKind.NDARRAY if obj.library == "numpy" else AttachmentKind.TENSOR
+        return [kind, obj.dtype, obj.shape], memoryview(obj.data).cast("B")
     np, torch = _numpy(), _torch()
     if np is not None and isinstance(obj, np.ndarray):
         array = np.ascontiguousarray(obj)
@@ -298,10 +318,17 @@ def _describe_attachment(obj: Any) -> tuple[list[Any], memoryview]:
 
 
 def decode_payload(
-    payload: bytes | bytearray | memoryview, attachments: Sequence[bytearray | memoryview]
+    payload: bytes | bytearray | memoryview,
+    attachments: Sequence[bytearray | memoryview],
+    unmaterialised: list[int] | None = None,
 ) -> list[Message]:
-    """Unpack a payload; materialise each attachment over its buffer. See module contract."""
+    """Unpack a payload; materialise each attachment over its buffer. See module contract.
+
+    An array this process has no library for raises UnsupportedAttachment, unless the
+    caller passes ``unmaterialised``: then it becomes an :class:`Unmaterialised` and the
+    index of each message holding one is appended there (the message can be answered)."""
     used = [False] * len(attachments)
+    lacking: list[bool] = []
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code != EXT_ATTACHMENT:
@@ -310,7 +337,10 @@ def decode_payload(
         if used[index]:
             raise MalformedEnvelope("attachment referenced twice", reason="attachment_ref")
         used[index] = True
-        return _materialise(kind, described, attachments[index])
+        value = _materialise(kind, described, attachments[index], unmaterialised is not None)
+        if isinstance(value, Unmaterialised):
+            lacking.append(True)
+        return value
 
     size = len(payload)
     try:
@@ -333,7 +363,23 @@ def decode_payload(
     messages = _messages_from_rows(rows)
     if not all(used):
         raise MalformedEnvelope("attachment frame not referenced", reason="attachment_ref")
+    if lacking and unmaterialised is not None:  # rare: find which messages hold them
+        unmaterialised.extend(
+            index
+            for index, message in enumerate(messages)
+            if _holds_unmaterialised(message.body) or _holds_unmaterialised(message.meta)
+        )
     return messages
+
+
+def _holds_unmaterialised(value: Any) -> bool:
+    if isinstance(value, Unmaterialised):
+        return True
+    if isinstance(value, list):
+        return any(_holds_unmaterialised(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_unmaterialised(item) for item in value.values())
+    return False
 
 
 _DECLARED_LENGTH = re.compile(r"(\d+) exceeds (max_\w+)\((\d+)\)")
@@ -422,7 +468,9 @@ def _parse_descriptor(data: bytes, count: int) -> tuple[int, int, list[Any]]:
     return fields[0], fields[1], fields[2:]
 
 
-def _materialise(kind: int, described: list[Any], buffer: bytearray | memoryview) -> Any:
+def _materialise(
+    kind: int, described: list[Any], buffer: bytearray | memoryview, lenient: bool = False
+) -> Any:
     if kind == AttachmentKind.BLOB and not described:
         return Blob(buffer if isinstance(buffer, memoryview) else memoryview(buffer))
     if kind not in (AttachmentKind.NDARRAY, AttachmentKind.TENSOR) or len(described) != 2:
@@ -434,9 +482,15 @@ def _materialise(kind: int, described: list[Any], buffer: bytearray | memoryview
         and all(type(n) is int and n >= 0 for n in shape)
     ):
         raise MalformedEnvelope("bad attachment shape", reason="attachment_ref")
-    if kind == AttachmentKind.NDARRAY:
-        return _as_ndarray(dtype, shape, buffer)
-    return _as_tensor(dtype, shape, buffer)
+    try:
+        if kind == AttachmentKind.NDARRAY:
+            return _as_ndarray(dtype, shape, buffer)
+        return _as_tensor(dtype, shape, buffer)
+    except UnsupportedAttachment:
+        if not lenient:
+            raise
+        library = "numpy" if kind == AttachmentKind.NDARRAY else "torch"
+        return Unmaterialised(library, dtype, shape, buffer)
 
 
 def _import_for_attachment(module: str) -> Any:
@@ -451,21 +505,20 @@ def _import_for_attachment(module: str) -> Any:
 def _as_ndarray(dtype: Any, shape: list[int], buffer: bytearray) -> Any:
     if dtype not in _NUMPY_DTYPES:
         raise MalformedEnvelope(f"dtype {dtype!r} is not allowed", reason="attachment_ref")
-    np = _numpy() or _import_for_attachment("numpy")
     itemsize = int(dtype[2:])
     if math.prod(shape) * itemsize != len(buffer):
         raise MalformedEnvelope("attachment size does not match its shape", reason="attachment_ref")
+    np = _numpy() or _import_for_attachment("numpy")
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def _as_tensor(dtype: Any, shape: list[int], buffer: bytearray) -> Any:
     if dtype not in _TORCH_DTYPES:
         raise MalformedEnvelope(f"dtype {dtype!r} is not allowed", reason="attachment_ref")
+    if math.prod(shape) * _TORCH_ITEMSIZE[dtype] != len(buffer):
+        raise MalformedEnvelope("attachment size does not match its shape", reason="attachment_ref")
     torch = _torch() or _import_for_attachment("torch")
     torch_dtype = getattr(torch, dtype)
-    itemsize = torch.empty((), dtype=torch_dtype).element_size()
-    if math.prod(shape) * itemsize != len(buffer):
-        raise MalformedEnvelope("attachment size does not match its shape", reason="attachment_ref")
     if not buffer:
         return torch.empty(shape, dtype=torch_dtype)
     return torch.frombuffer(buffer, dtype=torch_dtype).reshape(shape)

@@ -90,6 +90,7 @@ class Opened(NamedTuple):
     grant_bytes: int
     messages: list[Message]
     size: int = 0  # bytes of all frames: what flow control charges
+    unmaterialised: tuple[int, ...] = ()  # messages holding arrays this process cannot build
 
 
 def seal(
@@ -220,9 +221,10 @@ def open_sealed(
     if gcm and not _follows_gcm_nonces(first[CLEAR_SIZE:BOX_OFFSET], body, seq, count):
         raise MalformedEnvelope("suite 2 nonces must be made from the frame's seq")
     attachments = _open_attachments(frames, body[INNER.size : nonces_end], key, gcm)
-    messages = decode_payload(body[nonces_end:], attachments)
+    lacking: list[int] = []
+    messages = decode_payload(body[nonces_end:], attachments, lacking)
     size = sum(len(frame) for frame in frames)
-    return Opened(seq, timestamp, grant_messages, grant_bytes, messages, size)
+    return Opened(seq, timestamp, grant_messages, grant_bytes, messages, size, tuple(lacking))
 
 
 def _follows_gcm_nonces(nonce: memoryview, inner: memoryview, seq: int, count: int) -> bool:

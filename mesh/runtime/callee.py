@@ -27,6 +27,13 @@ from .handlers import Caller, HandlerRunner, error_message
 from .inbound import Inbound
 from .stamps import next_msg_id, now_ms
 
+ErrorAnswer = tuple[ErrorCode, str] | tuple[ErrorCode, str, str]
+_CANNOT_BUILD = (
+    ErrorCode.BAD_REQUEST,
+    "this node cannot take arrays or tensors: numpy (or torch) is not installed",
+    "UnsupportedAttachment",
+)
+
 if TYPE_CHECKING:
     from .delivery import Deliveries
     from .topics import Topics
@@ -85,15 +92,18 @@ class Callee:
             admitted = inflow is not None and inflow.receive(opened.size, credited)
         size = opened.size  # charged to the first credited message, 0 to the others
         now = now_ms()
-        for message in opened.messages:
+        for index, message in enumerate(opened.messages):
             kind = message.kind
             if kind == Kind.REQUEST or kind == Kind.SEND:
                 if not admitted:
                     self._refuse(caller, message)
+                elif index in opened.unmaterialised:  # arrays with no library here (7.7)
+                    self._not_run(caller, message, size, "attachment", _CANNOT_BUILD)
                 elif message.meta is not None and "dlv" in message.meta:
                     self._start_delivery(caller, message, size)
                 elif message.ttl_ms and opened.timestamp_ms + message.ttl_ms < now:
-                    self._expired(caller, message, size)
+                    expired = (ErrorCode.DEADLINE_EXCEEDED, "expired before it was served")
+                    self._not_run(caller, message, size, "expired", expired)  # 7.5
                 else:
                     self._start_handler(caller, message, size)
                 size = 0
@@ -125,16 +135,16 @@ class Callee:
             error = error_message(message.msg_id, ErrorCode.NO_CREDIT, "sent without credit")
             self.send_to_caller(caller, [error])
 
-    def _expired(self, caller: Caller, message: Message, size: int) -> None:
-        """Past its ``ttl_ms`` on arrival (protocol.md 7.5): not run, counted, its credit
-        given back; a REQUEST is answered DEADLINE_EXCEEDED (the grant rides along)."""
-        self._drops["expired"] += 1
+    def _not_run(
+        self, caller: Caller, message: Message, size: int, reason: str, answer: ErrorAnswer
+    ) -> None:
+        """An admitted REQUEST or SEND this node will not run: counted under ``reason``, its
+        credit given back; a REQUEST is answered with the error (the grant rides along)."""
+        self._drops[reason] += 1
         session = caller.session
         self.inflow[session.recv_id].consume(size)
         if message.kind == Kind.REQUEST:
-            text = f"expired before it was served (ttl {message.ttl_ms} ms)"
-            error = error_message(message.msg_id, ErrorCode.DEADLINE_EXCEEDED, text)
-            self.send_to_caller(caller, [error])
+            self.send_to_caller(caller, [error_message(message.msg_id, *answer)])
         else:
             self._flush_grant(self._current(session))
 

@@ -41,6 +41,7 @@ from ..core.errors import (
     ProtocolError,
     RemoteError,
     ReplyTooLarge,
+    UnsupportedAttachment,
 )
 from ..core.flow import ReceiveCredit, SendCredit, Window
 from ..core.handshake import Initiator
@@ -350,8 +351,25 @@ class Connection:
         if (opened.grant_messages or opened.grant_bytes) and session is self.session:
             self.credit.grant(opened.grant_messages, opened.grant_bytes)
             self._wake_credit_waiters()
-        for message in opened.messages:
+        for index, message in enumerate(opened.messages):
+            if index in opened.unmaterialised:  # an array this process cannot build
+                self._cannot_build(message)
+                continue
             self._dispatch(message, opened.size)
+
+    def _cannot_build(self, message: Message) -> None:
+        """An answer holding an array or tensor this process has no library for: its call
+        fails with UnsupportedAttachment rather than wait for its timeout (protocol.md 7.7)."""
+        self._drops["attachment"] += 1
+        call = self.calls.pop(message.corr_id, None)
+        if call is not None:
+            missing = UnsupportedAttachment(
+                f"{self.name}.{call.method} answered with an array this process cannot "
+                "build: install numpy (or torch)"
+            )
+            if message.kind == Kind.STREAM:
+                self.cancel_call(message.corr_id)  # nothing more of it can be read either
+            self._finish(call, error=missing)
 
     def _dispatch(self, message: Message, size: int) -> None:
         kind = message.kind
