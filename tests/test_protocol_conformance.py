@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mesh import Message, RemoteError, UnsupportedAttachment
+from mesh import Message, NoSuchMethod, RemoteError, UnsupportedAttachment
 from mesh.core.wire import ErrorCode, Kind
 from mesh.runtime.connection import Call
 from mesh.runtime.discovery import DiscoveryServer
@@ -138,3 +138,32 @@ async def test_arrays_a_node_cannot_build_are_answered_not_dropped(mesh, monkeyp
         connection._receive([bytes(frame) for frame in reply])
         with pytest.raises(UnsupportedAttachment, match="install numpy"):
             await answered.future
+
+
+@pytest.mark.asyncio
+async def test_error_details_name_the_exception_or_are_nil(mesh):
+    """8.1: `details` is {"type": class name} when an exception on the callee's side made
+    the error, nil for the protocol's own refusals."""
+    async with (
+        DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
+        Node("callee", mesh=mesh) as callee,
+        Node("caller", mesh=mesh) as caller,
+    ):
+
+        async def fails(body):
+            raise KeyError("no such thing")
+
+        callee.handler("fails", fails)
+        caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
+        caller.add_peer(mesh.identity("discovery").require_certificate(), discovery.endpoint)
+        with pytest.raises(RemoteError) as raised:
+            await caller.request("callee", "fails", None, timeout=10)
+        assert raised.value.remote_type == "KeyError"
+        with pytest.raises(RemoteError) as refused:  # a bad REGISTER body, read by code
+            await _ask(caller, "discovery", Kind.REGISTER, {"endpoint": 5})
+        assert refused.value.remote_type == "InvalidArgument"
+        with pytest.raises(RemoteError) as missing:
+            await _ask(caller, "discovery", Kind.RENEW, None)
+        assert missing.value.remote_type == "PeerNotFound"
+        with pytest.raises(NoSuchMethod):  # the protocol's own refusal: details nil
+            await caller.request("callee", "absent", None, timeout=10)

@@ -34,6 +34,7 @@ from ..core.subjects import validate_pattern, validate_topic
 from ..core.topic_frame import TopicKey, seal_publish
 from ..core.wire import DIRECTORY_TOPIC, ErrorCode, Kind
 from . import sockets
+from .handlers import error_message
 from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
 from .stamps import next_msg_id, now_ms
@@ -192,14 +193,16 @@ class DiscoveryServer:
                 assert self._inbound is not None
                 self._inbound.forget(session)
                 return None
-            return _error(corr, ErrorCode.BAD_REQUEST, f"discovery does not serve kind {kind}")
+            return error_message(
+                corr, ErrorCode.BAD_REQUEST, f"discovery does not serve kind {kind}"
+            )
         except NameConflict as exc:  # a live name held by another process: refused, counted
             self.drops["name_conflict"] += 1
-            return _error(corr, ErrorCode.CONFLICT, str(exc))
+            return error_message(corr, ErrorCode.CONFLICT, str(exc), type(exc).__name__)
         except PeerNotFound as exc:
-            return _error(corr, ErrorCode.NOT_FOUND, str(exc))
+            return error_message(corr, ErrorCode.NOT_FOUND, str(exc), type(exc).__name__)
         except InvalidArgument as exc:
-            return _error(corr, ErrorCode.BAD_REQUEST, str(exc))
+            return error_message(corr, ErrorCode.BAD_REQUEST, str(exc), type(exc).__name__)
 
     def stats(self) -> dict[str, Any]:
         """Drops by reason (refused registrations included) and the directory's size."""
@@ -241,7 +244,3 @@ class DiscoveryServer:
         if "subscribers" in asked:
             validate_topic(asked["subscribers"])
         return [entry.to_wire() for entry in self.registry.lookup(**asked)]
-
-
-def _error(corr: int, code: ErrorCode, text: str) -> Message:
-    return Message(Kind.ERROR, next_msg_id(), corr, body=[int(code), text, None])

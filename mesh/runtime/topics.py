@@ -311,7 +311,9 @@ class Topics:
                     Kind.REPLY, next_msg_id(), message.msg_id, body={"confirmed": confirmed}
                 )
             except InvalidArgument as exc:
-                answer = error_message(message.msg_id, ErrorCode.BAD_REQUEST, str(exc))
+                answer = error_message(
+                    message.msg_id, ErrorCode.BAD_REQUEST, str(exc), type(exc).__name__
+                )
         self._reply(peer.node_id, [answer])
 
     def _wants(self, topic: str) -> bool:
