@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,7 +10,8 @@ import sys
 
 import pytest
 
-from mesh.runtime.node import Node
+from mesh import InvalidArgument
+from mesh.runtime.node import STATS_METHOD, Node
 from tests.processes import ROOT
 
 
@@ -54,3 +56,21 @@ def test_status_errors_are_one_line(home):
     assert done.stderr.strip().splitlines() == [
         "mesh: error: --timeout and --watch take a positive number of seconds"
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_node_without_mesh_stats_shows_as_up(discovery, home):
+    """protocol.md 8.4: mesh.stats is optional. A node that does not serve it (as a
+    conforming third-party node may not) answers PING, so status shows it up, bare."""
+    async with Node("plain", discovery=discovery, mesh=home) as plain:
+        del plain._runner.handlers[STATS_METHOD]  # what such a node serves: no mesh.stats
+        done = await asyncio.to_thread(status, home, discovery, "--json")  # the loop answers
+        assert done.returncode == 0, done.stderr
+        rows = {row["name"]: row for row in json.loads(done.stdout)}
+        assert rows["plain"]["state"] == "up (no mesh.stats)" and rows["plain"]["rtt_ms"] > 0
+
+
+def test_method_names_under_mesh_are_reserved(home):
+    node = Node("app", mesh=home)
+    with pytest.raises(InvalidArgument, match="reserved"):
+        node.handler("mesh.stats", lambda body: body)

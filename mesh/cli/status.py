@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..core.errors import MeshError
+from ..core.errors import MeshError, NoSuchMethod
 from ..core.registry import PeerInfo
 from ..runtime.node import STATS_METHOD, Node
 
@@ -39,9 +39,16 @@ async def _row(node: Node, peer: PeerInfo, timeout: float) -> dict[str, Any]:
     }
     try:
         row["rtt_ms"] = round(await node.ping(peer.name, timeout=timeout) * 1000, 3)
-        stats = await node.request(peer.name, STATS_METHOD, timeout=timeout)
     except MeshError as exc:
         row["state"] = f"unreachable ({type(exc).__name__})"
+        return row
+    try:
+        stats = await node.request(peer.name, STATS_METHOD, timeout=timeout)
+    except NoSuchMethod:  # optional (protocol.md 8.4): up, without figures
+        row["state"] = "up (no mesh.stats)"
+        return row
+    except MeshError as exc:
+        row["state"] = f"up (mesh.stats: {type(exc).__name__})"
         return row
     received = stats.get("traffic", {}).get("received", {})
     sent = stats.get("traffic", {}).get("sent", {})

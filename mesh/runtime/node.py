@@ -60,7 +60,8 @@ from .topics import ANNOUNCE_TIMEOUT_S, Topics
 from .transport import Network, ZmqNetwork
 
 log = logging.getLogger("mesh")
-STATS_METHOD = "mesh.stats"
+RESERVED_PREFIX = "mesh."  # method names of the protocol's own (protocol.md 8.4)
+STATS_METHOD = RESERVED_PREFIX + "stats"
 ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
 REGISTER_RETRY_S = 0.2
@@ -369,7 +370,10 @@ class Node:
     # ------------------------------------------------------------------ handlers
 
     def handler(self, name: str, function: Handler | None = None) -> Any:
-        """Register ``function`` for ``name``; usable as ``@node.handler("echo")``."""
+        """Register ``function`` for ``name``; usable as ``@node.handler("echo")``. Names
+        starting with ``mesh.`` are the protocol's own (protocol.md 8.4)."""
+        if isinstance(name, str) and name.startswith(RESERVED_PREFIX):
+            raise InvalidArgument(f"method names starting with {RESERVED_PREFIX!r} are reserved")
         if function is not None:
             self._runner.add(name, function)
             return function
