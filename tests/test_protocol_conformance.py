@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sys
 
+import msgpack
 import pytest
+import zmq
+import zmq.asyncio
 
 from mesh import Message, NoSuchMethod, RemoteError, UnsupportedAttachment
 from mesh.core.wire import ErrorCode, Kind
@@ -167,3 +170,48 @@ async def test_error_details_name_the_exception_or_are_nil(mesh):
         assert missing.value.remote_type == "PeerNotFound"
         with pytest.raises(NoSuchMethod):  # the protocol's own refusal: details nil
             await caller.request("callee", "absent", None, timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_inputs_give_the_drop_reasons_section_12_names(mesh):
+    """12: a CERT_REQUEST with a third byte is `frame_type`; a body value of a type the
+    rules do not allow (a msgpack timestamp) is `type`; a float where the protocol wants
+    an integer is `malformed`."""
+    async with Node("target", mesh=mesh) as target, Node("sender", mesh=mesh) as sender:
+        raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        raw.connect(target.endpoint)
+        try:
+            await raw.send(bytes([1, 6, 0]))  # CERT_REQUEST is exactly two bytes
+            await raw.send(bytes([1, 6]))  # the real one is answered: all before it was read
+            assert (await raw.recv())[:2] == bytes([1, 7])
+        finally:
+            raw.close(0)
+        assert target.drops["frame_type"] == 1
+        sender.add_peer(target.identity.require_certificate(), target.endpoint)
+        connection = await sender._resolve("target")
+        row = [int(Kind.SEND), 1, 0, "m", 0, msgpack.Timestamp(1, 0), None]
+        float_id = [int(Kind.SEND), 1.0, 0, "m", 0, None, None]
+        for rows in ([row], [float_id]):
+            payload = msgpack.packb(rows, use_bin_type=True)
+            assert connection._transport.send(connection.session.seal_payload(payload, now_ms()))
+        await connection.rekey()  # a round trip: both frames were read before its answer
+        assert target.drops["type"] == 1 and target.drops["malformed"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_register_needs_only_an_endpoint_and_refuses_floats(mesh):
+    """9: only `endpoint` is required, the rest default; integers are never floats."""
+    async with (
+        DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
+        Node("minimal", mesh=mesh) as minimal,
+    ):
+        minimal.add_peer(mesh.identity("discovery").require_certificate(), discovery.endpoint)
+        answer = await _ask(minimal, "discovery", Kind.REGISTER, {"endpoint": "tcp://h:1"})
+        assert answer["lease_ms"] == 10_000
+        (entry,) = await _ask(minimal, "discovery", Kind.LOOKUP, {"name": "minimal"})
+        assert (entry["capabilities"], entry["topics"], entry["suites"]) == ([], [], [1])
+        with pytest.raises(RemoteError) as refused:
+            await _ask(
+                minimal, "discovery", Kind.REGISTER, {"endpoint": "tcp://h:1", "lease_ms": 1.0}
+            )
+        assert refused.value.code == ErrorCode.BAD_REQUEST
