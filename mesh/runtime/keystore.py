@@ -44,6 +44,9 @@ AUTHORITY_KIND = "agent-mesh authority"
 AUTHORITY_PUBLIC_KIND = "agent-mesh authority public key"
 IDENTITY_KIND = "agent-mesh identity"
 PENDING_KIND = "agent-mesh pending identity"
+PUBLIC_KEYS_KIND = "agent-mesh public keys"  # what keygen hands the authority
+CERTIFICATE_KIND = "agent-mesh certificate"  # what certify hands back
+KEY_FILE_VERSION = 1
 NOT_BEFORE_SLACK_S = 300  # certificates start a little in the past, for skewed peers
 EPHEMERAL_LIFETIME_S = 24 * 3600
 CREATE_WAIT_S = 30.0  # how long a process waits for another one creating the same mesh
@@ -125,10 +128,58 @@ def _load_json(path: Path, raw: bytes, kind: str) -> dict[str, Any]:
         raise KeyFileError(str(path), "not a valid key file (bad JSON)") from exc
     if not isinstance(data, dict) or data.get("kind") != kind:
         raise KeyFileError(str(path), f"not an {kind} file")
+    if data.get("version") != KEY_FILE_VERSION:
+        raise KeyFileError(str(path), f"version {data.get('version')!r} is not one this reads")
     return data
 
 
-def _hex_field(path: Path, data: dict[str, Any], key: str) -> bytes:
+def read_record(path: Path, kind: str) -> dict[str, Any]:
+    """A key file that is not secret (public keys, a certificate): its fields, checked for
+    ``kind`` and version (protocol.md 17)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(str(path), exc.strerror or "cannot be read") from exc
+    return _load_json(path, raw, kind)
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a key file that holds nothing secret, replacing any."""
+    try:
+        path.write_bytes(_dump(record))
+    except OSError as exc:
+        raise KeyFileError(str(path), exc.strerror or "cannot be written") from exc
+
+
+def _authority_public_record(verify_key: bytes) -> dict[str, Any]:
+    return {
+        "kind": AUTHORITY_PUBLIC_KIND,
+        "version": KEY_FILE_VERSION,
+        "verify_key": verify_key.hex(),
+    }
+
+
+def public_keys_record(identity: Identity) -> dict[str, Any]:
+    return {
+        "kind": PUBLIC_KEYS_KIND,
+        "version": KEY_FILE_VERSION,
+        "name": identity.name,
+        "box_public": identity.box_public.hex(),
+        "sign_public": identity.sign_public.hex(),
+    }
+
+
+def certificate_record(certificate: Certificate, authority_key: bytes) -> dict[str, Any]:
+    return {
+        "kind": CERTIFICATE_KIND,
+        "version": KEY_FILE_VERSION,
+        "name": certificate.name,
+        "certificate": certificate.to_bytes().hex(),
+        "authority": authority_key.hex(),
+    }
+
+
+def hex_field(path: Path, data: dict[str, Any], key: str) -> bytes:
     try:
         return bytes.fromhex(data[key])
     except (KeyError, TypeError, ValueError) as exc:
@@ -186,16 +237,12 @@ class MeshDirectory:
                 fresh = Authority.generate()
                 record = {
                     "kind": AUTHORITY_KIND,
-                    "version": 1,
+                    "version": KEY_FILE_VERSION,
                     "signing_seed": bytes(fresh.signing_key).hex(),
                     "verify_key": fresh.verify_key.hex(),
                 }
                 publish_file(self.authority_file, _dump(record), secret=True)
-            public = {
-                "kind": AUTHORITY_PUBLIC_KIND,
-                "version": 1,
-                "verify_key": self.authority().verify_key.hex(),
-            }
+            public = _authority_public_record(self.authority().verify_key)
             publish_file(self.authority_public_file, _dump(public), secret=False)
 
     def verifies_only(self) -> bool:
@@ -208,7 +255,7 @@ class MeshDirectory:
         """Load the secret authority key (only the machine that issues certificates has it)."""
         raw = read_secret_file(self.authority_file)
         data = _load_json(self.authority_file, raw, AUTHORITY_KIND)
-        seed = _hex_field(self.authority_file, data, "signing_seed")
+        seed = hex_field(self.authority_file, data, "signing_seed")
         if len(seed) != 32:
             raise KeyFileError(str(self.authority_file), "signing seed must be 32 bytes")
         return Authority(SigningKey(seed))
@@ -226,7 +273,7 @@ class MeshDirectory:
                 str(self.authority_public_file), "no such file (create the mesh with: mesh init)"
             ) from exc
         data = _load_json(self.authority_public_file, raw, AUTHORITY_PUBLIC_KIND)
-        key = _hex_field(self.authority_public_file, data, "verify_key")
+        key = hex_field(self.authority_public_file, data, "verify_key")
         if len(key) != 32:
             raise KeyFileError(str(self.authority_public_file), "verify key must be 32 bytes")
         return Trust(key)
@@ -273,7 +320,7 @@ class MeshDirectory:
         cert = identity.require_certificate()
         record = {
             "kind": IDENTITY_KIND,
-            "version": 1,
+            "version": KEY_FILE_VERSION,
             "name": identity.name,
             "box_secret": bytes(identity.box_key).hex(),
             "sign_seed": bytes(identity.signing_key).hex(),
@@ -289,11 +336,11 @@ class MeshDirectory:
         path = self.identity_file(name)
         data = _load_json(path, read_secret_file(path), IDENTITY_KIND)
         try:
-            cert = Certificate.from_bytes(_hex_field(path, data, "certificate"))
+            cert = Certificate.from_bytes(hex_field(path, data, "certificate"))
             return Identity.from_secrets(
                 name,
-                _hex_field(path, data, "box_secret"),
-                _hex_field(path, data, "sign_seed"),
+                hex_field(path, data, "box_secret"),
+                hex_field(path, data, "sign_seed"),
                 cert,
             )
         except (MalformedEnvelope, ValueError) as exc:
@@ -312,7 +359,7 @@ class MeshDirectory:
             fresh = Identity.generate(name)
             record = {
                 "kind": PENDING_KIND,
-                "version": 1,
+                "version": KEY_FILE_VERSION,
                 "name": name,
                 "box_secret": bytes(fresh.box_key).hex(),
                 "sign_seed": bytes(fresh.signing_key).hex(),
@@ -320,14 +367,14 @@ class MeshDirectory:
             publish_file(path, _dump(record), secret=True)
         data = _load_json(path, read_secret_file(path), PENDING_KIND)
         return Identity.from_secrets(
-            name, _hex_field(path, data, "box_secret"), _hex_field(path, data, "sign_seed")
+            name, hex_field(path, data, "box_secret"), hex_field(path, data, "sign_seed")
         )
 
     def install(self, name: str, certificate: Certificate, authority_key: bytes) -> Identity:
         """Join a mesh run from elsewhere: trust ``authority_key`` (``authority.pub``) and
         attach ``certificate`` to the pending keys of ``name``. Raises KeyFileError if this
         directory already trusts another authority or the certificate is not for these keys."""
-        public = {"kind": AUTHORITY_PUBLIC_KIND, "version": 1, "verify_key": authority_key.hex()}
+        public = _authority_public_record(authority_key)
         publish_file(self.authority_public_file, _dump(public), secret=False)
         trust = self.trust()
         if trust.authority_key != authority_key:
