@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -112,3 +113,11 @@ def test_documented_topic_message_and_probe(documented):
     assert message.messages == [Message(Kind.PUBLISH, 4, name="orders.new", body={"id": 7})]
     assert (probe.seq, probe.timestamp_ms) == (42, NOW_MS + 4)
     assert probe.messages == [Message(Kind.TOPIC_PROBE, 5, name="orders.new")]
+
+
+def test_the_machine_readable_vectors_are_the_documented_ones(documented):
+    machine = json.loads((SPEC.parent / "protocol-vectors.json").read_text())
+    assert machine == {
+        name: {field: value.hex() for field, value in fields.items()}
+        for name, fields in documented.items()
+    }
