@@ -207,6 +207,19 @@ def test_agents_use_only_the_public_api(path):
             assert not module.startswith("mesh."), f"{path.name}:{line}: imports {module}"
 
 
+# Written from protocol.md alone: they must not lean on the implementation they check.
+MESH_FREE = [
+    ROOT / "tests" / "thirdparty_client.py",
+    ROOT / "tests" / "test_vectors_independent.py",
+]
+
+
+@pytest.mark.parametrize("path", MESH_FREE, ids=lambda path: path.name)
+def test_the_spec_only_checks_import_nothing_of_the_implementation(path):
+    modules = [module for _, module, _ in imports(path, "tests")]
+    assert not [m for m in modules if m.split(".")[0] in ("mesh", "agents", "tests")], modules
+
+
 def test_the_public_names_are_these():
     assert sorted(mesh.__all__) == PUBLIC
     assert len(mesh.__all__) == len(set(mesh.__all__))

