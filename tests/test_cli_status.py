@@ -69,6 +69,15 @@ async def test_a_node_without_mesh_stats_shows_as_up(discovery, home):
         rows = {row["name"]: row for row in json.loads(done.stdout)}
         assert rows["plain"]["state"] == "up (no mesh.stats)" and rows["plain"]["rtt_ms"] > 0
 
+        async def odd(body):  # another implementation's idea of the answer
+            return {"traffic": [], "uptime_s": "long"}
+
+        plain._runner.add(STATS_METHOD, odd)
+        done = await asyncio.to_thread(status, home, discovery, "--json")
+        assert done.returncode == 0, done.stderr
+        rows = {row["name"]: row for row in json.loads(done.stdout)}
+        assert rows["plain"]["state"] == "up (mesh.stats unreadable)"
+
 
 def test_method_names_under_mesh_are_reserved(home):
     node = Node("app", mesh=home)

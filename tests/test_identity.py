@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +18,7 @@ from mesh import (
     Unauthorized,
 )
 from mesh.core.identity import node_id_for
-from tests.conftest import NOT_BEFORE, NOW_MS
+from tests.conftest import NOT_BEFORE, NOW_MS, certified
 
 
 def test_certificate_round_trip_and_verify(authority, alice, trust):
@@ -101,3 +102,15 @@ def test_certificate_must_match_the_identity(authority, alice, bob):
         alice.with_certificate(bob.require_certificate())
     with pytest.raises(InvalidArgument):
         Identity.generate("nocert").require_certificate()
+
+
+@pytest.mark.parametrize(("position", "value"), [(0, 1.0), (0, True), (5, True), (6, 1.5e9)])
+def test_certificate_integers_are_never_floats_or_booleans(authority, position, value):
+    """protocol.md 2: the protocol's integer fields are msgpack integers."""
+    cert = certified(authority, "typed").certificate
+    body, signature = msgpack.unpackb(cert.to_bytes(), raw=False)
+    fields = msgpack.unpackb(body, raw=False)
+    fields[position] = value
+    raw = msgpack.packb([msgpack.packb(fields, use_bin_type=True), signature], use_bin_type=True)
+    with pytest.raises(MalformedEnvelope):
+        Certificate.from_bytes(raw)

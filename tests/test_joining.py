@@ -13,14 +13,14 @@ from pathlib import Path
 from tests.processes import ROOT
 
 
-def mesh(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def mesh(home: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("MESH_DISCOVERY", None)
     done = subprocess.run(
         [sys.executable, "-m", "mesh.cli", *args],
         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert (done.returncode == 0) is ok, done.stderr
     return done
 
 
@@ -30,6 +30,12 @@ def test_a_node_keyed_elsewhere_joins_and_answers_a_call(tmp_path, spawn, discov
     mesh(worker_home, "keygen", "worker", "--out", str(public))
     mesh(home, "certify", str(public), "--capabilities", "echo", "--days", "2",
          "--out", str(certificate))  # fmt: skip
+    forged = tmp_path / "forged.cert.json"
+    record = json.loads(certificate.read_text())
+    forged.write_text(json.dumps({**record, "authority": "11" * 32}))
+    refused = mesh(worker_home, "install", "--from", str(forged), ok=False)
+    assert "certificate refused" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert not (worker_home / "authority.pub").exists()  # a refused install wrote nothing
     mesh(worker_home, "install", "--from", str(certificate))
 
     for travelled in (public, certificate):  # only public material crossed

@@ -3,6 +3,7 @@ implementation found the two apart). Each test names the section it checks."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import msgpack
@@ -10,12 +11,14 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mesh import Message, NoSuchMethod, RemoteError, UnsupportedAttachment
+from mesh import Blob, Message, NoSuchMethod, RemoteError, UnsupportedAttachment
+from mesh.core.codec import Unmaterialised
 from mesh.core.wire import ErrorCode, Kind
 from mesh.runtime.connection import Call
 from mesh.runtime.discovery import DiscoveryServer
 from mesh.runtime.node import Node
 from mesh.runtime.stamps import now_ms
+from tests.conftest import eventually
 
 
 async def _ping(node: Node, peer: str, body: object) -> object:
@@ -37,6 +40,7 @@ async def test_pong_carries_the_pings_body(mesh):
         assert await _ping(pinger, "pinged", "hi") == "hi"
         assert await _ping(pinger, "discovery", [1, 2]) == [1, 2]
         assert await _ping(pinger, "pinged", None) is None
+        assert await _ping(pinger, "pinged", "x" * 2000) is None  # too big to echo
 
 
 @pytest.mark.asyncio
@@ -199,19 +203,79 @@ async def test_inputs_give_the_drop_reasons_section_12_names(mesh):
 
 
 @pytest.mark.asyncio
-async def test_a_register_needs_only_an_endpoint_and_refuses_floats(mesh):
-    """9: only `endpoint` is required, the rest default; integers are never floats."""
+async def test_register_and_lookup_bodies_are_read_as_section_9_says(mesh):
+    """9: `endpoint` and `started_ms` are required and the rest default; the same REGISTER
+    again refreshes the entry; wrong types, floats for integers and attachments in `meta` are
+    ERROR 1; a LOOKUP names one string key, or nothing."""
     async with (
         DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
         Node("minimal", mesh=mesh) as minimal,
     ):
         minimal.add_peer(mesh.identity("discovery").require_certificate(), discovery.endpoint)
-        answer = await _ask(minimal, "discovery", Kind.REGISTER, {"endpoint": "tcp://h:1"})
-        assert answer["lease_ms"] == 10_000
+        body = {"endpoint": "tcp://h:1", "started_ms": 5}
+        for _ in range(2):  # a repeat is a refresh, not another process
+            answer = await _ask(minimal, "discovery", Kind.REGISTER, body)
+            assert answer["lease_ms"] == 10_000
         (entry,) = await _ask(minimal, "discovery", Kind.LOOKUP, {"name": "minimal"})
-        assert (entry["capabilities"], entry["topics"], entry["suites"]) == ([], [], [1])
-        with pytest.raises(RemoteError) as refused:
-            await _ask(
-                minimal, "discovery", Kind.REGISTER, {"endpoint": "tcp://h:1", "lease_ms": 1.0}
-            )
-        assert refused.value.code == ErrorCode.BAD_REQUEST
+        assert (entry["capabilities"], entry["meta"], entry["suites"]) == ([], {}, [1])
+        refused = [
+            {"endpoint": "tcp://h:1"},
+            {**body, "started_ms": -5},
+            {**body, "lease_ms": 1.0},
+            {**body, "lease_ms": 2**40},
+            {**body, "meta": []},
+            {**body, "meta": {"blob": Blob(b"x")}},
+        ]
+        lookups = [{"name": 5}, {"capability": ["x"]}, {"name": "a", "capability": "b"}, []]
+        for kind, bad in [(Kind.REGISTER, b) for b in refused] + [
+            (Kind.LOOKUP, b) for b in lookups
+        ]:
+            with pytest.raises(RemoteError) as error:
+                await _ask(minimal, "discovery", kind, bad)
+            assert error.value.code == ErrorCode.BAD_REQUEST, bad
+
+
+@pytest.mark.asyncio
+async def test_a_stream_the_caller_cannot_build_is_cancelled_at_the_callee(mesh, monkeypatch):
+    """7.7: a STREAM chunk holding an array the caller cannot build fails the stream, and
+    the caller's CANCEL stops the generator (it would otherwise wait for credit)."""
+    stopped = asyncio.Event()
+    async with Node("callee", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
+
+        async def arrays(body):
+            try:
+                while True:  # a node without numpy can still pass arrays on as they came
+                    yield Unmaterialised("numpy", "<i4", [1], bytearray(4))
+            finally:
+                stopped.set()
+
+        callee.handler("arrays", arrays)
+        caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
+        monkeypatch.setitem(sys.modules, "numpy", None)
+        with pytest.raises(UnsupportedAttachment):
+            async for _ in caller.stream("callee", "arrays", None, window=4):
+                pass
+        await asyncio.wait_for(stopped.wait(), 30)  # the CANCEL reached the generator
+
+
+@pytest.mark.asyncio
+async def test_what_follows_bye_in_its_frame_is_not_served(mesh, caplog):
+    """8.3: BYE ends the session; a REQUEST after it in the same SEALED message is ignored
+    (before, it reached the session's forgotten credit and logged an internal error)."""
+    ran: list[object] = []
+    async with Node("callee", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
+
+        async def work(body):
+            ran.append(body)
+
+        callee.handler("work", work)
+        caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
+        connection = await caller._resolve("callee")
+        assert await caller.request("callee", "work", 0, timeout=10) is None
+        frames = connection.session.seal(
+            [Message(Kind.BYE, 9301), Message(Kind.REQUEST, 9302, name="work", body=1)],
+            now_ms(),
+        )
+        assert connection._transport.send(frames)
+        await eventually(lambda: not callee._callee.sessions)
+        assert ran == [0] and "internal error" not in caplog.text

@@ -112,6 +112,7 @@ def test_directory_finds_publishers_and_subscribers_by_pattern(authority):
     ]:
         body = {
             "endpoint": "tcp://127.0.0.1:1",
+            "started_ms": 1,
             "topics": topics,
             "subscriptions": patterns,
             "topics_endpoint": "tcp://127.0.0.1:2",
@@ -127,6 +128,6 @@ def test_directory_finds_publishers_and_subscribers_by_pattern(authority):
     "field", [{"topics": ["a.*"]}, {"subscriptions": ["a.>.b"]}, {"topics": "a"}]
 )
 def test_registration_with_bad_topics_is_refused(authority, field):
-    body = {"endpoint": "tcp://127.0.0.1:1", **field}
+    body = {"endpoint": "tcp://127.0.0.1:1", "started_ms": 1, **field}
     with pytest.raises(InvalidArgument):
         parse_registration(certified(authority, "x").certificate, body, 0)

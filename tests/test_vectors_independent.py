@@ -32,7 +32,11 @@ NOT_BEFORE = 1_789_996_400
 WINDOW = [1024, 67_108_864]  # the default window both sides grant
 
 
+CHECKED: set[tuple[str, str]] = set()  # every field compared, so none goes unchecked
+
+
 def expected(vector: str, field: str) -> bytes:
+    CHECKED.add((vector, field))
     return bytes.fromhex(VECTORS[vector][field])
 
 
@@ -88,12 +92,15 @@ def mesh() -> dict[str, object]:
 
 def test_keys_ids_and_certificates(mesh):
     authority = mesh["authority"]
+    assert seed("authority") == expected("authority", "seed")
     assert bytes(authority.verify_key) == expected("authority", "verify_key")
     assert blake2b(bytes(authority.verify_key), 16, b"agent-mesh-auth") == expected(
         "authority", "authority_id"
     )
     for name in ("alice", "bob"):
         member = mesh[name]
+        assert member.box_secret == expected(name, "box_secret")
+        assert seed(f"{name} sign") == expected(name, "sign_seed")
         assert member.box_public == expected(name, "box_public")
         assert member.sign_public == expected(name, "sign_public")
         assert member.node_id == expected(name, "node_id")
@@ -136,13 +143,13 @@ def handshake(mesh, suite: int, labels: tuple[bytes, bytes]) -> tuple[bytes, byt
     return hello, welcome, i2r, r2i
 
 
-@pytest.mark.parametrize(
-    ("vector", "suite", "labels"),
-    [
-        ("handshake", 1, (b"hello", b"welcome")),
-        ("handshake_aes256gcm", 2, (b"hello gcm", b"welcome gcm")),
-    ],
-)
+HANDSHAKES = [
+    ("handshake", 1, (b"hello", b"welcome")),
+    ("handshake_aes256gcm", 2, (b"hello gcm", b"welcome gcm")),
+]
+
+
+@pytest.mark.parametrize(("vector", "suite", "labels"), HANDSHAKES)
 def test_handshakes_and_session_keys(mesh, vector, suite, labels):
     hello, welcome, i2r, r2i = handshake(mesh, suite, labels)
     assert hello == expected(vector, "hello")
@@ -253,9 +260,25 @@ def test_topic_frames(mesh):
     assert frame == expected("publish", "frame")
 
     orders = blake2b(b"orders key", 32, b"agent-mesh-vec")
+    assert orders == expected("topic", "topic_key")
+    assert blake2b(b"orders.new", 16, b"agent-mesh topic", orders) == expected("topic", "tag")
     draw = draws(b"topic")
     message = publish(alice, "orders.new", orders, 0x0A0B0C0D, 42, NOW + 3,
                       [row(PUBLISH, 4, name="orders.new", body={"id": 7})], draw)  # fmt: skip
     probe = publish(alice, "orders.new", orders, 0x0A0B0C0D, 42, NOW + 4,
                     [row(TOPIC_PROBE, 5, name="orders.new")], draw)  # fmt: skip
     assert (message, probe) == (expected("topic", "message"), expected("topic", "probe"))
+
+
+def test_every_documented_field_is_recomputed(mesh):
+    """protocol-vectors.json holds nothing this file does not recompute: a vector added to
+    the spec without its formula here fails."""
+    CHECKED.clear()
+    test_keys_ids_and_certificates(mesh)
+    for vector, suite, labels in HANDSHAKES:
+        test_handshakes_and_session_keys(mesh, vector, suite, labels)
+    test_reject(mesh)
+    test_sealed_frames(mesh)
+    test_a_suite_2_request(mesh)
+    test_topic_frames(mesh)
+    assert {(vector, field) for vector, fields in VECTORS.items() for field in fields} == CHECKED

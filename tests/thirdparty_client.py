@@ -25,7 +25,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 VERSION = 1
 HELLO, WELCOME, SEALED, REJECT, CERT_REQUEST, CERTIFICATE = 1, 2, 3, 5, 6, 7  # section 4
-REQUEST, REPLY, ERROR, STREAM, STREAM_END, CREDIT = 1, 2, 3, 5, 6, 8  # section 7.6
+REQUEST, REPLY, ERROR, STREAM, STREAM_END, CREDIT, PING, PONG = 1, 2, 3, 5, 6, 8, 9, 10  # 7.6
 WINDOW = (1024, 64 * 1024 * 1024)
 
 
@@ -176,12 +176,15 @@ class Client:
                     return answer
 
     def stream(self, method: str, body: Any, window: int = 2) -> list[Any]:
-        """Read a streamed reply under a window of ``window`` chunks, granting as read."""
+        """Read a streamed reply under a window of ``window`` chunks (11.2). Once the first
+        window is in, nothing is granted until a PING's PONG has come back: a callee keeping
+        to the window has sent nothing more meanwhile (its frames arrive in order). Then
+        every chunk read is granted back."""
         self.msg_id += 1
         stream_id = self.msg_id
-        meta = {"window": [window, 1 << 20]}
-        self._seal([[REQUEST, stream_id, 0, method, 0, body, meta]])
+        self._seal([[REQUEST, stream_id, 0, method, 0, body, {"window": [window, 1 << 20]}]])
         chunks: list[Any] = []
+        held, held_bytes, checked = 0, 0, False
         while True:
             rows, size = self._open()
             for kind, _, corr, _, _, answer, _ in rows:
@@ -192,6 +195,27 @@ class Client:
                 if kind == ERROR:
                     raise ProtocolBroken(f"ERROR {answer}")
                 if kind == STREAM:
+                    if held == window and not checked:
+                        raise ProtocolBroken("the callee sent past the reader's window")
                     chunks.append(answer)
-                    self.msg_id += 1  # the chunk is read: grant it back (11.2)
-                    self._seal([[CREDIT, self.msg_id, stream_id, "", 0, [1, size], None]])
+                    held, held_bytes = held + 1, held_bytes + size
+            if held == window and not checked:
+                self._wait_for_pong(stream_id)
+                checked = True
+            if checked and held:
+                self.msg_id += 1  # the chunks are read: grant them back
+                grant = [held, held_bytes]
+                self._seal([[CREDIT, self.msg_id, stream_id, "", 0, grant, None]])
+                held, held_bytes = 0, 0
+
+    def _wait_for_pong(self, stream_id: int) -> None:
+        self.msg_id += 1
+        ping = self.msg_id
+        self._seal([[PING, ping, 0, "", 0, None, None]])
+        while True:
+            rows, _ = self._open()
+            for kind, _, corr, _, _, _, _ in rows:
+                if kind == STREAM and corr == stream_id:
+                    raise ProtocolBroken("the callee sent past the reader's window")
+                if kind == PONG and corr == ping:
+                    return

@@ -82,6 +82,9 @@ def add_commands(commands: Any) -> None:
     install.set_defaults(run=_install)
 
 
+MAX_DAYS = 36_500
+
+
 def _launch(args: argparse.Namespace) -> int:
     launcher = Launcher(load_cluster(args.cluster), mesh_directory(args.mesh))
     if args.action == "up":
@@ -126,7 +129,11 @@ def _keygen(args: argparse.Namespace) -> int:
 def _certify(args: argparse.Namespace) -> int:
     mesh = mesh_directory(args.mesh)
     keys = read_record(Path(args.public_file), PUBLIC_KEYS_KIND)
-    name = args.name or str(keys.get("name", ""))
+    name = args.name or keys.get("name")
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{args.public_file} names no one: give --name")
+    if not 0 < args.days <= MAX_DAYS:
+        raise InvalidArgument(f"--days must be from 1 to {MAX_DAYS}")
     authority = mesh.authority()
     certificate = authority.issue(
         name,
@@ -148,8 +155,12 @@ def _install(args: argparse.Namespace) -> int:
         record = read_record(Path(args.source), CERTIFICATE_KIND)
         raw_certificate, raw_authority = record.get("certificate"), record.get("authority")
         where = args.source
-    else:
+    elif args.certificate and args.authority:
         raw_certificate, raw_authority, where = args.certificate, args.authority, "the options"
+    else:
+        raise InvalidArgument(
+            "give --from FILE (from mesh certify), or --certificate and --authority"
+        )
     try:
         certificate = Certificate.from_bytes(bytes.fromhex(str(raw_certificate)))
         authority = bytes.fromhex(str(raw_authority))

@@ -50,20 +50,33 @@ async def _row(node: Node, peer: PeerInfo, timeout: float) -> dict[str, Any]:
     except MeshError as exc:
         row["state"] = f"up (mesh.stats: {type(exc).__name__})"
         return row
+    try:
+        row.update(_figures(stats))
+    except (AttributeError, TypeError, ValueError, ArithmeticError):  # another node's idea
+        row["state"] = "up (mesh.stats unreadable)"
+    return row
+
+
+def _figures(stats: Any) -> dict[str, Any]:
+    """The status columns from a ``mesh.stats`` answer (protocol.md 8.4: every key optional;
+    a wrongly shaped one raises, and the caller shows the node without figures)."""
     received = stats.get("traffic", {}).get("received", {})
     sent = stats.get("traffic", {}).get("sent", {})
-    row["requests"] = received.get("REQUEST", {}).get("messages", 0)
-    row["one_way"] = received.get("SEND", {}).get("messages", 0)
-    row["errors"] = sent.get("ERROR", {}).get("messages", 0)
-    row["uptime_s"] = stats.get("uptime_s", 0.0)
-    row["requests_per_s"] = round(row["requests"] / row["uptime_s"], 2) if row["uptime_s"] else 0
+    requests = int(received.get("REQUEST", {}).get("messages", 0))
+    uptime = float(stats.get("uptime_s", 0.0))
     callers = stats.get("callers", {})
-    row["credit_held"] = sum(c.get("held_messages", 0) for c in callers.values())
-    row["waiting_for_credit"] = sum(
-        c.get("waiting", 0) for c in stats.get("connections", {}).values()
-    )
-    row["drops"] = dict(stats.get("drops", {}))
-    return row
+    return {
+        "requests": requests,
+        "one_way": int(received.get("SEND", {}).get("messages", 0)),
+        "errors": int(sent.get("ERROR", {}).get("messages", 0)),
+        "uptime_s": uptime,
+        "requests_per_s": round(requests / uptime, 2) if uptime else 0,
+        "credit_held": sum(int(c.get("held_messages", 0)) for c in callers.values()),
+        "waiting_for_credit": sum(
+            int(c.get("waiting", 0)) for c in stats.get("connections", {}).values()
+        ),
+        "drops": {str(k): int(v) for k, v in dict(stats.get("drops", {})).items()},
+    }
 
 
 def with_rates(
@@ -116,6 +129,6 @@ def rich_table(rows: list[dict[str, Any]]) -> Any:
     for title, _ in COLUMNS:
         view.add_column(title)
     for row in rows:
-        style = None if row["state"] == "up" else "red"
+        style = None if row["state"].startswith("up") else "red"
         view.add_row(*cells(row), style=style)
     return view

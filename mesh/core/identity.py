@@ -113,14 +113,19 @@ class Certificate:
     @classmethod
     def _from_body(cls, body: bytes, signature: bytes) -> Certificate:
         fields = _unpack_bounded(body)
-        if not (isinstance(fields, list) and len(fields) == 8 and fields[0] == CERT_VERSION):
+        if not (
+            isinstance(fields, list)
+            and len(fields) == 8
+            and type(fields[0]) is int  # integers are never floats or booleans (section 2)
+            and fields[0] == CERT_VERSION
+        ):
             raise MalformedEnvelope("unknown certificate layout", reason="cert_malformed")
         _, name, box_public, sign_public, caps, not_before, not_after, authority = fields
         _require_cert(isinstance(name, str) and _NAME_RULE.fullmatch(name) is not None, "name")
         for key in (box_public, sign_public):
             _require_cert(isinstance(key, bytes) and len(key) == KEY_SIZE, "public key")
         _require_cert(isinstance(authority, bytes) and len(authority) == NODE_ID_SIZE, "authority")
-        _require_cert(isinstance(not_before, int) and isinstance(not_after, int), "validity")
+        _require_cert(type(not_before) is int and type(not_after) is int, "validity")
         _require_cert(_valid_capabilities(caps), "capabilities")
         return cls(
             name,

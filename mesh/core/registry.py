@@ -22,10 +22,12 @@ from typing import Any
 from .errors import InvalidArgument, NameConflict, PeerNotFound
 from .identity import Certificate
 from .subjects import matches, validate_pattern, validate_topic
-from .wire import MAX_CAPABILITIES, MAX_CAPABILITY_LEN, MAX_TOPICS, Suite
+from .wire import MAX_CAPABILITIES, MAX_CAPABILITY_LEN, MAX_DEPTH, MAX_TOPICS, MAX_U64, Suite
 
 MAX_ENDPOINT_LEN = 256
 MAX_SUITES = 8
+MAX_U32 = 2**32 - 1
+LOOKUP_KEYS = ("name", "capability", "publishers", "subscribers")
 _XSALSA = int(Suite.XSALSA20_POLY1305)  # what every node accepts, and an entry without suites
 MAX_LEASE_MS = 300_000
 MIN_LEASE_MS = 200
@@ -98,15 +100,15 @@ class Entry(PeerInfo):
         )
 
 
-def parse_entry(certificate: Certificate, body: Any, started_default: int = 0) -> PeerInfo:
+def parse_entry(certificate: Certificate, body: Any) -> PeerInfo:
     """Validate a directory entry's fields (raises InvalidArgument); the certificate is
-    verified by the caller."""
+    verified by the caller. ``endpoint`` and ``started_ms`` are required, the rest default."""
     if not isinstance(body, dict):
         raise InvalidArgument("a directory entry must be a map")
     endpoint = body.get("endpoint")
     caps = body.get("capabilities", [])
-    meta = body.get("meta") or {}
-    started = body.get("started_ms", started_default)
+    meta = body.get("meta", {})
+    started = body.get("started_ms")
     if not (
         isinstance(endpoint, str) and 0 < len(endpoint) <= MAX_ENDPOINT_LEN and "://" in endpoint
     ):
@@ -117,10 +119,10 @@ def parse_entry(certificate: Certificate, body: Any, started_default: int = 0) -
         and all(isinstance(c, str) and 0 < len(c) <= MAX_CAPABILITY_LEN for c in caps)
     ):
         raise InvalidArgument("capabilities must be a list of short strings")
-    if not isinstance(meta, dict):
-        raise InvalidArgument("meta must be a map")
-    if type(started) is not int:
-        raise InvalidArgument("started_ms must be an integer")
+    if not (isinstance(meta, dict) and _plain(meta)):
+        raise InvalidArgument("meta must be a map of plain values (no attachments)")
+    if not (type(started) is int and 0 <= started <= MAX_U64):
+        raise InvalidArgument("started_ms is required: the process's start, ms (uint)")
     topics_endpoint = body.get("topics_endpoint", "")
     if not (isinstance(topics_endpoint, str) and len(topics_endpoint) <= MAX_ENDPOINT_LEN):
         raise InvalidArgument("topics_endpoint must be a ZeroMQ address")
@@ -146,12 +148,43 @@ def parse_entry(certificate: Certificate, body: Any, started_default: int = 0) -
 
 def parse_registration(certificate: Certificate, body: Any, now_ms: int) -> Entry:
     """Validate a REGISTER body (raises InvalidArgument) and build the entry with its lease."""
-    info = parse_entry(certificate, body, started_default=now_ms)
+    info = parse_entry(certificate, body)
     lease = body.get("lease_ms", 10_000)
-    if type(lease) is not int:
-        raise InvalidArgument("lease_ms must be an integer")
+    if not (type(lease) is int and 0 <= lease <= MAX_U32):
+        raise InvalidArgument("lease_ms must be an integer of 32 bits")
     lease = min(max(lease, MIN_LEASE_MS), MAX_LEASE_MS)
     return Entry(**vars(info), lease_ms=lease, expires_ms=now_ms + lease)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is msgpack data without attachments (a directory entry is carried
+    in topic frames, which have none)."""
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return True
+    if depth >= MAX_DEPTH:
+        return False
+    if type(value) is list:
+        return all(_plain(item, depth + 1) for item in value)
+    if type(value) is dict:
+        return all(_plain(item, depth + 1) for item in value.values())
+    return False
+
+
+def parse_lookup(body: Any) -> dict[str, str]:
+    """A LOOKUP body: nil or ``{}`` (everything), or a map with one of ``name``,
+    ``capability``, ``publishers``, ``subscribers`` (a string). Raises InvalidArgument."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict) or len(body) > 1 or not set(body) <= set(LOOKUP_KEYS):
+        raise InvalidArgument(f"LOOKUP takes nil, {{}} or one of {', '.join(LOOKUP_KEYS)}")
+    asked = dict(body)
+    if not all(isinstance(value, str) for value in asked.values()):
+        raise InvalidArgument("a LOOKUP names a string")
+    if "publishers" in asked:
+        validate_pattern(asked["publishers"])
+    if "subscribers" in asked:
+        validate_topic(asked["subscribers"])
+    return asked
 
 
 def parse_registration_key(body: Any) -> tuple[str, int] | None:

@@ -23,7 +23,7 @@ from ..core.identity import Certificate
 from ..core.session import Session
 from ..core.wire import ErrorCode, Kind
 from ..ops.telemetry import Traffic
-from .handlers import Caller, HandlerRunner, error_message
+from .handlers import Caller, HandlerRunner, error_message, pong
 from .inbound import Inbound
 from .stamps import next_msg_id, now_ms
 
@@ -108,8 +108,7 @@ class Callee:
                     self._start_handler(caller, message, size)
                 size = 0
             elif kind == Kind.PING:
-                pong = Message(Kind.PONG, next_msg_id(), message.msg_id, body=message.body)
-                self.send_on(session, [pong])  # the PING's body back (protocol.md 7.6)
+                self.send_on(session, [pong(message, opened.size)])
             elif kind == Kind.CANCEL:
                 self.runner.cancel(caller, message.corr_id)
             elif kind == Kind.CREDIT:
@@ -124,6 +123,7 @@ class Callee:
                     self.topics.on_goodbye(session)
                 self.runner.cancel_peer(caller)
                 self.forget(session)
+                return  # the session is over: what follows BYE in its frame is not served
             else:
                 self._drops["unexpected_kind"] += 1
 
@@ -209,7 +209,9 @@ class Callee:
             sent = self.inbound.send(session, messages, grant)
         except MeshError as exc:  # a reply the codec cannot carry becomes an error
             text = f"reply cannot be sent: {exc}"
-            error = error_message(messages[0].corr_id, ErrorCode.HANDLER_FAILED, text)
+            error = error_message(
+                messages[0].corr_id, ErrorCode.HANDLER_FAILED, text, type(exc).__name__
+            )
             messages = [error]
             try:
                 sent = self.inbound.send(session, messages, grant)

@@ -361,14 +361,16 @@ class Connection:
         """An answer holding an array or tensor this process has no library for: its call
         fails with UnsupportedAttachment rather than wait for its timeout (protocol.md 7.7)."""
         self._drops["attachment"] += 1
-        call = self.calls.pop(message.corr_id, None)
+        call = self.calls.get(message.corr_id)
         if call is not None:
             missing = UnsupportedAttachment(
                 f"{self.name}.{call.method} answered with an array this process cannot "
                 "build: install numpy (or torch)"
             )
             if message.kind == Kind.STREAM:
-                self.cancel_call(message.corr_id)  # nothing more of it can be read either
+                self.cancel_call(message.corr_id)  # stop the generator: none of it is read
+            else:
+                del self.calls[message.corr_id]
             self._finish(call, error=missing)
 
     def _dispatch(self, message: Message, size: int) -> None:

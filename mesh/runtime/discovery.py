@@ -28,13 +28,18 @@ from ..core.codec import Message
 from ..core.envelope import Opened
 from ..core.errors import InvalidArgument, MeshError, NameConflict, PeerNotFound
 from ..core.identity import Identity, Trust
-from ..core.registry import Entry, Registry, parse_registration, parse_registration_key
+from ..core.registry import (
+    Entry,
+    Registry,
+    parse_lookup,
+    parse_registration,
+    parse_registration_key,
+)
 from ..core.session import Session, SessionTable
-from ..core.subjects import validate_pattern, validate_topic
 from ..core.topic_frame import TopicKey, seal_publish
 from ..core.wire import DIRECTORY_TOPIC, ErrorCode, Kind
 from . import sockets
-from .handlers import error_message
+from .handlers import error_message, pong
 from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
 from .stamps import next_msg_id, now_ms
@@ -156,14 +161,16 @@ class DiscoveryServer:
 
     def _on_messages(self, session: Session, opened: Opened) -> None:
         assert self._inbound is not None
-        answers = [a for m in opened.messages if (a := self._answer(session, m)) is not None]
+        answers = [
+            a for m in opened.messages if (a := self._answer(session, m, opened.size)) is not None
+        ]
         if answers:
             try:
                 self._inbound.send(session, answers)
             except MeshError:  # the session aged out under us: the node will handshake again
                 self.drops["unsendable"] += 1
 
-    def _answer(self, session: Session, message: Message) -> Message | None:
+    def _answer(self, session: Session, message: Message, frame_size: int) -> Message | None:
         kind, corr = message.kind, message.msg_id
         try:
             if kind == Kind.REGISTER:
@@ -188,7 +195,7 @@ class DiscoveryServer:
                     self._left(gone)
                 return Message(Kind.REPLY, next_msg_id(), corr)
             if kind == Kind.PING:
-                return Message(Kind.PONG, next_msg_id(), corr, body=message.body)
+                return pong(message, frame_size)
             if kind == Kind.BYE:
                 assert self._inbound is not None
                 self._inbound.forget(session)
@@ -223,24 +230,22 @@ class DiscoveryServer:
             return
         self._events_seq += 1
         body = {"type": event, "entry": entry.to_wire()}
-        frames = seal_publish(
-            self.identity,
-            self._events_key,
-            self._events_seq,
-            now_ms(),
-            [Message(Kind.EVENT, next_msg_id(), name=event, body=body)],
-        )
+        try:  # an entry parse_registration let through always seals; if not, one event is lost
+            frames = seal_publish(
+                self.identity,
+                self._events_key,
+                self._events_seq,
+                now_ms(),
+                [Message(Kind.EVENT, next_msg_id(), name=event, body=body)],
+            )
+        except MeshError:
+            log.exception("directory event for %s could not be sealed", entry.name)
+            self.drops["event_dropped"] += 1
+            return
         try:
             self._publisher.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             self.drops["event_dropped"] += 1
 
     def _lookup(self, body: Any) -> list[dict[str, Any]]:
-        query = body if isinstance(body, dict) else {}
-        fields = ("name", "capability", "publishers", "subscribers")
-        asked = {f: query[f] for f in fields if isinstance(query.get(f), str)}
-        if "publishers" in asked:
-            validate_pattern(asked["publishers"])
-        if "subscribers" in asked:
-            validate_topic(asked["subscribers"])
-        return [entry.to_wire() for entry in self.registry.lookup(**asked)]
+        return [entry.to_wire() for entry in self.registry.lookup(**parse_lookup(body))]

@@ -30,7 +30,7 @@ from ..core.codec import Message
 from ..core.errors import BadRequest, InvalidArgument, Overloaded
 from ..core.flow import SendCredit, Window
 from ..core.session import Session
-from ..core.wire import ErrorCode, Kind
+from ..core.wire import MAX_PING_ECHO, ErrorCode, Kind
 from ..ops.telemetry import Tracing, server_span
 from .stamps import next_msg_id
 
@@ -136,6 +136,14 @@ def error_code(exc: Exception) -> ErrorCode:
     if isinstance(exc, InvalidArgument | BadRequest):
         return ErrorCode.BAD_REQUEST
     return ErrorCode.HANDLER_FAILED
+
+
+def pong(ping: Message, frame_size: int) -> Message:
+    """The PONG answering ``ping`` (protocol.md 7.6): its body echoed when the PING came in a
+    SEALED message of at most MAX_PING_ECHO bytes, nil otherwise (an echo is not credited,
+    so it stays small)."""
+    body = ping.body if frame_size <= MAX_PING_ECHO else None
+    return Message(Kind.PONG, next_msg_id(), ping.msg_id, body=body)
 
 
 def error_message(corr: int, code: int, text: str, remote_type: str | None = None) -> Message:

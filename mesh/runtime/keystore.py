@@ -128,7 +128,7 @@ def _load_json(path: Path, raw: bytes, kind: str) -> dict[str, Any]:
         raise KeyFileError(str(path), "not a valid key file (bad JSON)") from exc
     if not isinstance(data, dict) or data.get("kind") != kind:
         raise KeyFileError(str(path), f"not an {kind} file")
-    if data.get("version") != KEY_FILE_VERSION:
+    if type(data.get("version")) is not int or data["version"] != KEY_FILE_VERSION:
         raise KeyFileError(str(path), f"version {data.get('version')!r} is not one this reads")
     return data
 
@@ -373,19 +373,26 @@ class MeshDirectory:
     def install(self, name: str, certificate: Certificate, authority_key: bytes) -> Identity:
         """Join a mesh run from elsewhere: trust ``authority_key`` (``authority.pub``) and
         attach ``certificate`` to the pending keys of ``name``. Raises KeyFileError if this
-        directory already trusts another authority or the certificate is not for these keys."""
+        directory already trusts another authority or the certificate is not for these keys.
+        Everything is checked before anything is written: a refused install changes nothing."""
+        if self.authority_public_file.exists() and self.trust().authority_key != authority_key:
+            raise KeyFileError(str(self.authority_public_file), "trusts another authority")
+        pending = self.pending_file(name)
+        if pending.exists():
+            keys = self.pending_identity(name)
+        elif self.identity_file(name).exists():  # certified before: a new certificate
+            keys = self.load_identity(name)
+        else:
+            raise KeyFileError(str(pending), f"no keys for {name!r} here: run mesh keygen first")
+        try:
+            Trust(authority_key).verify(certificate, int(time.time() * 1000))
+            identity = keys.with_certificate(certificate)
+        except (MeshError, ValueError) as exc:
+            raise KeyFileError(str(pending), f"certificate refused: {exc}") from exc
         public = _authority_public_record(authority_key)
         publish_file(self.authority_public_file, _dump(public), secret=False)
-        trust = self.trust()
-        if trust.authority_key != authority_key:
-            raise KeyFileError(str(self.authority_public_file), "trusts another authority")
-        try:
-            trust.verify(certificate, int(time.time() * 1000))
-            identity = self.pending_identity(name).with_certificate(certificate)
-        except (MeshError, ValueError) as exc:
-            raise KeyFileError(str(self.pending_file(name)), f"certificate refused: {exc}") from exc
         self.save_identity(identity, replace=True)
-        self.pending_file(name).unlink()
+        pending.unlink(missing_ok=True)
         return identity
 
     def names(self) -> list[str]:
