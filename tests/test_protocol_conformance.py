@@ -14,11 +14,28 @@ import zmq.asyncio
 from mesh import Blob, Message, NoSuchMethod, RemoteError, UnsupportedAttachment
 from mesh.core.codec import Unmaterialised
 from mesh.core.wire import ErrorCode, Kind
-from mesh.runtime.connection import Call
+from mesh.runtime.connection import Call, Connection
 from mesh.runtime.discovery import DiscoveryServer
 from mesh.runtime.node import Node
 from mesh.runtime.stamps import now_ms
 from tests.conftest import eventually
+
+
+def _recording(node: Node, method: str) -> list[object]:
+    """A handler for ``method`` that records each body it is given; the record."""
+    bodies: list[object] = []
+
+    async def record(body: object) -> None:
+        bodies.append(body)
+
+    node.handler(method, record)
+    return bodies
+
+
+async def _connect(caller: Node, callee: Node) -> Connection:
+    """The caller's connection to the callee (added by hand): to write raw frames on it."""
+    caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
+    return await caller._resolve(callee.name)
 
 
 async def _ping(node: Node, peer: str, body: object) -> object:
@@ -55,8 +72,7 @@ async def test_an_expired_request_is_answered_deadline_exceeded_and_not_run(mesh
             return body
 
         callee.handler("work", work)
-        caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
-        connection = await caller._resolve("callee")
+        connection = await _connect(caller, callee)
         stale = now_ms() - 5_000  # within the clock-skew bound, past a 1 s ttl
         for kind, msg_id in ((Kind.SEND, 9001), (Kind.REQUEST, 9002)):
             message = Message(kind, msg_id, name="work", body=msg_id, ttl_ms=1000)
@@ -110,15 +126,9 @@ async def test_arrays_a_node_cannot_build_are_answered_not_dropped(mesh, monkeyp
     counted as `attachment`, gives the credit back, and fails a call whose answer holds one
     instead of leaving it to its timeout."""
     np = pytest.importorskip("numpy")  # the dev install has it; the sender needs it
-    ran: list[object] = []
     async with Node("core-only", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
-
-        async def take(body):
-            ran.append(body)
-
-        callee.handler("take", take)
-        caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
-        connection = await caller._resolve("core-only")
+        ran = _recording(callee, "take")
+        connection = await _connect(caller, callee)
         array = np.arange(6, dtype=np.float32).reshape(2, 3)
         sealed = []
         for kind, msg_id in ((Kind.SEND, 9101), (Kind.REQUEST, 9102)):
@@ -262,15 +272,9 @@ async def test_a_stream_the_caller_cannot_build_is_cancelled_at_the_callee(mesh,
 async def test_what_follows_bye_in_its_frame_is_not_served(mesh, caplog):
     """8.3: BYE ends the session; a REQUEST after it in the same SEALED message is ignored
     (before, it reached the session's forgotten credit and logged an internal error)."""
-    ran: list[object] = []
     async with Node("callee", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
-
-        async def work(body):
-            ran.append(body)
-
-        callee.handler("work", work)
-        caller.add_peer(callee.identity.require_certificate(), callee.endpoint)
-        connection = await caller._resolve("callee")
+        ran = _recording(callee, "work")
+        connection = await _connect(caller, callee)
         assert await caller.request("callee", "work", 0, timeout=10) is None
         frames = connection.session.seal(
             [Message(Kind.BYE, 9301), Message(Kind.REQUEST, 9302, name="work", body=1)],

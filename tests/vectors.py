@@ -20,7 +20,7 @@ from mesh.core.envelope import seal, seal_payload
 from mesh.core.errors import Unauthorized
 from mesh.core.handshake import Initiator, Responder
 from mesh.core.identity import Authority, Identity, Trust
-from mesh.core.session import SessionTable
+from mesh.core.session import Session, SessionTable
 from mesh.core.topic_frame import TopicKey, seal_publish
 from mesh.core.wire import Kind, Suite
 
@@ -79,25 +79,10 @@ def compute() -> dict[str, dict[str, bytes]]:
             "certificate": who.require_certificate().to_bytes(),
         }
     trust = authority.trust()
-    initiator = Initiator(
-        alice,
-        trust,
-        bob.require_certificate(),
-        SessionTable(epoch=0xA11CE),
-        NOW_MS,
-        _random=deterministic_random(b"hello"),
+    initiator, welcome, alice_session, bob_session = _handshake(
+        alice, bob, trust, Suite.XSALSA20_POLY1305, b""
     )
-    responder = Responder(
-        bob, trust, SessionTable(epoch=0xB0B), _random=deterministic_random(b"welcome")
-    )
-    bob_session, welcome = responder.receive(initiator.hello_frames(), NOW_MS)
-    alice_session = initiator.receive(welcome, NOW_MS)
-    vectors["handshake"] = {
-        "hello": initiator.hello,
-        "welcome": bytes(welcome[0]),
-        "key_initiator_to_responder": alice_session._send_key,
-        "key_responder_to_initiator": alice_session._recv_key,
-    }
+    vectors["handshake"] = _handshake_vector(initiator, welcome, alice_session)
     request = Message(Kind.REQUEST, 1, name="echo", body={"x": 1}, ttl_ms=2000)
     frames = seal(
         alice_session.send_id,
@@ -178,38 +163,50 @@ def compute() -> dict[str, dict[str, bytes]]:
     return vectors
 
 
-def _aes256gcm(alice: Identity, bob: Identity, trust: Trust) -> dict[str, dict[str, bytes]]:
-    """Suite 2: a handshake offering AES-256-GCM, then a request with an attachment sealed
-    under it (its nonces come from the seq: nothing random after the handshake)."""
+def _handshake(
+    alice: Identity, bob: Identity, trust: Trust, suite: Suite, label: bytes
+) -> tuple[Initiator, list, Session, Session]:
+    """Alice (table epoch 0x000A11CE) handshakes with bob (0x00000B0B) offering ``suite``,
+    her draws labelled ``hello``, his ``welcome`` (plus ``label``)."""
     initiator = Initiator(
         alice,
         trust,
         bob.require_certificate(),
         SessionTable(epoch=0xA11CE),
         NOW_MS,
-        suite=Suite.AES256_GCM,
-        _random=deterministic_random(b"hello gcm"),
+        suite=suite,
+        _random=deterministic_random(b"hello" + label),
     )
     responder = Responder(
         bob,
         trust,
         SessionTable(epoch=0xB0B),
         suites=(Suite.AES256_GCM, Suite.XSALSA20_POLY1305),
-        _random=deterministic_random(b"welcome gcm"),
+        _random=deterministic_random(b"welcome" + label),
     )
-    _, welcome = responder.receive(initiator.hello_frames(), NOW_MS)
-    session = initiator.receive(welcome, NOW_MS)
+    bob_session, welcome = responder.receive(initiator.hello_frames(), NOW_MS)
+    return initiator, welcome, initiator.receive(welcome, NOW_MS), bob_session
+
+
+def _handshake_vector(initiator: Initiator, welcome: list, session: Session) -> dict[str, bytes]:
+    return {
+        "hello": initiator.hello,
+        "welcome": bytes(welcome[0]),
+        "key_initiator_to_responder": session._send_key,
+        "key_responder_to_initiator": session._recv_key,
+    }
+
+
+def _aes256gcm(alice: Identity, bob: Identity, trust: Trust) -> dict[str, dict[str, bytes]]:
+    """Suite 2: a handshake offering AES-256-GCM, then a request with an attachment sealed
+    under it (its nonces come from the seq: nothing random after the handshake)."""
+    initiator, welcome, session, _ = _handshake(alice, bob, trust, Suite.AES256_GCM, b" gcm")
     request = Message(Kind.REQUEST, 9, name="echo", body=Blob(b"\x00\x01\x02\x03"))
     frames = seal(
         session.send_id, session._send_key, 0, NOW_MS + 7, [request], suite=Suite.AES256_GCM
     )
     return {
-        "handshake_aes256gcm": {
-            "hello": initiator.hello,
-            "welcome": bytes(welcome[0]),
-            "key_initiator_to_responder": session._send_key,
-            "key_responder_to_initiator": session._recv_key,
-        },
+        "handshake_aes256gcm": _handshake_vector(initiator, welcome, session),
         "request_aes256gcm": {"frame0": bytes(frames[0]), "frame1": bytes(frames[1])},
     }
 

@@ -10,6 +10,8 @@ writing into a preallocated ``bytearray``. Nothing here picks nonces: callers pa
 
 from __future__ import annotations
 
+from typing import Any
+
 from nacl._sodium import ffi, lib
 
 from .wire import KEY_SIZE, MAC_SIZE, NONCE_SIZE
@@ -21,32 +23,48 @@ _seal = lib.crypto_secretbox_easy
 _open = lib.crypto_secretbox_open_easy
 
 
+def _source(out: bytearray, offset: int, plaintext: Buffer) -> tuple[memoryview, int]:
+    """``plaintext`` as bytes to read, and its size, once ``out`` is checked to have room for
+    exactly it and a MAC from ``offset``."""
+    source = memoryview(plaintext).cast("B")
+    size = source.nbytes
+    if len(out) - offset != size + MAC_SIZE:
+        raise ValueError("output buffer has the wrong size")
+    if size == 0:
+        source = memoryview(b"\0")  # cffi wants a non-empty buffer; libsodium reads 0 bytes
+    return source, size
+
+
 def seal_into(out: bytearray, offset: int, plaintext: Buffer, nonce: bytes, key: bytes) -> None:
     """Write MAC and ciphertext of ``plaintext`` into ``out[offset:]``.
 
     ``out`` must have exactly ``MAC_SIZE + len(plaintext)`` bytes free from ``offset``.
     """
-    source = memoryview(plaintext).cast("B")
-    size = source.nbytes
-    if len(out) - offset != size + MAC_SIZE:
-        raise ValueError("output buffer has the wrong size")
     if len(nonce) != NONCE_SIZE or len(key) != KEY_SIZE:
         raise ValueError("nonce must be 24 bytes and key 32 bytes")
-    if size == 0:
-        source = memoryview(b"\0")  # cffi wants a non-empty buffer; libsodium reads 0 bytes
+    source, size = _source(out, offset, plaintext)
     result = _seal(_from_buffer(out) + offset, _from_buffer(source), size, nonce, key)
     if result != 0:  # pragma: no cover - libsodium's secretbox cannot fail on valid sizes
         raise RuntimeError("crypto_secretbox_easy failed")
 
 
-def open_to_bytearray(boxed: Buffer, nonce: Buffer, key: bytes) -> bytearray | None:
-    """Open a MAC-and-ciphertext buffer; return the plaintext, or None if it is not authentic."""
+def _for_opening(boxed: Buffer) -> tuple[memoryview, int, bytearray, Any] | None:
+    """What opening ``boxed`` into a new buffer takes: it as bytes, its size, the plaintext's
+    buffer and a pointer to it; None if it is too short to hold a MAC."""
     source = memoryview(boxed).cast("B")
     size = source.nbytes
     if size < MAC_SIZE:
         return None
     plain = bytearray(size - MAC_SIZE)
-    target = _from_buffer(plain) if plain else _from_buffer(bytearray(1))
+    return source, size, plain, _from_buffer(plain) if plain else _from_buffer(bytearray(1))
+
+
+def open_to_bytearray(boxed: Buffer, nonce: Buffer, key: bytes) -> bytearray | None:
+    """Open a MAC-and-ciphertext buffer; return the plaintext, or None if it is not authentic."""
+    opening = _for_opening(boxed)
+    if opening is None:
+        return None
+    source, size, plain, target = opening
     nonce_ptr = _from_buffer(nonce)
     if _open(target, _from_buffer(source), size, nonce_ptr, key) != 0:
         return None
@@ -83,14 +101,9 @@ def gcm_seal_into(
 ) -> None:
     """Write the ciphertext of ``plaintext`` then its tag into ``out[offset:]``, ``ad``
     authenticated with it."""
-    source = memoryview(plaintext).cast("B")
-    size = source.nbytes
-    if len(out) - offset != size + MAC_SIZE:
-        raise ValueError("output buffer has the wrong size")
     if len(iv) != GCM_IV_SIZE or len(key) != KEY_SIZE:
         raise ValueError("iv must be 12 bytes and key 32 bytes")
-    if size == 0:
-        source = memoryview(b"\0")  # cffi wants a non-empty buffer; libsodium reads 0 bytes
+    source, size = _source(out, offset, plaintext)
     extra, extra_size = _ad(ad)
     result = _gcm_seal(  # type: ignore[misc]
         _from_buffer(out) + offset,
@@ -110,12 +123,10 @@ def gcm_seal_into(
 def gcm_open_to_bytearray(boxed: Buffer, iv: Buffer, key: bytes, ad: Buffer) -> bytearray | None:
     """Open a ciphertext-and-tag buffer; the plaintext, or None if it (or ``ad``) is not
     authentic."""
-    source = memoryview(boxed).cast("B")
-    size = source.nbytes
-    if size < MAC_SIZE:
+    opening = _for_opening(boxed)
+    if opening is None:
         return None
-    plain = bytearray(size - MAC_SIZE)
-    target = _from_buffer(plain) if plain else _from_buffer(bytearray(1))
+    source, size, plain, target = opening
     extra, extra_size = _ad(ad)
     result = _gcm_open(  # type: ignore[misc]
         target, _NULL, _NULL, _from_buffer(source), size, extra, extra_size, _from_buffer(iv), key
