@@ -23,15 +23,26 @@ class Process:
     always killed at the end."""
 
     def __init__(
-        self, *args: str, home: Path, module: str = "mesh.cli", prefix: tuple[str, ...] = ()
+        self,
+        *args: str,
+        home: Path,
+        module: str = "mesh.cli",
+        prefix: tuple[str, ...] = (),
+        command: list[str] | None = None,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
     ) -> None:
-        env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
-        env.pop("MESH_DISCOVERY", None)
+        """``command`` replaces ``python -m module`` (a console script, say), ``env`` the
+        environment (a user's: no PYTHONPATH), ``cwd`` the folder it starts in."""
+        if env is None:
+            env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
+            env.pop("MESH_DISCOVERY", None)
         self.args = args
         self.endpoint_line = ""
         self.popen = subprocess.Popen(
-            [*prefix, sys.executable, "-m", module, *args],  # prefix: e.g. ip netns exec NS
-            cwd=ROOT,
+            # prefix: e.g. ip netns exec NS
+            [*prefix, *(command or [sys.executable, "-m", module]), *args],
+            cwd=cwd,
             env=env,
             text=True,
             stdout=subprocess.PIPE,

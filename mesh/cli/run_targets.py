@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 from ..core.errors import InvalidArgument
@@ -73,6 +75,9 @@ def load_target(target: str) -> Any:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise InvalidArgument(f"agent {target!r}: use 'echo' or 'module:attribute'")
+    here = os.getcwd()  # as `python -m` and `uvicorn app:app` do: the user's folder imports
+    if here not in sys.path:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -246,6 +246,12 @@ class RemoteError(CallError):
         self.code = code
         self.remote_type = remote_type
 
+    def __str__(self) -> str:
+        """The remote exception's type before its message, as a traceback's last line reads:
+        ``KeyError: 'name'`` (a bare ``'name'`` says nothing)."""
+        text = super().__str__()
+        return f"{self.remote_type}: {text}" if self.remote_type else text
+
 
 class BadRequest(RemoteError):
     """The callee refused the body: a missing or invalid argument (code BAD_REQUEST). A

@@ -1,0 +1,50 @@
+"""A newcomer's first hour (issue 21): the documented paths, run the way a user runs them
+(the console script, from their own folder)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.processes import Process
+
+MESH = Path(sys.executable).parent / "mesh"  # the console script a user types
+GREETER = """
+class Greeter:
+    def __init__(self, node):
+        node.handler("greet", self.greet)
+
+    async def greet(self, body, ctx):
+        return f"hello {body['name']}, from {ctx.peer}"
+"""
+
+
+def test_mesh_run_imports_from_the_folder_the_user_stands_in(tmp_path, discovery, home):
+    """`mesh run myagent:Greeter` (mesh run --help's example) from the folder holding
+    myagent.py, as `python -m` and `uvicorn app:app` allow; and a handler's failure reads
+    as its type and message (`KeyError: 'name'`), not a bare `'name'`."""
+    (tmp_path / "myagent.py").write_text(GREETER)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MESH_DISCOVERY")}
+    env["MESH_HOME"] = str(home)
+    greeter = Process(
+        "myagent:Greeter", "--name", "greeter", "--discovery", discovery,
+        home=home, command=[str(MESH), "run"], cwd=tmp_path, env=env,
+    )  # fmt: skip
+    try:
+        greeter.endpoint()
+        call = [str(MESH), "call", "greeter", "greet"]
+        where = ["--discovery", discovery]
+        answered = subprocess.run(
+            [*call, '{"name": "ada"}', *where], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert answered.returncode == 0, answered.stderr
+        assert "hello ada" in answered.stdout
+        failed = subprocess.run(
+            [*call, '{"nom": "ada"}', *where], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert failed.returncode != 0
+        assert failed.stderr.strip().splitlines() == ["mesh: error: KeyError: 'name'"]
+    finally:
+        greeter.close()
