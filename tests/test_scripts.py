@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,24 @@ def test_soak_books_balance(tmp_path):
     assert "one-way" not in summary["replied"] and "announce" not in summary["replied"]
     assert summary["held_messages"] == summary["held_bytes"] == 0, summary["held"]
     assert summary["unasked"] == [] and summary["failures"] == []
+
+
+README_SCRIPTS = [
+    "rtt", "flow-bench", "delivery-bench", "token-overhead", "bench-docs", "soak",
+    "gen-vectors", "fuzz-envelope",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("script", README_SCRIPTS)
+def test_each_script_answers_help_as_a_user_starts_it(script):
+    """Typed as the README shows it (`scripts/rtt`), with the system's python3 and nothing
+    activated: the script finds the project's venv itself and answers --help."""
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(path)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / script), "--help"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout.strip()
