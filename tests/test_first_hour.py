@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.processes import Process
+from tests.processes import ROOT, Process
 
 MESH = Path(sys.executable).parent / "mesh"  # the console script a user types
 GREETER = """
@@ -48,3 +49,16 @@ def test_mesh_run_imports_from_the_folder_the_user_stands_in(tmp_path, discovery
         assert failed.stderr.strip().splitlines() == ["mesh: error: KeyError: 'name'"]
     finally:
         greeter.close()
+
+
+def test_scripts_launch_reads_a_cluster_file_relative_to_the_user(tmp_path):
+    """`scripts/launch cluster.toml status`, the README's form, from the folder holding the
+    file: the path is the user's, not the repository's."""
+    readme = (ROOT / "README.md").read_text()
+    (sample,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    (tmp_path / "cluster.toml").write_text(sample)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "launch"), "cluster.toml", "logs"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.stderr.strip().splitlines()[-1] == "mesh: error: logs needs the name of a node"
