@@ -96,9 +96,9 @@ def _tokenizer() -> Any:  # a transformers tokenizer
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m agents.tiny DIR", file=sys.stderr)
-        return 2
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m agents.tiny DIR  (builds the tiny test model into DIR)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
     print(build_tiny_model(argv[0]))
     return 0
 

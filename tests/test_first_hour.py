@@ -62,3 +62,25 @@ def test_scripts_launch_reads_a_cluster_file_relative_to_the_user(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert done.stderr.strip().splitlines()[-1] == "mesh: error: logs needs the name of a node"
+
+
+def test_a_negative_timeout_and_a_help_flag_are_not_taken_literally(tmp_path):
+    """Item 10: `mesh call --timeout -1` is refused in one line; `python -m agents.tiny
+    --help` prints its usage instead of building a model into a folder named --help."""
+    refused = subprocess.run(
+        [str(MESH), "call", "x", "y", "--timeout", "-1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .endswith("argument --timeout: '-1' is not a positive number of seconds")
+    )
+    helped = subprocess.run(
+        [sys.executable, "-m", "agents.tiny", "--help"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert helped.returncode == 0 and "usage" in helped.stdout
+    assert list(tmp_path.iterdir()) == []

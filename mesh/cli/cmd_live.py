@@ -24,7 +24,7 @@ from ..ops.processes import serving_line
 from ..runtime.discovery import DiscoveryServer
 from ..runtime.keystore import mesh_directory
 from ..runtime.node import Node
-from .options import DEFAULT_DISCOVERY, discovery_option, json_option
+from .options import DEFAULT_DISCOVERY, discovery_option, json_option, seconds, seconds_or_zero
 from .run_targets import close_agent, load_target
 
 CLI_IDENTITY = "mesh-cli"
@@ -53,7 +53,7 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--bind", default="tcp://127.0.0.1:0", help="ROUTER bind address")
     run.add_argument("--advertise", default=None, help="address peers should dial")
     run.add_argument("--caps", default="", help="extra comma-separated capabilities")
-    run.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
+    run.add_argument("--heartbeat", type=seconds, default=1.0, help="seconds (default 1)")
     run.add_argument("--lease-ms", type=int, default=10_000, help="discovery lease (ms)")
     run.add_argument(
         "--window",
@@ -73,7 +73,7 @@ def add_commands(commands: Any) -> None:
     call.add_argument("method")
     call.add_argument("body", nargs="?", default="null", help="JSON body (default null)")
     discovery_option(call)
-    call.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    call.add_argument("--timeout", type=seconds, default=10.0, help="seconds (default 10)")
     call.add_argument("--stream", action="store_true", help="print one JSON line per chunk")
     call.set_defaults(run=lambda args: asyncio.run(_call(args)))
 
@@ -89,10 +89,10 @@ def add_commands(commands: Any) -> None:
     _name_option(publish, "pub")
     publish.add_argument("--count", type=int, default=1, help="publish it N times (default 1)")
     publish.add_argument(
-        "--interval", type=float, default=0.0, help="seconds between messages (default 0)"
+        "--interval", type=seconds_or_zero, default=0.0, help="seconds between messages (default 0)"
     )
     publish.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to wait for subscribers (default 2)"
+        "--timeout", type=seconds, default=2.0, help="seconds to wait for subscribers (default 2)"
     )
     publish.set_defaults(run=lambda args: asyncio.run(_publish(args)))
 
