@@ -84,3 +84,25 @@ def test_a_negative_timeout_and_a_help_flag_are_not_taken_literally(tmp_path):
     )  # fmt: skip
     assert helped.returncode == 0 and "usage" in helped.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_addresses_are_one_clear_line_each(tmp_path):
+    """Item 7: each address a user mistypes is named as typed, with what to write."""
+    env = {**os.environ, "MESH_HOME": str(tmp_path / "mesh")}
+    env.pop("MESH_DISCOVERY", None)
+    cases = [
+        (["discovery", "--bind", "127.0.0.1:7701"],
+         "--bind '127.0.0.1:7701' has no scheme: write tcp://127.0.0.1:7701"),
+        (["discovery", "--bind", "tcp://127.0.0.1:99999"],
+         "--bind 'tcp://127.0.0.1:99999': the port must be 0 to 65535 (or *)"),
+        (["discovery", "--bind", "tcp://10.255.255.1:7700"], "cannot bind 'tcp://10.255.255.1:7700'"),
+        (["peers", "--discovery", "127.0.0.1:7700"],
+         "discovery URL '127.0.0.1:7700' has no scheme: write tcp://127.0.0.1:7700"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        done = subprocess.run(
+            [str(MESH), *args], capture_output=True, text=True, timeout=60, env=env
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1, (args, done.stderr)
+        assert lines[0].startswith(f"mesh: error: {expected}"), (args, lines)

@@ -68,7 +68,7 @@ class DiscoveryServer:
         self.registry = Registry()
         self._holders: dict[str, Session] = {}  # name -> session it last registered/renewed on
         self.drops: Counter[str] = Counter()
-        self._bind = bind
+        self._bind = sockets.checked_endpoint(bind, "--bind")
         self._events_bind = events_bind or bind.rsplit(":", 1)[0] + ":0"
         self._events_key = TopicKey.generate(DIRECTORY_TOPIC)
         self._events_seq = 0
@@ -80,9 +80,16 @@ class DiscoveryServer:
         self.endpoint = ""
 
     async def start(self) -> DiscoveryServer:
+        """Bind and serve; if a step fails, what the earlier ones opened is closed first."""
+        try:
+            return await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> DiscoveryServer:
         self._context = zmq.Context()
-        self._publisher, self.events_endpoint = sockets.publisher(self._context, self._events_bind)
-        self._inbound = Inbound(
+        self._inbound = Inbound(  # first: a bad --bind is reported as itself, not as events
             ZmqNetwork(self._context),
             self.identity,
             self.trust,
@@ -91,6 +98,7 @@ class DiscoveryServer:
             self._on_messages,
             self.drops,
         )
+        self._publisher, self.events_endpoint = sockets.publisher(self._context, self._events_bind)
         self.endpoint = self._inbound.endpoint
         self._inbound.start()
         self._tasks = [asyncio.create_task(self._expire(), name="discovery leases")]

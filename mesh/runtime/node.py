@@ -83,7 +83,7 @@ def _discovery_urls(discovery: str | list[str] | None) -> list[str]:
         discovery = os.environ.get(ENV_DISCOVERY) or []
     if isinstance(discovery, str):
         discovery = [u.strip() for u in discovery.split(",") if u.strip()]
-    return list(discovery)
+    return [sockets.checked_endpoint(url, "discovery URL") for url in discovery]
 
 
 def _cipher_suites(chosen: tuple[Suite, ...] | None) -> tuple[Suite, ...]:
@@ -164,7 +164,7 @@ class Node:
         self.meta = dict(meta or {})
         self.heartbeat = heartbeat
         self._bind = bind
-        self._advertise = advertise
+        self._advertise = sockets.checked_endpoint(advertise, "advertise") if advertise else None
         self._lease_ms = lease_ms
         self._register = register
         self.window = window or Window()

@@ -55,6 +55,30 @@ def shared_context() -> zmq.Context:
     return _shared
 
 
+SCHEMES = ("tcp", "ipc", "inproc")
+
+
+def checked_endpoint(text: object, what: str = "address") -> str:
+    """``text`` if it is a ZeroMQ address this mesh can use, else InvalidArgument in one line
+    that says what is wrong and how to write it. Every address a user gives (``--bind``,
+    ``--discovery``, ``advertise``) goes through here before ZeroMQ sees it: ZeroMQ's own
+    answers are "Invalid argument", or a port silently taken modulo 65536."""
+    if not isinstance(text, str) or not text:
+        raise InvalidArgument(f"{what} must be a ZeroMQ address such as tcp://127.0.0.1:7700")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise InvalidArgument(f"{what} {text!r} has no scheme: write tcp://{text}")
+    if scheme not in SCHEMES or not rest:
+        raise InvalidArgument(f"{what} {text!r}: use tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host:
+            raise InvalidArgument(f"{what} {text!r} needs a host and a port: tcp://HOST:PORT")
+        if port != "*" and not (port.isdigit() and int(port) <= 65_535):
+            raise InvalidArgument(f"{what} {text!r}: the port must be 0 to 65535 (or *)")
+    return text
+
+
 def _configure(socket: zmq.Socket, options: dict[int, int]) -> zmq.Socket:
     for option, value in options.items():
         socket.setsockopt(option, value)
@@ -74,6 +98,7 @@ def publisher(context: zmq.Context, bind: str) -> tuple[zmq.Socket, str]:
 
 def dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
     """A DEALER connected to ``endpoint``."""
+    checked_endpoint(endpoint, "peer address")
     socket = _configure(context.socket(zmq.DEALER), DEALER_OPTIONS)
     try:
         socket.connect(endpoint)
@@ -84,6 +109,7 @@ def dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
 
 
 def _bind(socket: zmq.Socket, endpoint: str) -> str:
+    checked_endpoint(endpoint, "bind address")
     if endpoint.startswith("tcp://") and endpoint.rsplit(":", 1)[-1] in ("0", "*"):
         endpoint = endpoint.rsplit(":", 1)[0] + ":*"
     try:
