@@ -106,3 +106,20 @@ def test_bad_addresses_are_one_clear_line_each(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode != 0 and len(lines) == 1, (args, done.stderr)
         assert lines[0].startswith(f"mesh: error: {expected}"), (args, lines)
+
+
+def test_commands_that_use_a_mesh_never_create_one(tmp_path):
+    """Item 9: `mesh --mesh ./typo peers` (or call, status, show…) says which directory has
+    no mesh, in one line, and creates nothing there."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MESH_HOME", "MESH_DISCOVERY")}
+    for command in (["peers"], ["call", "x", "y"], ["status"], ["show"], ["subscribe", "a"]):
+        done = subprocess.run(
+            [str(MESH), "--mesh", "./typo", *command],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert done.returncode != 0, command
+        assert done.stderr.strip().splitlines() == [
+            f"mesh: error: no mesh in {tmp_path / 'typo'} (create one with: mesh init; or give "
+            "--mesh DIR or set $MESH_HOME)"
+        ], command
+        assert not (tmp_path / "typo").exists(), command

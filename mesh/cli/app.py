@@ -21,7 +21,7 @@ from ..ops.logs import configure as configure_logs
 from ..runtime.keystore import default_mesh_dir, mesh_directory
 from . import cmd_bench, cmd_deadletters, cmd_launch, cmd_live, cmd_status
 from .completion import script as completion_script
-from .options import json_option
+from .options import existing_mesh, json_option
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -172,7 +172,7 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    mesh = mesh_directory(args.mesh)
+    mesh = existing_mesh(args)
     if args.name is None:
         trust = mesh.trust()
         info: dict[str, Any] = {

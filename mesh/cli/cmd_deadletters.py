@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InvalidArgument
-from ..runtime.keystore import mesh_directory
 from ..runtime.outbox import DeliveryStore
-from .options import json_option
+from .options import existing_mesh, json_option
 
 
 def add_commands(commands: Any) -> None:
@@ -38,7 +37,7 @@ def add_commands(commands: Any) -> None:
 def _store_path(args: argparse.Namespace) -> Path:
     if args.store:
         return Path(args.store)
-    return mesh_directory(args.mesh).path / "outbox" / f"{args.node}.sqlite3"
+    return existing_mesh(args).path / "outbox" / f"{args.node}.sqlite3"
 
 
 def _deadletters(args: argparse.Namespace) -> int:

@@ -24,7 +24,14 @@ from ..ops.processes import serving_line
 from ..runtime.discovery import DiscoveryServer
 from ..runtime.keystore import mesh_directory
 from ..runtime.node import Node
-from .options import DEFAULT_DISCOVERY, discovery_option, json_option, seconds, seconds_or_zero
+from .options import (
+    DEFAULT_DISCOVERY,
+    discovery_option,
+    existing_mesh,
+    json_option,
+    seconds,
+    seconds_or_zero,
+)
 from .run_targets import close_agent, load_target
 
 CLI_IDENTITY = "mesh-cli"
@@ -155,7 +162,7 @@ def _name_option(parser: argparse.ArgumentParser, prefix: str) -> None:
 def _identity_for(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     """Node arguments for a short-lived command: the named identity, or a fresh in-memory
     one, so that two such commands at once never share a name in discovery."""
-    directory = mesh_directory(args.mesh)
+    directory = existing_mesh(args)
     if args.name:
         return {"name": args.name, "mesh": directory}
     name = f"{prefix}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
@@ -265,7 +272,7 @@ async def _agent_class(factory: Any, argv: list[str], node_options: dict[str, An
 async def _call(args: argparse.Namespace) -> int:
     body = _json_argument(args.body)
     async with Node(
-        CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
+        CLI_IDENTITY, discovery=args.discovery, mesh=existing_mesh(args), register=False
     ) as node:
         if args.stream:
             async for chunk in node.stream(args.name, args.method, body, timeout=args.timeout):
@@ -328,7 +335,7 @@ def _json_argument(text: str) -> Any:
 
 async def _peers(args: argparse.Namespace) -> int:
     async with Node(
-        CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
+        CLI_IDENTITY, discovery=args.discovery, mesh=existing_mesh(args), register=False
     ) as node:
         peers = [p.to_dict() for p in await node.peers() if p.name != CLI_IDENTITY]
     peers.sort(key=lambda p: p["name"])

@@ -10,10 +10,9 @@ import time
 from typing import Any
 
 from ..core.errors import InvalidArgument
-from ..runtime.keystore import mesh_directory
 from ..runtime.node import Node
 from .cmd_live import CLI_IDENTITY, StopSignals
-from .options import discovery_option, json_option
+from .options import discovery_option, existing_mesh, json_option
 
 
 def add_commands(commands: Any) -> None:
@@ -41,7 +40,7 @@ async def _status(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or (args.watch is not None and args.watch <= 0):
         raise InvalidArgument("--timeout and --watch take a positive number of seconds")
     async with Node(
-        CLI_IDENTITY, discovery=args.discovery, mesh=mesh_directory(args.mesh), register=False
+        CLI_IDENTITY, discovery=args.discovery, mesh=existing_mesh(args), register=False
     ) as node:
         if args.watch is None:
             rows = await status.look(node, CLI_IDENTITY, args.timeout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..core.errors import InvalidArgument
+from ..runtime.keystore import MeshDirectory, mesh_directory
 from ..runtime.node import ENV_DISCOVERY
 
 DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"
@@ -49,3 +51,18 @@ def _number(text: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):  # nan, inf
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
     return value
+
+
+def existing_mesh(args: argparse.Namespace) -> MeshDirectory:
+    """The mesh directory of a command that only *uses* a mesh (peers, call, status, show,
+    publish, subscribe, deadletters): it must be there. Such commands never create one: a
+    typo in ``--mesh`` would otherwise make a new authority that nobody trusts, and the error
+    would come later, about certificates. ``init``, ``issue``, ``discovery``, ``run`` and
+    ``demo`` create a mesh where there is none."""
+    mesh = mesh_directory(args.mesh)
+    if not (mesh.authority_file.exists() or mesh.authority_public_file.exists()):
+        raise InvalidArgument(
+            f"no mesh in {mesh.path.absolute()} (create one with: mesh init; or give --mesh DIR or "
+            "set $MESH_HOME)"
+        )
+    return mesh
