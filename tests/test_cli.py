@@ -57,7 +57,7 @@ def test_reissue_needs_force(tmp_path):
     ("args", "needle"),
     [
         (("show",), "mesh init"),
-        (("show", "ghost"), "no such file"),
+        (("show", "ghost"), "no mesh in"),  # show only uses a mesh: it never makes one
         (("issue", "a/b"), "invalid node name"),
     ],
 )
@@ -65,6 +65,13 @@ def test_errors_are_one_readable_line(tmp_path, args, needle):
     result = mesh(*args, home=tmp_path / "empty", check=False)
     assert_one_line_error(result)
     assert needle in result.stderr
+
+
+def test_showing_an_identity_that_is_not_there_is_one_line(tmp_path):
+    mesh("init", home=tmp_path)
+    result = mesh("show", "ghost", home=tmp_path, check=False)
+    assert_one_line_error(result)
+    assert "no such file" in result.stderr
 
 
 def test_insecure_key_is_one_line(tmp_path):
