@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,19 @@ QUESTIONS = [
 ]
 START_TIMEOUT_S = 120.0  # model loading on a busy 2-core machine
 ANSWER_TIMEOUT_S = 120.0
+PROGRESS_EVERY_S = 10.0  # a line while agents are still loading
+
+
+def one_line(text: str) -> str:
+    """Model text as it can be printed inside a line: whitespace as a space, any other
+    control character as ``\\xNN``. The tiny model's gibberish has tabs, newlines and
+    escape codes that would otherwise break the answer's line and the layout after it."""
+    return "".join(" " if ch.isspace() else ch if ch.isprintable() else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,10 +113,30 @@ class Demo:
             "--path",
             str(self.log),
         )
-        for child in self.children[1:]:
-            child.endpoint(START_TIMEOUT_S)
-            self.say(f"  {child.name:<9} up (pid {child.process.pid})")
+        self._wait_for_agents(self.children[1:])
         return url
+
+    def _wait_for_agents(self, agents: list[MeshProcess]) -> None:
+        """Say each agent's readiness as it comes (they load models side by side, for tens
+        of seconds the first time) and, while some are still loading, which ones."""
+        self.say(f"starting {len(agents)} agents, each its own process, loading its model")
+        started = time.monotonic()
+        with ThreadPoolExecutor(len(agents)) as pool:
+            waiting = {pool.submit(child.endpoint, START_TIMEOUT_S): child for child in agents}
+            try:
+                while waiting:
+                    done, _ = wait(waiting, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
+                    elapsed = time.monotonic() - started
+                    for future in done:
+                        child = waiting.pop(future)
+                        future.result()  # RuntimeError naming the child and its last word
+                        self.say(f"  {child.name:<9} up (pid {child.process.pid}, {elapsed:.0f} s)")
+                    if not done:
+                        names = ", ".join(sorted(c.name for c in waiting.values()))
+                        self.say(f"  still loading after {elapsed:.0f} s: {names}")
+            except BaseException:
+                self.stop()  # the other waits end when their processes do
+                raise
 
     def _spawn(self, name: str, *args: str) -> MeshProcess:
         log = self.mesh.path / "logs" / f"{name}.log"
@@ -112,9 +145,15 @@ class Demo:
         return child
 
     def stop(self) -> None:
-        statuses = [f"{c.name} {c.stop()}" for c in reversed(self.children)]
-        if statuses:
-            self.say(f"stopped every process (exit statuses: {', '.join(statuses)})")
+        """Stop the agents together, then discovery (so their LEAVEs reach it)."""
+        if not self.children:
+            return
+        self.say(f"stopping {len(self.children)} processes")
+        agents, discovery = self.children[:0:-1], self.children[:1]
+        self.children = []
+        statuses = MeshProcess.stop_all(agents) + MeshProcess.stop_all(discovery)
+        named = [f"{c.name} {s}" for c, s in zip(agents + discovery, statuses, strict=True)]
+        self.say(f"stopped every process (exit statuses: {', '.join(named)})")
 
     # ------------------------------------------------------------------ talking
 
@@ -157,7 +196,7 @@ class Demo:
                 if "ttft" not in row:
                     row["ttft"] = (time.perf_counter() - sent) * 1000
                     first_at = time.perf_counter()
-                self.say(chunk["text"], end="")
+                self.say(one_line(chunk["text"]), end="")
                 self.token_delays.append(now - chunk["t"])
                 if last_t is not None:
                     self.token_gaps.append(chunk["t"] - last_t)
@@ -185,7 +224,7 @@ class Demo:
                 if chunk["speaker"] != speaker:
                     speaker = chunk["speaker"]
                     self.say(f"\n  [{speaker}] ", end="")
-                self.say(chunk["text"], end="")
+                self.say(one_line(chunk["text"]), end="")
         self.say()
 
     async def check_log(self, node: Node) -> None:
@@ -230,8 +269,9 @@ class Demo:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    mesh = MeshDirectory(Path(os.environ.get("MESH_HOME", ".mesh")))
+    mesh = MeshDirectory.default()  # $MESH_HOME or ~/.agent-mesh, as for every command
     mesh.create()
+    print(f"mesh directory: {mesh.path.absolute()} (keys, logs, the tiny model)", flush=True)
     if args.model is None:
         model = build_tiny_model(mesh.path / "models" / "tiny-gpt2")
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.demo import one_line
 from tests.processes import ROOT, Process
 
 
@@ -36,6 +38,13 @@ def test_the_customer_service_mesh_routes_streams_converses_and_logs(tmp_path):
     assert "the logger wrote 3 consultations" in out
     assert "messaging per streamed token" in out and "TTFT" in out
     assert "exit statuses: logger 0, intake 0, router 0, shipping 0, tech 0, billing 0" in out
+    # what a person waiting sees (issue 21, items 6 and 11): where the keys went, each agent
+    # as it comes up, the shutdown announced; each answer stays on its own line
+    assert f"mesh directory: {tmp_path / 'mesh'}" in out
+    assert "starting 7 agents, each its own process, loading its model" in out
+    assert out.count(" up (pid ") == 7 and "stopping 8 processes" in out
+    answers = [line for line in out.splitlines() if line.startswith("  -> ")]
+    assert len(answers) == 3 and not any("\t" in a or "\x1b" in a for a in answers)
 
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["route"] for r in records] == ["billing", "tech", "shipping"]
@@ -43,6 +52,11 @@ def test_the_customer_service_mesh_routes_streams_converses_and_logs(tmp_path):
     for record in records:
         assert record["question"] and record["answer"] and record["from"] == "intake"
         assert 1 <= record["tokens"] <= 8 and record["score"] > 0
+
+
+def test_model_text_is_printed_inside_its_line():
+    """The tiny model's gibberish holds tabs, newlines and escapes (issue 21, item 11)."""
+    assert one_line("a\tb\nc\r\x1b[31md\u00e9\u200b") == "a b c \\x1b[31mdé\\u200b"
 
 
 def _running(pid: int) -> bool:
@@ -60,9 +74,9 @@ def test_killing_the_demo_outright_leaves_no_agent_behind(tmp_path):
     demo = Process("--questions", "1", home=tmp_path / "mesh", module="agents.demo")
     pids = []
     try:
-        for name in ("embedder", "billing", "tech", "shipping", "router", "intake", "logger"):
-            line = demo.wait_line(f"{name:<9} up (pid", timeout=200)
-            pids.append(int(line.rsplit(" ", 1)[-1].rstrip(")")))
+        for _ in range(7):  # the agents, in the order they come up
+            line = demo.wait_line(" up (pid ", timeout=200)
+            pids.append(int(re.search(r"\(pid (\d+)", line).group(1)))
         demo.kill()  # SIGKILL: the demo's own cleanup never runs
         deadline = time.monotonic() + 60
         while any(_running(p) for p in pids) and time.monotonic() < deadline:

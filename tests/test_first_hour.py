@@ -123,3 +123,27 @@ def test_commands_that_use_a_mesh_never_create_one(tmp_path):
             "--mesh DIR or set $MESH_HOME)"
         ], command
         assert not (tmp_path / "typo").exists(), command
+
+
+def test_mesh_demo_keeps_its_keys_where_every_command_does(tmp_path):
+    """Item 10: `mesh demo` from the user's own folder, with an empty HOME, writes nothing
+    there: the authority and identities go to ~/.agent-mesh, the documented default (and to
+    --mesh DIR when given), and it says where; the stop is announced before its wait."""
+    folder, home = tmp_path / "work", tmp_path / "home"
+    folder.mkdir()
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MESH_HOME", "MESH_DISCOVERY")}
+    env["HOME"] = str(home)
+    done = subprocess.run(
+        [str(MESH), "demo"], capture_output=True, text=True, timeout=120, cwd=folder, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(folder.iterdir()) == []
+    lines = done.stdout.splitlines()
+    assert (
+        lines[0] == f"mesh directory: {home / '.agent-mesh'} (its authority, identities and logs)"
+    )
+    assert (home / ".agent-mesh" / "identities" / "echo-1.key").exists()
+    assert lines[lines.index("stopping 4 processes") + 1 :] == [
+        f"stopped {name}: exit status 0" for name in ("echo-1", "echo-2", "echo-3", "discovery")
+    ]

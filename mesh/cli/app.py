@@ -210,7 +210,7 @@ def _certificate_info(cert: Certificate) -> dict[str, Any]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(mesh_directory(args.mesh) if args.mesh else None)
+    return run_demo(mesh_directory(args.mesh))
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:

@@ -8,12 +8,10 @@ by capability, times a burst of round trips, and stops everything cleanly.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from ..ops.processes import MeshProcess
 from ..runtime.keystore import MeshDirectory
@@ -52,15 +50,17 @@ async def _talk(discovery: str, mesh: MeshDirectory, say: Callable[[str], None])
         say(f"{ROUNDS} sealed 64 B round trips to echo-1: p50 {p50:.0f} us, p99 {p99:.0f} us")
 
 
-def run_demo(mesh: MeshDirectory | None = None) -> int:
-    """Run the demo; returns the exit status."""
-    mesh = mesh or MeshDirectory(Path(os.environ.get("MESH_HOME", ".mesh")))
+def run_demo(mesh: MeshDirectory) -> int:
+    """Run the demo in ``mesh`` (the directory every command uses: ``--mesh``,
+    ``$MESH_HOME`` or ``~/.agent-mesh``, never the folder the user happens to stand in);
+    returns the exit status."""
     mesh.create()
     children: list[MeshProcess] = []
 
     def say(text: str) -> None:
         print(text, flush=True)
 
+    say(f"mesh directory: {mesh.path.absolute()} (its authority, identities and logs)")
     try:
         discovery = MeshProcess(mesh, "discovery", "--bind", "tcp://127.0.0.1:0")
         children.append(discovery)
@@ -73,6 +73,10 @@ def run_demo(mesh: MeshDirectory | None = None) -> int:
             say(f"agent {child.name} up at {child.endpoint()} (pid {child.process.pid})")
         asyncio.run(_talk(url, mesh, say))
     finally:
-        for child in reversed(children):
-            say(f"stopped {child.name}: exit status {child.stop()}")
+        if children:
+            say(f"stopping {len(children)} processes")
+            agents, discovery = children[1:], children[:1]  # agents leave while it listens
+            statuses = MeshProcess.stop_all(agents) + MeshProcess.stop_all(discovery)
+            for child, status in zip(agents + discovery, statuses, strict=True):
+                say(f"stopped {child.name}: exit status {status}")
     return 0
