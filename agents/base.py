@@ -145,8 +145,22 @@ class Agent:
     def from_command_line(cls, argv: Sequence[str], node_options: dict[str, Any]) -> Agent:
         """Build the agent for ``mesh run``: ``argv`` holds the options ``mesh run`` did not
         know; raises InvalidArgument for a wrong or unknown one."""
-        parser = _OptionParser(prog=f"{cls.__module__}:{cls.__qualname__}", add_help=False)
+        options = vars(cls._option_parser().parse_args(list(argv)))
+        return cls(**node_options, **options)
+
+    @classmethod
+    def options_help(cls) -> str:
+        """The agent's own options, as ``mesh run TARGET --help`` lists them after its own."""
+        return cls._option_parser().format_help()
+
+    @classmethod
+    def _option_parser(cls) -> _OptionParser:
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        parser = _OptionParser(
+            prog=f"mesh run {target}",
+            usage=f"mesh run {target} --name NAME [mesh run's options] [{cls.__name__}'s options]",
+            add_help=False,
+        )
         parser.add_argument("--description", default=None, help="what this agent is good at")
         cls.add_options(parser)
-        options = vars(parser.parse_args(list(argv)))
-        return cls(**node_options, **options)
+        return parser

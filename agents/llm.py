@@ -87,8 +87,14 @@ class LLMAgent(Agent):
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", default="", help="model directory (or hub id)")
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-        parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE)
-        parser.add_argument("--token-limit", type=int, default=DEFAULT_TOKEN_LIMIT)
+        parser.add_argument(
+            "--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+            help=f"generations waiting beyond the running one (default {DEFAULT_MAX_QUEUE})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--token-limit", type=int, default=DEFAULT_TOKEN_LIMIT,
+            help=f"the most max_new_tokens a caller may ask (default {DEFAULT_TOKEN_LIMIT})",
+        )  # fmt: skip
 
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()

@@ -48,7 +48,9 @@ class IntakeAgent(Agent):
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--route-capability", default="route_stream")
+        parser.add_argument(
+            "--route-capability", default="route_stream", help="who routes the questions"
+        )
         parser.add_argument("--topic", default=TOPIC, help="where consultations are published")
 
     @method(

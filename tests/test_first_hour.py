@@ -147,3 +147,28 @@ def test_mesh_demo_keeps_its_keys_where_every_command_does(tmp_path):
     assert lines[lines.index("stopping 4 processes") + 1 :] == [
         f"stopped {name}: exit status 0" for name in ("echo-1", "echo-2", "echo-3", "discovery")
     ]
+
+
+def test_mesh_run_help_shows_the_agents_own_options(tmp_path):
+    """Item 10: `mesh run agents.llm:LLMAgent --help` lists what the agent takes (--model,
+    --device, --max-queue...) after mesh run's own options; a target that does not import
+    is one line."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    helped = subprocess.run(
+        [str(MESH), "run", "agents.llm:LLMAgent", "--help"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert helped.returncode == 0, helped.stderr
+    run_part, agent_part = helped.stdout.split("usage: mesh run agents.llm:LLMAgent --name NAME")
+    assert "--name NAME" in run_part and "--discovery" in run_part
+    for option in ("--model", "--device", "--max-queue", "--token-limit", "--description"):
+        assert option in agent_part, option
+    typo = subprocess.run(
+        [str(MESH), "run", "agents.lm:LLMAgent", "--help"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert typo.returncode == 1
+    assert typo.stderr.splitlines() == [
+        "mesh: error: agent 'agents.lm:LLMAgent': cannot import 'agents.lm': "
+        "No module named 'agents.lm'"
+    ]

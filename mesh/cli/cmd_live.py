@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from ..core.codec import Blob
-from ..core.errors import InvalidArgument, KeyFileError
+from ..core.errors import InvalidArgument, KeyFileError, MeshError
 from ..core.flow import Window
 from ..ops.processes import serving_line
 from ..runtime.discovery import DiscoveryServer
@@ -52,7 +52,12 @@ def add_commands(commands: Any) -> None:
         "run",
         help="run an agent (echo, or module:attribute)",
         description="Run an agent until stopped. Examples: mesh run echo --name echo-1; "
-        "mesh run myagent:Greeter --name greeter",
+        "mesh run myagent:Greeter --name greeter; mesh run agents.llm:LLMAgent --help (an "
+        "agent class's own options follow these)",
+        add_help=False,
+    )
+    run.add_argument(
+        "-h", "--help", action=RunHelp, help="show this help; after TARGET, the agent's options too"
     )
     run.add_argument("target", help="'echo' or module:attribute (a callable taking the node)")
     run.add_argument("--name", required=True, help="the node's name in the mesh")
@@ -122,6 +127,27 @@ def add_commands(commands: Any) -> None:
     discovery_option(peers)
     json_option(peers)
     peers.set_defaults(run=lambda args: asyncio.run(_peers(args)))
+
+
+class RunHelp(argparse.Action):
+    """``mesh run [TARGET] --help``: run's own options and, when TARGET came first and is an
+    agent class (it has ``options_help``), that agent's options (``--model``...), which
+    ``mesh run`` passes on to it."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, *_: Any) -> None:
+        parser.print_help()
+        target = getattr(namespace, "target", None)
+        if target is not None:
+            try:
+                factory = load_target(target)
+            except MeshError as exc:
+                parser.exit(1, f"mesh: error: {exc}\n")
+            if hasattr(factory, "options_help"):
+                print(f"\n{factory.options_help()}", end="")
+        parser.exit()
 
 
 def _metrics_option(parser: argparse.ArgumentParser) -> None:
