@@ -2,7 +2,7 @@
 
 The "application" here is a ticker that keeps running while the node serves and calls.
 Run a mesh first (``mesh discovery &``, ``mesh run echo --name echo-1 &``), then
-``MESH_DISCOVERY=tcp://127.0.0.1:7700 python examples/asyncio_app.py``.
+``python examples/asyncio_app.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Embed a mesh node in a plain program: no event loop, no async.
 
 Run a mesh first (for example ``mesh discovery &`` and ``mesh run echo --name echo-1 &``),
-then ``MESH_DISCOVERY=tcp://127.0.0.1:7700 python examples/plain_program.py``.
+then ``python examples/plain_program.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from mesh import MeshError, SyncNode
 
 def main() -> int:
     try:
-        with SyncNode("plain-program") as node:  # discovery from $MESH_DISCOVERY
+        with SyncNode("plain-program") as node:  # discovery: $MESH_DISCOVERY, else 127.0.0.1:7700
             node.handler("add", lambda body: sum(body))  # others may call us too
             reply = node.request("echo-1", "echo", {"from": "a plain program"}, timeout=5)
             print(f"echo-1 answered {reply}")

@@ -164,9 +164,9 @@ async def test_nodes_use_suite_2_between_them_and_suite_1_with_a_node_without_it
 async def test_a_peer_wrongly_said_to_run_suite_2_is_reached_with_suite_1_at_once(mesh):
     """A stale entry or a wrong add_peer: the REJECT brings the caller back to XSalsa20 in
     one more round trip, not after its connect timeout."""
-    async with Node("xsalsa-only", mesh=mesh, cipher_suites=(XSALSA,)) as server:
+    async with Node("xsalsa-only", discovery=[], mesh=mesh, cipher_suites=(XSALSA,)) as server:
         server.handler("echo", lambda body: body)
-        async with Node("hopeful", mesh=mesh, connect_timeout=30) as caller:
+        async with Node("hopeful", discovery=[], mesh=mesh, connect_timeout=30) as caller:
             caller.add_peer(
                 server.identity.require_certificate(), server.endpoint, cipher_suites=(GCM,)
             )
@@ -177,9 +177,12 @@ async def test_a_peer_wrongly_said_to_run_suite_2_is_reached_with_suite_1_at_onc
 
 @pytest.mark.asyncio
 async def test_a_static_peer_gets_suite_2_only_when_told_it_runs_it(mesh):
-    async with Node("static-server", mesh=mesh) as server:
+    async with Node("static-server", discovery=[], mesh=mesh) as server:
         server.handler("echo", lambda body: body)
-        async with Node("plain", mesh=mesh) as plain, Node("told", mesh=mesh) as told:
+        async with (
+            Node("plain", discovery=[], mesh=mesh) as plain,
+            Node("told", discovery=[], mesh=mesh) as told,
+        ):
             certificate = server.identity.require_certificate()
             plain.add_peer(certificate, server.endpoint)
             told.add_peer(certificate, server.endpoint, cipher_suites=(GCM, XSALSA))

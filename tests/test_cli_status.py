@@ -80,6 +80,6 @@ async def test_a_node_without_mesh_stats_shows_as_up(discovery, home):
 
 
 def test_method_names_under_mesh_are_reserved(home):
-    node = Node("app", mesh=home)
+    node = Node("app", discovery=[], mesh=home)
     with pytest.raises(InvalidArgument, match="reserved"):
         node.handler("mesh.stats", lambda body: body)

@@ -45,7 +45,7 @@ async def test_retried_dead_letters_go_out_again_and_are_announced(mesh, tmp_pat
 
 @pytest.mark.asyncio
 async def test_reliable_sends_check_their_arguments(mesh, tmp_path):
-    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+    async with Node("rx", discovery=[], mesh=mesh) as rx, Node("tx", discovery=[], mesh=mesh) as tx:
         tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
         with pytest.raises(InvalidArgument, match="delivery must be one of"):
             await tx.send("rx", "x", 1, delivery="exactly_once")
@@ -57,7 +57,7 @@ async def test_reliable_sends_check_their_arguments(mesh, tmp_path):
 
 @pytest.mark.asyncio
 async def test_resends_while_a_handler_runs_do_not_run_it_twice(mesh, monkeypatch):
-    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+    async with Node("rx", discovery=[], mesh=mesh) as rx, Node("tx", discovery=[], mesh=mesh) as tx:
         seen: list[int] = []
 
         async def slow(body):
@@ -77,10 +77,10 @@ async def test_resends_while_a_handler_runs_do_not_run_it_twice(mesh, monkeypatc
 @pytest.mark.asyncio
 async def test_the_receiver_remembers_a_bounded_number_of_idle_streams(mesh, monkeypatch):
     monkeypatch.setattr("mesh.runtime.delivery.MAX_STREAMS", 2)
-    async with Node("rx", mesh=mesh) as rx:
+    async with Node("rx", discovery=[], mesh=mesh) as rx:
         rx.handler("note", lambda body: None)
         for name in ("a", "b", "c", "d"):  # each sender brings a stream of its own
-            async with Node(name, mesh=mesh) as tx:
+            async with Node(name, discovery=[], mesh=mesh) as tx:
                 tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
                 await tx.send("rx", "note", name, delivery="at_least_once")
                 await tx.delivered(timeout=30)
@@ -92,7 +92,7 @@ async def test_the_receiver_remembers_a_bounded_number_of_idle_streams(mesh, mon
 async def test_once_delivered_the_receiver_holds_none_of_the_senders_credit(mesh, monkeypatch):
     """Issue 17 (2.2): resends of messages held behind a failing one kept their credit for
     good (39 messages of the sender's window, here, until the next rekey)."""
-    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+    async with Node("rx", discovery=[], mesh=mesh) as rx, Node("tx", discovery=[], mesh=mesh) as tx:
         ran: list[int] = []
         failures = [3]
 
@@ -121,7 +121,7 @@ async def test_once_delivered_the_receiver_holds_none_of_the_senders_credit(mesh
 @pytest.mark.asyncio
 async def test_a_reliable_body_msgpack_cannot_carry_is_refused_by_send(mesh):
     """Issue 17 (2.5): a set body killed the lane's task and delivered() never returned."""
-    async with Node("rx", mesh=mesh) as rx, Node("tx", mesh=mesh) as tx:
+    async with Node("rx", discovery=[], mesh=mesh) as rx, Node("tx", discovery=[], mesh=mesh) as tx:
         rx.handler("x", lambda body: None)
         tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
         with pytest.raises(InvalidBody):

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 from tests.processes import ROOT, Process
 
@@ -172,3 +174,43 @@ def test_mesh_run_help_shows_the_agents_own_options(tmp_path):
         "mesh: error: agent 'agents.lm:LLMAgent': cannot import 'agents.lm': "
         "No module named 'agents.lm'"
     ]
+
+
+def test_a_node_and_the_mesh_command_find_discovery_by_one_rule(tmp_path, discovery, home):
+    """Item 10: without a discovery argument, a Node in a user's program goes where every
+    `mesh` command goes: $MESH_DISCOVERY, else tcp://127.0.0.1:7700 (`mesh discovery`'s
+    default bind). A program started beside `mesh peers` with the same environment is
+    listed by it; `discovery=[]` is a static node."""
+    (tmp_path / "app").mkdir()  # not beside the mesh directory named "mesh": it would shadow
+    program = tmp_path / "app" / "app.py"
+    program.write_text(
+        "import sys\n"
+        "from mesh import SyncNode\n"
+        "with SyncNode('app') as node:\n"
+        "    print('app up', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(MESH_HOME=str(home), MESH_DISCOVERY=discovery)
+    app = subprocess.Popen(
+        [sys.executable, str(program)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert app.stdout.readline() == "app up\n"
+        peers = subprocess.run(
+            [str(MESH), "peers", "--json"], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert peers.returncode == 0, peers.stderr
+        assert "app" in [p["name"] for p in json.loads(peers.stdout)]
+    finally:
+        app.communicate("\n", timeout=60)
+    assert app.returncode == 0
+
+    from mesh.cli.options import DEFAULT_DISCOVERY as CLI_DEFAULT
+    from mesh.runtime.node import discovery_urls
+
+    without = {k: v for k, v in os.environ.items() if k != "MESH_DISCOVERY"}
+    with mock.patch.dict(os.environ, without, clear=True):
+        assert discovery_urls(None) == [CLI_DEFAULT] == ["tcp://127.0.0.1:7700"]
+    assert discovery_urls([]) == []

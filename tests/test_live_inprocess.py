@@ -64,7 +64,7 @@ async def test_fifty_nodes_find_and_call_each_other(mesh):
 
 @pytest.mark.asyncio
 async def test_socket_options_are_set_on_purpose(mesh):
-    async with Node("a", mesh=mesh) as a, Node("b", mesh=mesh) as b:
+    async with Node("a", discovery=[], mesh=mesh) as a, Node("b", discovery=[], mesh=mesh) as b:
         b.handler("ping", lambda body: "pong")
         connection = await a._pool.open(b.endpoint, 10)
         try:
@@ -86,7 +86,10 @@ async def test_socket_options_are_set_on_purpose(mesh):
 
 @pytest.mark.asyncio
 async def test_garbage_from_strangers_leaves_no_state(mesh):
-    async with Node("target", mesh=mesh) as target, Node("friend", mesh=mesh) as friend:
+    async with (
+        Node("target", discovery=[], mesh=mesh) as target,
+        Node("friend", discovery=[], mesh=mesh) as friend,
+    ):
         friend.add_peer(target.identity.require_certificate(), target.endpoint)
         target.handler("echo", lambda body: body)
         sessions_before = len(target._table)
@@ -118,7 +121,10 @@ async def test_garbage_from_strangers_leaves_no_state(mesh):
 
 
 def test_sync_node_from_several_threads(mesh, tmp_path):
-    with SyncNode("server", mesh=mesh) as server, SyncNode("client", mesh=mesh) as client:
+    with (
+        SyncNode("server", discovery=[], mesh=mesh) as server,
+        SyncNode("client", discovery=[], mesh=mesh) as client,
+    ):
         server.handler("square", lambda body: body * body)
         client.node.add_peer(server.node.identity.require_certificate(), server.endpoint)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -133,7 +139,10 @@ def test_sync_node_from_several_threads(mesh, tmp_path):
 
 @pytest.mark.asyncio
 async def test_sessions_are_rekeyed_on_a_live_connection(mesh):
-    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+    async with (
+        Node("server", discovery=[], mesh=mesh) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
+    ):
         server.handler("echo", lambda body: body)
         client.add_peer(server.identity.require_certificate(), server.endpoint)
         assert await client.request("server", "echo", 0, timeout=10) == 0
@@ -219,7 +228,7 @@ async def test_a_live_name_with_other_keys_is_refused(mesh):
 def test_sync_node_closes_itself_at_interpreter_exit(mesh):
     script = (
         "from mesh import SyncNode\n"
-        f"node = SyncNode('forgotten', mesh={str(mesh.path)!r})\n"
+        f"node = SyncNode('forgotten', discovery=[], mesh={str(mesh.path)!r})\n"
         "node.handler('x', lambda body: body)\n"
         "print('started', flush=True)\n"  # and exits without close()
     )
@@ -237,8 +246,8 @@ async def test_stats_show_credit_held_and_waiting(mesh):
 
     release = asyncio.Event()
     async with (
-        Node("server", mesh=mesh, window=Window(4, 10**6)) as server,
-        Node("client", mesh=mesh) as client,
+        Node("server", discovery=[], mesh=mesh, window=Window(4, 10**6)) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
     ):
 
         async def hold(body):
@@ -265,10 +274,14 @@ async def test_windows_are_configurable_per_peer(mesh):
 
     async with (
         Node(
-            "server", mesh=mesh, window=Window(100, 10**6), peer_windows={"small": Window(3, 10**6)}
+            "server",
+            discovery=[],
+            mesh=mesh,
+            window=Window(100, 10**6),
+            peer_windows={"small": Window(3, 10**6)},
         ) as server,
-        Node("small", mesh=mesh) as small,
-        Node("big", mesh=mesh) as big,
+        Node("small", discovery=[], mesh=mesh) as small,
+        Node("big", discovery=[], mesh=mesh) as big,
     ):
         server.handler("echo", lambda body: body)
         for client in (small, big):
@@ -283,8 +296,8 @@ async def test_one_way_floods_are_credited_without_drops(mesh):
     from mesh.core.flow import Window
 
     async with (
-        Node("server", mesh=mesh, window=Window(8, 10**6)) as server,
-        Node("client", mesh=mesh) as client,
+        Node("server", discovery=[], mesh=mesh, window=Window(8, 10**6)) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
     ):
         got = []
         server.handler("take", lambda body: got.append(body))
@@ -301,8 +314,8 @@ async def test_a_burst_of_one_way_messages_is_coalesced_in_order(mesh):
     from mesh.core.flow import Window
 
     async with (
-        Node("server", mesh=mesh, window=Window(300, 10**6)) as server,
-        Node("client", mesh=mesh) as client,
+        Node("server", discovery=[], mesh=mesh, window=Window(300, 10**6)) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
     ):
         got = []
 
@@ -334,7 +347,10 @@ async def test_large_attachments_arrive_intact_both_ways(mesh):
     np = pytest.importorskip("numpy")
     from mesh import Blob
 
-    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+    async with (
+        Node("server", discovery=[], mesh=mesh) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
+    ):
 
         async def echo(body):
             return body
@@ -364,7 +380,10 @@ async def test_the_reply_cache_is_bounded_in_bytes(mesh):
     from mesh import Blob
     from mesh.runtime.handlers import REPLY_CACHE_BYTES
 
-    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+    async with (
+        Node("server", discovery=[], mesh=mesh) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
+    ):
 
         async def big(body):
             return Blob(bytes(1024 * 1024))
@@ -379,7 +398,10 @@ async def test_the_reply_cache_is_bounded_in_bytes(mesh):
 
 @pytest.mark.asyncio
 async def test_a_plain_request_collects_a_long_stream(mesh):
-    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+    async with (
+        Node("server", discovery=[], mesh=mesh) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
+    ):
 
         async def many(body):
             for index in range(body):
@@ -424,7 +446,10 @@ async def test_a_call_needs_a_peer_or_a_capability(mesh):
 async def test_handler_errors_reach_the_caller_typed_by_who_should_act(mesh):
     from mesh import BadRequest, ErrorCode, InvalidArgument, Overloaded, RemoteError
 
-    async with Node("server", mesh=mesh) as server, Node("client", mesh=mesh) as client:
+    async with (
+        Node("server", discovery=[], mesh=mesh) as server,
+        Node("client", discovery=[], mesh=mesh) as client,
+    ):
 
         async def picky(body):
             if body == "bad":

@@ -49,8 +49,8 @@ async def test_pong_carries_the_pings_body(mesh):
     """7.6: PONG | the PING's body; `corr-id` = PING. Nodes and discovery alike."""
     async with (
         DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
-        Node("pinged", mesh=mesh) as pinged,
-        Node("pinger", mesh=mesh) as pinger,
+        Node("pinged", discovery=[], mesh=mesh) as pinged,
+        Node("pinger", discovery=[], mesh=mesh) as pinger,
     ):
         pinger.add_peer(pinged.identity.require_certificate(), pinged.endpoint)
         pinger.add_peer(mesh.identity("discovery").require_certificate(), discovery.endpoint)
@@ -65,7 +65,10 @@ async def test_an_expired_request_is_answered_deadline_exceeded_and_not_run(mesh
     """7.5: a receiver drops a REQUEST or SEND expired on arrival and answers a REQUEST
     with ERROR 4; its credit comes back. ttl counts from the frame's timestamp."""
     ran: list[object] = []
-    async with Node("callee", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
+    async with (
+        Node("callee", discovery=[], mesh=mesh) as callee,
+        Node("caller", discovery=[], mesh=mesh) as caller,
+    ):
 
         async def work(body):
             ran.append(body)
@@ -103,8 +106,8 @@ async def test_not_found_is_for_what_is_not_there_and_a_lookup_miss_is_empty(mes
     node does not publish (10)."""
     async with (
         DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
-        Node("stranger", mesh=mesh) as stranger,
-        Node("publisher", mesh=mesh) as publisher,
+        Node("stranger", discovery=[], mesh=mesh) as stranger,
+        Node("publisher", discovery=[], mesh=mesh) as publisher,
     ):
         stranger.add_peer(mesh.identity("discovery").require_certificate(), discovery.endpoint)
         stranger.add_peer(publisher.identity.require_certificate(), publisher.endpoint)
@@ -126,7 +129,10 @@ async def test_arrays_a_node_cannot_build_are_answered_not_dropped(mesh, monkeyp
     counted as `attachment`, gives the credit back, and fails a call whose answer holds one
     instead of leaving it to its timeout."""
     np = pytest.importorskip("numpy")  # the dev install has it; the sender needs it
-    async with Node("core-only", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
+    async with (
+        Node("core-only", discovery=[], mesh=mesh) as callee,
+        Node("caller", discovery=[], mesh=mesh) as caller,
+    ):
         ran = _recording(callee, "take")
         connection = await _connect(caller, callee)
         array = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -163,8 +169,8 @@ async def test_error_details_name_the_exception_or_are_nil(mesh):
     the error, nil for the protocol's own refusals."""
     async with (
         DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
-        Node("callee", mesh=mesh) as callee,
-        Node("caller", mesh=mesh) as caller,
+        Node("callee", discovery=[], mesh=mesh) as callee,
+        Node("caller", discovery=[], mesh=mesh) as caller,
     ):
 
         async def fails(body):
@@ -191,7 +197,10 @@ async def test_inputs_give_the_drop_reasons_section_12_names(mesh):
     """12: a CERT_REQUEST with a third byte is `frame_type`; a body value of a type the
     rules do not allow (a msgpack timestamp) is `type`; a float where the protocol wants
     an integer is `malformed`."""
-    async with Node("target", mesh=mesh) as target, Node("sender", mesh=mesh) as sender:
+    async with (
+        Node("target", discovery=[], mesh=mesh) as target,
+        Node("sender", discovery=[], mesh=mesh) as sender,
+    ):
         raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         raw.connect(target.endpoint)
         try:
@@ -219,7 +228,7 @@ async def test_register_and_lookup_bodies_are_read_as_section_9_says(mesh):
     ERROR 1; a LOOKUP names one string key, or nothing."""
     async with (
         DiscoveryServer(bind="tcp://127.0.0.1:0", mesh=mesh) as discovery,
-        Node("minimal", mesh=mesh) as minimal,
+        Node("minimal", discovery=[], mesh=mesh) as minimal,
     ):
         minimal.add_peer(mesh.identity("discovery").require_certificate(), discovery.endpoint)
         body = {"endpoint": "tcp://h:1", "started_ms": 5}
@@ -250,7 +259,10 @@ async def test_a_stream_the_caller_cannot_build_is_cancelled_at_the_callee(mesh,
     """7.7: a STREAM chunk holding an array the caller cannot build fails the stream, and
     the caller's CANCEL stops the generator (it would otherwise wait for credit)."""
     stopped = asyncio.Event()
-    async with Node("callee", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
+    async with (
+        Node("callee", discovery=[], mesh=mesh) as callee,
+        Node("caller", discovery=[], mesh=mesh) as caller,
+    ):
 
         async def arrays(body):
             try:
@@ -272,7 +284,10 @@ async def test_a_stream_the_caller_cannot_build_is_cancelled_at_the_callee(mesh,
 async def test_what_follows_bye_in_its_frame_is_not_served(mesh, caplog):
     """8.3: BYE ends the session; a REQUEST after it in the same SEALED message is ignored
     (before, it reached the session's forgotten credit and logged an internal error)."""
-    async with Node("callee", mesh=mesh) as callee, Node("caller", mesh=mesh) as caller:
+    async with (
+        Node("callee", discovery=[], mesh=mesh) as callee,
+        Node("caller", discovery=[], mesh=mesh) as caller,
+    ):
         ran = _recording(callee, "work")
         connection = await _connect(caller, callee)
         assert await caller.request("callee", "work", 0, timeout=10) is None

@@ -53,6 +53,7 @@ class Mesh:
             identity=identity or certified(self.authority, name),
             trust=self.trust,
             network=self.net,
+            discovery=[],
             bind=unique,
             outbox=self.tmp_path / f"{name}-{next(_names)}.sqlite3",
             **options,

@@ -23,11 +23,13 @@ async def test_a_failed_start_closes_what_it_opened(mesh):
     blocker.bind(f"{endpoint}.topics")  # where the node's topic PUB will try to bind
     try:
         with pytest.raises(InvalidArgument):
-            async with Node("first", mesh=mesh, bind=endpoint):
+            async with Node("first", discovery=[], mesh=mesh, bind=endpoint):
                 pass
     finally:
         blocker.close(0)
-    async with Node("second", mesh=mesh, bind=endpoint) as second:  # the ROUTER is free
+    async with Node(
+        "second", discovery=[], mesh=mesh, bind=endpoint
+    ) as second:  # the ROUTER is free
         assert second.endpoint == endpoint
 
 

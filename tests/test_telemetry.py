@@ -31,8 +31,8 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 async def test_prometheus_counts_known_traffic(mesh):
     pytest.importorskip("prometheus_client")
     async with (
-        Node("server", mesh=mesh, metrics_port=0) as server,
-        Node("client", mesh=mesh, metrics_port=0) as client,
+        Node("server", discovery=[], mesh=mesh, metrics_port=0) as server,
+        Node("client", discovery=[], mesh=mesh, metrics_port=0) as client,
     ):
 
         async def echo(body):
@@ -94,7 +94,10 @@ def test_a_request_through_two_hops_is_one_trace():
 @pytest.mark.asyncio
 async def test_a_tracer_provider_named_by_nobody_leaves_nodes_untraced(mesh, monkeypatch, caplog):
     monkeypatch.setenv("OTEL_PYTHON_TRACER_PROVIDER", "no_such_provider")
-    async with Node("untraced", mesh=mesh) as node, Node("caller", mesh=mesh) as caller:
+    async with (
+        Node("untraced", discovery=[], mesh=mesh) as node,
+        Node("caller", discovery=[], mesh=mesh) as caller,
+    ):
         node.handler("echo", _echo)
         caller.add_peer(node.identity.require_certificate(), node.endpoint)
         assert await caller.request("untraced", "echo", 1, timeout=10) == 1

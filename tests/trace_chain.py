@@ -27,9 +27,9 @@ async def main() -> None:
         mesh = MeshDirectory(home)
         mesh.create()
         async with (
-            Node("back", mesh=mesh) as back,
-            Node("middle", mesh=mesh) as middle,
-            Node("front", mesh=mesh) as front,
+            Node("back", discovery=[], mesh=mesh) as back,
+            Node("middle", discovery=[], mesh=mesh) as middle,
+            Node("front", discovery=[], mesh=mesh) as front,
         ):
 
             async def echo(body: object) -> object:

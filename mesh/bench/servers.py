@@ -119,7 +119,7 @@ def serve_raw_blocking(address: str) -> None:
 
 async def serve_mesh(address: str, mesh: str) -> None:
     """A node with the bench handlers and no discovery: the client adds it by certificate."""
-    async with Node("bench-server", mesh=mesh, bind=f"tcp://{address}:0") as node:
+    async with Node("bench-server", discovery=[], mesh=mesh, bind=f"tcp://{address}:0") as node:
         install(node)
         print(serving_line("mesh", node.endpoint), flush=True)
         await asyncio.Event().wait()
@@ -128,7 +128,10 @@ async def serve_mesh(address: str, mesh: str) -> None:
 async def serve_many(address: str, mesh: str, count: int) -> None:
     """``count`` nodes with ``echo`` in one process: peers for the client to stay connected
     to while it measures one of them."""
-    nodes = [Node(f"bench-peer-{i}", mesh=mesh, bind=f"tcp://{address}:0") for i in range(count)]
+    nodes = [
+        Node(f"bench-peer-{i}", discovery=[], mesh=mesh, bind=f"tcp://{address}:0")
+        for i in range(count)
+    ]
     for node in nodes:
         node.handler("echo", _echo)
         await node.start()

@@ -250,7 +250,7 @@ async def _measure(
     plan: Plan, mesh: MeshDirectory, setup: Setup, progress: Callable[[int, int, str], None]
 ) -> list[Result]:
     results = []
-    async with Node("bench-client", mesh=mesh) as node:
+    async with Node("bench-client", discovery=[], mesh=mesh) as node:
         # a server here runs what this process runs: tell the node (it has no directory entry
         # to learn it from); one on another host may lack AES instructions
         node.add_peer(setup.server, setup.mesh_endpoint, cipher_suites=setup.server_suites)

@@ -77,7 +77,7 @@ class MeshTarget:
     def blocking(self) -> tuple[Callable[[Any], Any], Callable[[], None]]:
         """A SyncNode's ``echo`` for the blocking scenario, and its closer."""
         identity = self.sync_identity
-        sync = SyncNode(identity.name, identity=identity, trust=self.node.trust)
+        sync = SyncNode(identity.name, discovery=[], identity=identity, trust=self.node.trust)
         sync.node.add_peer(self.server, self.endpoint, cipher_suites=self.server_suites)
         return (lambda body: sync.request(SERVER, "echo", body, timeout=60)), sync.close
 

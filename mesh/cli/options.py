@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..core.errors import InvalidArgument
 from ..runtime.keystore import MeshDirectory, mesh_directory
-from ..runtime.node import ENV_DISCOVERY
-
-DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"
+from ..runtime.node import DEFAULT_DISCOVERY
 
 
 def discovery_option(parser: argparse.ArgumentParser) -> None:
-    """``--discovery URL[,URL...]``: ``$MESH_DISCOVERY``, then :data:`DEFAULT_DISCOVERY`."""
+    """``--discovery URL[,URL...]``; by default what a Node takes by default (None:
+    ``$MESH_DISCOVERY``, then :data:`DEFAULT_DISCOVERY`; ``runtime.node.discovery_urls``)."""
     parser.add_argument(
         "--discovery",
-        default=os.environ.get(ENV_DISCOVERY) or DEFAULT_DISCOVERY,
+        default=None,
         help=f"discovery URL(s), comma-separated (default: $MESH_DISCOVERY or {DEFAULT_DISCOVERY})",
     )
 

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import zmq
@@ -63,6 +63,7 @@ log = logging.getLogger("mesh")
 RESERVED_PREFIX = "mesh."  # method names of the protocol's own (protocol.md 8.4)
 STATS_METHOD = RESERVED_PREFIX + "stats"
 ENV_DISCOVERY = "MESH_DISCOVERY"
+DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"  # where `mesh discovery` binds by default
 CAPABILITY_ATTEMPTS = 3
 REGISTER_RETRY_S = 0.2
 DEFAULT_STREAM_WINDOW = 64
@@ -78,9 +79,13 @@ def _method(method: str | None, capability: str | None) -> str:
     return chosen
 
 
-def _discovery_urls(discovery: str | list[str] | None) -> list[str]:
+def discovery_urls(discovery: str | Sequence[str] | None) -> list[str]:
+    """The discovery nodes a node uses, by the one rule the ``mesh`` command follows too:
+    the URLs given (one, a comma-separated string or a list); by default (None)
+    ``$MESH_DISCOVERY``, else :data:`DEFAULT_DISCOVERY`; an empty list: none (a static
+    mesh, whose members meet through ``add_peer``)."""
     if discovery is None:
-        discovery = os.environ.get(ENV_DISCOVERY) or []
+        discovery = os.environ.get(ENV_DISCOVERY) or DEFAULT_DISCOVERY
     if isinstance(discovery, str):
         discovery = [u.strip() for u in discovery.split(",") if u.strip()]
     return [sockets.checked_endpoint(url, "discovery URL") for url in discovery]
@@ -102,8 +107,9 @@ class Node:
     """A member of the mesh. Use ``async with Node("alice", discovery=URL) as node:``.
 
     Arguments: ``name`` (also the identity's name in the mesh directory), ``discovery`` (one
-    URL, a comma-separated string or a list; default ``$MESH_DISCOVERY``; none: no
-    registration), ``bind`` (where the ROUTER listens; an ephemeral port by default),
+    URL, a comma-separated string or a list; by default ``$MESH_DISCOVERY``, else
+    ``tcp://127.0.0.1:7700``, as for the ``mesh`` command; ``[]``: none, a static mesh),
+    ``bind`` (where the ROUTER listens; an ephemeral port by default),
     ``advertise`` (the address peers should dial, required for wildcard binds),
     ``capabilities`` and ``meta`` (published in discovery), ``mesh`` (the mesh directory)
     or ``identity`` and ``trust`` directly, ``heartbeat`` (seconds; a silent peer is lost
@@ -122,7 +128,7 @@ class Node:
         self,
         name: str,
         *,
-        discovery: str | list[str] | None = None,
+        discovery: str | Sequence[str] | None = None,
         bind: str = "tcp://127.0.0.1:0",
         advertise: str | None = None,
         capabilities: tuple[str, ...] | list[str] = (),
@@ -169,7 +175,7 @@ class Node:
         self._register = register
         self.window = window or Window()
         self.peer_windows = dict(peer_windows or {})
-        self._urls = _discovery_urls(discovery)
+        self._urls = discovery_urls(discovery)
         self._context = context or sockets.shared_context()
         self._network = network or ZmqNetwork(self._context)
         self._table = SessionTable()
