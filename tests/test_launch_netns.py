@@ -47,9 +47,10 @@ def launch(home: Path, cluster: Path, *args: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-def status(home: Path, cluster: Path) -> dict[str, dict]:
+def status(home: Path, cluster: Path, healthy: bool = True) -> dict[str, dict]:
+    """The rows by name; the exit status says whether every node runs and is registered."""
     done = launch(home, cluster, "status", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == (0 if healthy else 1), done.stderr
     return {row["name"]: row for row in json.loads(done.stdout)}
 
 
@@ -115,7 +116,7 @@ def test_launch_up_status_encrypted_traffic_kill_and_down(tmp_path):
 
         pid = int((tmp_path / "h2" / "pids" / "beta.pid").read_text())
         assert hosts.in_namespace(hosts.hosts[1], "kill", "-9", str(pid)).returncode == 0
-        rows = status(home, cluster)
+        rows = status(home, cluster, healthy=False)
         assert rows["beta"]["state"] == "stopped" and rows["gamma"]["state"] == "running"
 
         logs = launch(home, cluster, "logs", "gamma")
@@ -160,5 +161,20 @@ def test_an_unreachable_host_is_one_clear_line(tmp_path):
         up = launch(home, cluster, "up")
         assert up.returncode != 0
         (line,) = up.stderr.strip().splitlines()
-        assert line.startswith("mesh: error: h2: ") and "Traceback" not in up.stderr
+        # the cause is ssh's (issue 21, item 2), not a Python that "is not importable"
+        assert line.startswith(f"mesh: error: h2: ssh: connect to host {hosts.subnet}.99 port 22")
+        assert "Traceback" not in up.stderr
+
+        shown = launch(home, cluster, "status")  # item 11: what a person reads
+        assert shown.returncode == 1, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0].split() == ["name", "host", "state", "registered", "rtt"]
+        cells = {line.split()[0]: line for line in lines[1:4]}
+        state_at = lines[0].index("state")
+        assert cells["beta"][state_at:].startswith("unreachable")
+        assert cells["discovery"][state_at:].startswith("not started")
+        assert cells["discovery"][lines[0].index("registered") :].startswith("no ")
+        assert lines[4].startswith("h2: ssh: connect to host")
+        rows = status(home, cluster, healthy=False)
+        assert rows["beta"]["reason"] == lines[4] and rows["gamma"]["reason"] is None
         launch(home, cluster, "down")

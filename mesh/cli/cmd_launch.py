@@ -27,6 +27,7 @@ from ..runtime.keystore import (
 from .cluster import load_cluster
 from .launch import Launcher
 from .options import json_option
+from .table import plain, printable
 
 
 def add_commands(commands: Any) -> None:
@@ -34,7 +35,9 @@ def add_commands(commands: Any) -> None:
         "launch",
         help="bring a mesh up across hosts from a cluster file; status, down, logs",
         description="Examples: mesh launch cluster.toml up; mesh launch cluster.toml status "
-        "--json; mesh launch cluster.toml logs writer; mesh launch cluster.toml down",
+        "--json; mesh launch cluster.toml logs writer; mesh launch cluster.toml down. status "
+        "exits 0 only when every node runs and is registered (1 otherwise), so a script can "
+        "use it as a health check.",
     )
     launch.add_argument("cluster", help="the cluster file (TOML)")
     launch.add_argument("action", choices=("up", "status", "down", "logs"))
@@ -83,6 +86,7 @@ def add_commands(commands: Any) -> None:
 
 
 MAX_DAYS = 36_500
+EXIT_UNHEALTHY = 1  # status: some node is not running or not registered
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -101,12 +105,23 @@ def _launch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows))
         else:
-            print(f"{'name':<16} {'host':<12} {'state':<10} {'registered':<11} rtt")
-            for r in rows:
-                rtt = f"{r['rtt_ms']:.2f} ms" if r["rtt_ms"] is not None else "-"
-                registered = "yes" if r["registered"] else "no"
-                print(f"{r['name']:<16} {r['host']:<12} {r['state']:<10} {registered:<11} {rtt}")
+            print(_status_table(rows))
+        healthy = all(r["state"] == "running" and r["registered"] for r in rows)
+        return 0 if healthy else EXIT_UNHEALTHY
     return 0
+
+
+def _status_table(rows: list[dict[str, Any]]) -> str:
+    """The rows, then one line per unreachable host saying why (ssh's own words)."""
+    cells = [
+        [r["name"], r["host"], r["state"], "yes" if r["registered"] else "no",
+         f"{r['rtt_ms']:.2f} ms" if r["rtt_ms"] is not None else "-"]
+        for r in rows
+    ]  # fmt: skip
+    lines = [plain(["name", "host", "state", "registered", "rtt"], cells)]
+    reasons = dict.fromkeys(r["reason"] for r in rows if r["reason"])
+    lines += [printable(reason) for reason in reasons]
+    return "\n".join(lines)
 
 
 def _keygen(args: argparse.Namespace) -> int:

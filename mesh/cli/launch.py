@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import LaunchError, MeshError
+from ..core.errors import HostUnreachable, LaunchError, MeshError
 from ..core.identity import Certificate
 from ..runtime.keystore import NOT_BEFORE_SLACK_S, MeshDirectory
 from ..runtime.node import Node
@@ -30,6 +30,7 @@ from .cluster import AgentSpec, Cluster, Host
 
 REMOTE_TIMEOUT_S = 60.0
 REGISTER_TIMEOUT_S = 120.0
+SSH_FAILED = 255  # ssh's own failure; otherwise it exits with the remote command's status
 CERT_LIFETIME_S = 365 * 86400
 DISCOVERY = "discovery"
 # a sh function: is pid $1 alive? A zombie is not (a detached node's parent is gone, and the
@@ -79,6 +80,8 @@ class Remote:
         if done.returncode != 0:
             said = (done.stderr.strip() or done.stdout.strip()).splitlines()
             reason = said[-1] if said else "no output"
+            if done.returncode == SSH_FAILED and not self.host.shell:
+                raise HostUnreachable(reason, host=self.host.name)
             raise LaunchError(f"{reason} (exit {done.returncode})", host=self.host.name)
         return done.stdout
 
@@ -218,6 +221,8 @@ class Launcher:
         script = f"{remote.python()} {probe}"
         try:
             version = remote.run(script).strip()
+        except HostUnreachable:
+            raise  # the connection's failure is the cause, not the Python at the other end
         except LaunchError:
             if remote.host.install is None:
                 raise LaunchError(
@@ -265,22 +270,29 @@ class Launcher:
     # ------------------------------------------------------------------ status, down, logs
 
     def status(self) -> list[dict[str, Any]]:
-        """One row per node of the cluster: host, process state, registered, round trip."""
+        """One row per node of the cluster: host, process state (``running``, ``stopped``,
+        ``not started`` or ``unreachable``, with ssh's ``reason``), registered (for
+        discovery: whether it answered), round trip."""
         states: dict[str, dict[str, str]] = {}
+        reasons: dict[str, str] = {}
         for name, remote in self.remotes.items():
             try:
                 states[name] = remote.states()
             except LaunchError as exc:
-                states[name] = {"": f"unreachable: {exc}"}
-        return asyncio.run(self._status_rows(states))
+                states[name] = {"": "unreachable"}
+                reasons[name] = str(exc)
+        return asyncio.run(self._status_rows(states, reasons))
 
-    async def _status_rows(self, states: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    async def _status_rows(
+        self, states: dict[str, dict[str, str]], reasons: dict[str, str]
+    ) -> list[dict[str, Any]]:
         rows = []
         async with self._node() as node:
             try:
                 live = {p.name for p in await node.peers()}
+                answered = True
             except MeshError:
-                live = set()
+                live, answered = set(), False
             for placement in self.placements():
                 host_states = states[placement.host.name]
                 state = host_states.get(placement.name, host_states.get("", "not started"))
@@ -295,8 +307,10 @@ class Launcher:
                         "name": placement.name,
                         "host": placement.host.name,
                         "state": state,
-                        "registered": placement.name in live or placement.name == DISCOVERY,
+                        "registered": placement.name in live
+                        or (placement.name == DISCOVERY and answered),
                         "rtt_ms": rtt,
+                        "reason": reasons.get(placement.host.name),
                     }
                 )
         return rows

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from ..core.errors import MeshError, NoSuchMethod
 from ..core.registry import PeerInfo
 from ..runtime.node import STATS_METHOD, Node
+from .table import plain, printable
 
 ASK_TIMEOUT_S = 2.0
 
@@ -92,19 +93,12 @@ def with_rates(
 
 def table(rows: list[dict[str, Any]]) -> str:
     """A plain-text view (``rich`` renders the same columns when installed)."""
-    lines = [" ".join(f"{title:<{width}}" for title, width in COLUMNS).rstrip()]
-    for row in rows:
-        lines.append(
-            " ".join(
-                f"{cell:<{width}}" for cell, (_, width) in zip(cells(row), COLUMNS, strict=True)
-            ).rstrip()
-        )
-    return "\n".join(lines)
+    return plain(COLUMNS, [cells(row) for row in rows])
 
 
 COLUMNS = (
-    ("name", 18), ("host", 15), ("kind/capabilities", 22), ("state", 12), ("rtt ms", 8),
-    ("req/s", 8), ("errors", 7), ("credit held", 11), ("drops", 20),
+    "name", "host", "kind/capabilities", "state", "rtt ms", "req/s", "errors", "credit held",
+    "drops",
 )  # fmt: skip
 
 
@@ -123,12 +117,16 @@ def cells(row: dict[str, Any]) -> list[str]:
 
 
 def rich_table(rows: list[dict[str, Any]]) -> Any:
+    """The same columns through rich. Names are never cut (rich would end them with an
+    ellipsis at 80 columns): their column keeps its widest name and the others fold."""
     from rich.table import Table
 
     view = Table(title="agent-mesh status")
-    for title, _ in COLUMNS:
-        view.add_column(title)
+    names = [printable(row["name"]) for row in rows]
+    view.add_column(COLUMNS[0], no_wrap=True, min_width=max(map(len, names), default=4))
+    for title in COLUMNS[1:]:
+        view.add_column(title, overflow="fold")
     for row in rows:
         style = None if row["state"].startswith("up") else "red"
-        view.add_row(*cells(row), style=style)
+        view.add_row(*(printable(cell) for cell in cells(row)), style=style)
     return view

@@ -301,3 +301,8 @@ class LaunchError(MeshError):
     def __init__(self, message: str, *, host: str | None = None) -> None:
         super().__init__(f"{host}: {message}" if host else message)
         self.host = host
+
+
+class HostUnreachable(LaunchError):
+    """``mesh launch`` could not reach a host at all (ssh's own failure: refused, timed out,
+    no route, authentication), as opposed to a command that ran there and failed."""
