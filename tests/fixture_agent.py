@@ -119,25 +119,6 @@ class FixtureAgent:
         return self.produced_count
 
 
-class ReadmeBob:
-    """The peer the README's embedding sample talks to."""
-
-    def __init__(self, node: Node) -> None:
-        node.handler("echo", self.echo)
-        node.handler("generate", self.generate)
-        node.handler("event", self.event)
-
-    async def echo(self, body: Any) -> Any:
-        return body
-
-    async def generate(self, body: Any) -> Any:
-        for token in ("hello", "world"):
-            yield token
-
-    async def event(self, body: Any) -> None:
-        return None
-
-
 class Ticker:
     """A registered publisher for the topic process tests: ``publish`` sends ``count``
     messages ``{"i": 0..count-1}`` on ``topic`` and returns the last sequence number."""

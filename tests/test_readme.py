@@ -44,15 +44,8 @@ def test_embedding_sample_runs_against_a_local_mesh(tmp_path):
     bob = None
     try:
         url = discovery.endpoint()
-        bob = Process(
-            "run",
-            "tests.fixture_agent:ReadmeBob",
-            "--name",
-            "bob",
-            "--discovery",
-            url,
-            home=tmp_path,
-        )
+        # as the README starts it: `mesh run examples.bob:Bob --name bob`, from the checkout
+        bob = Process("run", "examples.bob:Bob", "--name", "bob", "--discovery", url, home=tmp_path)
         bob.endpoint()
         assert run_sample(sample.replace("tcp://127.0.0.1:7700", url), tmp_path) == [
             "hello",
