@@ -1,0 +1,217 @@
+"""Every command block of README.md and docs/guide.md, run as a newcomer runs them (issue
+21): in a fresh clone, with an empty HOME, nothing activated. ``mesh`` and ``python`` are
+typed as the paths the README says they are (``.venv/bin/mesh``, ``.venv/bin/python``).
+
+How a block is walked, line by line, as a person at a terminal would:
+
+- a line ending in ``&`` starts in the background, and the next line waits until it has
+  said something (a server's "serving on", a subscriber's "subscribed to");
+- ``mesh call`` is repeated (for up to a minute) until it succeeds: what it calls becomes
+  reachable asynchronously (a router learns the agents' cards as they join);
+- ``python NAME.py`` runs the Python sample just above the block, saved as NAME.py;
+- a comment ``# on the node's host`` switches to a second mesh directory (another machine's),
+  ``# on the authority's host`` / ``# anywhere in the mesh`` back to the first; the
+  placeholder host ``discovery-host`` is this machine;
+- at the block's end a background command given ``--count N`` must have ended by itself
+  (it got its messages); the others must still run; all are stopped with SIGTERM.
+
+Lines this machine cannot run are listed in ELSEWHERE with the test that runs them, and the
+walk checks that test does mention the command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.processes import ROOT
+
+pytestmark = pytest.mark.slow
+
+DOCS = ("README.md", "docs/guide.md")
+FENCE = re.compile(r"```(sh|bash|python)\n(.*?)```", re.S)
+ELSEWHERE = {  # a command's start: the file that runs it, and what shows it does
+    "./scripts/test": (".ci/run", "exec ./scripts/test"),  # here it would run itself
+    "scripts/launch ": ("tests/test_launch_netns.py", '"launch"'),  # hosts as namespaces
+    "mesh deadletters ": ("tests/test_delivery_processes.py", 'spawn("deadletters"'),
+}
+READY_S = 180.0  # a background command's first word (LLM agents load a model)
+CALL_RETRY_S = 60.0
+
+
+@dataclass
+class Block:
+    doc: str
+    line: int
+    text: str
+    sample: str | None  # the Python sample just above, if any
+
+
+def blocks() -> list[Block]:
+    found = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        sample = None
+        for match in FENCE.finditer(text):
+            if match.group(1) == "python":
+                sample = match.group(2)
+                continue
+            line = text.count("\n", 0, match.start()) + 1
+            found.append(Block(doc, line, match.group(2), sample))
+    return found
+
+
+@dataclass
+class Walk:
+    clone: Path
+    env: dict[str, str]
+    homes: dict[str, Path]
+    background: list[tuple[str, subprocess.Popen[str], Path]] = field(default_factory=list)
+    home: str = "authority"
+
+    def command(self, line: str) -> str:
+        words = line.split(" ", 1)
+        if words[0] == "mesh":
+            words[0] = str(self.clone / ".venv/bin/mesh")
+        elif words[0] == "python":
+            words[0] = str(self.clone / ".venv/bin/python")
+        return " ".join(words).replace("discovery-host", "127.0.0.1")
+
+    def environment(self) -> dict[str, str]:
+        return {**self.env, "MESH_HOME": str(self.homes[self.home])}
+
+    def comment(self, text: str) -> None:
+        if "on the node's host" in text:
+            self.home = "node"
+        elif "on the authority's host" in text or "anywhere in the mesh" in text:
+            self.home = "authority"
+
+    def start(self, line: str, where: str) -> None:
+        log = self.clone.parent / f"background-{len(self.background)}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                ["bash", "-c", "exec " + self.command(line)], cwd=self.clone,
+                env=self.environment(), stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        self.background.append((line, process, log))
+        deadline = time.monotonic() + READY_S
+        while not log.read_text().strip():
+            assert process.poll() is None, f"{where}: {line!r} exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"{where}: {line!r} said nothing"
+            time.sleep(0.1)
+
+    def run(self, line: str, where: str) -> str:
+        retry_until = time.monotonic() + (CALL_RETRY_S if line.startswith("mesh call ") else 0)
+        while True:
+            done = subprocess.run(
+                ["bash", "-c", self.command(line)], cwd=self.clone, env=self.environment(),
+                capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if done.returncode == 0 or time.monotonic() > retry_until:
+                break
+            time.sleep(0.5)
+        assert done.returncode == 0, f"{where}: {line!r}\n{done.stdout[-2000:]}{done.stderr}"
+        return done.stdout
+
+    def end_block(self, where: str) -> None:
+        for line, process, log in self.background:
+            if " --count " in line:  # it ends by itself once it has had that many
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"{where}: {line!r} did not get its messages") from None
+            status = process.poll()
+            assert status in (None, 0), f"{where}: {line!r} exited {status}: {log.read_text()}"
+            process.send_signal(signal.SIGTERM)
+        for line, process, _ in self.background:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise AssertionError(f"{where}: {line!r} ignored SIGTERM") from None
+        self.background.clear()
+
+
+def lines_of(block: Block) -> list[str]:
+    """The block's lines, without trailing comments (a ``#`` outside quotes)."""
+    found = []
+    for raw in block.text.splitlines():
+        if raw.lstrip().startswith("#"):
+            found.append(raw.strip())
+            continue
+        words = shlex.split(raw, comments=True)
+        if words:
+            background = words[-1] == "&"
+            code = shlex.join(words[:-1] if background else words)
+            found.append(code + (" &" if background else ""))
+    return found
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory) -> Walk:
+    """A fresh clone, set up by the README's first command, which must run as written."""
+    base = tmp_path_factory.mktemp("walk")
+    clone = base / "agent-mesh"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    home = base / "home"
+    home.mkdir()
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p]
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("MESH_") and k not in ("VIRTUAL_ENV", "PYTHONPATH")
+    }  # fmt: skip
+    # An empty HOME, but pip's download cache kept: a fresh machine downloads the same.
+    cache = subprocess.run(
+        ["python3", "-m", "pip", "cache", "dir"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    env.update(HOME=str(home), PATH=os.pathsep.join(path), PIP_CACHE_DIR=cache or "")
+    homes = {"authority": home / ".agent-mesh", "node": base / "node-host"}
+    return Walk(clone, env, homes)
+
+
+@pytest.mark.timeout(1200)
+def test_the_readme_and_the_guide_run_as_written(walk):
+    (demo, tests, *rest) = blocks()
+    assert demo.text.startswith("./scripts/demo") and tests.text.startswith("./scripts/test")
+    # 1. the main job, set up from nothing (MESH_HOME: the README's default, none set)
+    done = subprocess.run(
+        ["./scripts/demo"], cwd=walk.clone, env=walk.env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "stopped every process (exit statuses:" in done.stdout
+    assert "Traceback" not in done.stderr and "Editable installation" not in done.stderr
+    # 2. every other block, in order
+    walked = 0
+    for block in [tests, *rest]:
+        where = f"{block.doc}:{block.line}"
+        walk.home = "authority"
+        try:
+            for line in lines_of(block):
+                elsewhere = next((f for c, f in ELSEWHERE.items() if line.startswith(c)), None)
+                if line.startswith("#"):
+                    walk.comment(line)
+                elif elsewhere is not None:
+                    runner, needle = elsewhere
+                    assert needle in (ROOT / runner).read_text(), (line, runner)
+                elif line.endswith(" &"):
+                    walk.start(line[:-2], where)
+                    walked += 1
+                else:
+                    script = re.fullmatch(r"python (\w+\.py)", line)
+                    if script:
+                        assert block.sample, f"{where}: no sample above for {line!r}"
+                        (walk.clone / script.group(1)).write_text(block.sample)
+                    walk.run(line, where)
+                    walked += 1
+        finally:
+            walk.end_block(where)
+    assert walked >= 25  # the blocks were walked, not skipped
