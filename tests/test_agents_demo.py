@@ -17,6 +17,8 @@ import pytest
 from agents.demo import one_line
 from tests.processes import ROOT, Process
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 @pytest.mark.timeout(400)
 def test_the_customer_service_mesh_routes_streams_converses_and_logs(tmp_path):

@@ -18,7 +18,7 @@ LLM = "agents.llm:LLMAgent"
 START_S = 90.0  # importing torch on a busy 2-core machine
 # each test starts a model process (up to START_S) and then generates: the suite's 120 s
 # guard against hangs is too short for that on a loaded machine
-pytestmark = pytest.mark.timeout(START_S + 210)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(START_S + 210)]
 DESCRIPTION = "Billing: invoices, refunds and payment methods."
 # a reader of window 2 that took 1 chunk and stopped: 1 taken + 2 in the reader's window + 2
 # the model may run ahead + 1 being produced

@@ -16,6 +16,8 @@ from agents.tiny import build_tiny_model
 from mesh import BadRequest, DiscoveryServer, MeshDirectory, Node
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 SPECIALITIES = {
     "billing": "Billing: invoices, charges, refunds and payment methods.",
     "tech": "Technical support: devices that will not start, network and Wi-Fi problems, "

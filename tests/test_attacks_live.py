@@ -24,6 +24,8 @@ from mesh.runtime.node import Node
 from mesh.runtime.stamps import now_ms
 from tests.hostile import LoopThread, RawPeer, until
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 SKEW_MS = 10 * 60 * 1000  # far beyond the default bound
 
 

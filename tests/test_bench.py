@@ -15,6 +15,8 @@ import pytest
 
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 SCENARIOS = {
     "request/reply 64 B", "request/reply 1 KiB", "request/reply 64 KiB", "request/reply 1 MiB",
     "one-way 64 B", "concurrency 1", "concurrency 4", "concurrency 16", "concurrency 64",

@@ -14,7 +14,7 @@ from tests.netns import Hosts, why_not
 from tests.processes import ROOT
 
 REASON = why_not()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
 def test_bench_with_the_servers_on_another_host(tmp_path):

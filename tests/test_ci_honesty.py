@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT
+
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
 
 SKIPPING = """
 import shutil

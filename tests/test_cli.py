@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 def mesh(*args: str, home, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MESH_HOME": str(home)}

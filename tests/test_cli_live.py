@@ -11,6 +11,8 @@ import pytest
 from tests.processes import Process
 from tests.test_cli import assert_one_line_error, mesh
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 @pytest.fixture
 def running(tmp_path):

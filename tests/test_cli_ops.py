@@ -15,6 +15,8 @@ from mesh.cli.app import _parser
 from mesh.cli.completion import _commands
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 def mesh(*args: str, home, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}

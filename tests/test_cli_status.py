@@ -14,6 +14,8 @@ from mesh import InvalidArgument
 from mesh.runtime.node import STATS_METHOD, Node
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 def status(home, discovery: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}

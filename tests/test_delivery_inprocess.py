@@ -14,6 +14,8 @@ from mesh.runtime.discovery import DiscoveryServer
 from tests.conftest import eventually
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 @pytest.mark.asyncio
 async def test_retried_dead_letters_go_out_again_and_are_announced(mesh, tmp_path):

@@ -12,6 +12,8 @@ from mesh.runtime.node import Node
 from tests.conftest import wait_until
 from tests.processes import Process
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 RECORDER = "tests.fixture_agent:Recorder"
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guide.md"
 SAMPLES = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
 EXPECTED = {  # a word only that sample has -> its output, line by line

@@ -24,6 +24,8 @@ from mesh.core.registry import Registry, parse_registration
 from mesh.runtime.discovery import DiscoveryServer
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 AGENT = "tests.fixture_agent:FixtureAgent"
 LONG_LEASE_MS = "120000"  # outlives any test: only the rule under test can free the name
 

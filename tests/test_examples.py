@@ -10,6 +10,8 @@ import pytest
 
 from tests.processes import ROOT, Process
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 @pytest.fixture
 def local_mesh(tmp_path):

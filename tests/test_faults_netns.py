@@ -23,7 +23,11 @@ from tests.processes import Process
 from tests.test_live_processes import LOST_BY_LIVENESS
 
 REASON = why_not()
-pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.asyncio]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(REASON is not None, reason=REASON or ""),
+    pytest.mark.asyncio,
+]
 AGENT = "tests.fixture_agent:FixtureAgent"
 HEARTBEAT = 0.2
 HEAL_WITHIN_S = 60.0

@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import pytest
+
 from tests.processes import ROOT, Process
+
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
 
 MESH = Path(sys.executable).parent / "mesh"  # the console script a user types
 GREETER = """

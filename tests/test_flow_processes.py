@@ -17,7 +17,7 @@ from tests.conftest import eventually, spent_stream_credit
 from tests.processes import ROOT
 from tests.test_live_processes import AGENT
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 # The issue asks for 200 000 messages at 1 ms each (over three minutes); the suite runs a
 # tenth of that by default. MESH_FLOW_MESSAGES=200000 runs the full measurement.
 MESSAGES = int(os.environ.get("MESH_FLOW_MESSAGES", "20000"))

@@ -35,6 +35,8 @@ from mesh.runtime.stamps import now_ms
 from tests.hostile import LoopThread, RawPeer, until
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 EXAMPLES = int(os.environ.get("MESH_FUZZ_EXAMPLES", "150"))
 VOLUME = max(3000, EXAMPLES * 10)
 TOPIC = "fuzz.t"

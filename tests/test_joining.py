@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import ROOT
+
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
 
 
 def mesh(home: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,8 @@ import pytest
 from mesh import InsecureKeyFile, KeyFileError, MeshDirectory
 from mesh.runtime import keystore
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 def test_zero_config_creates_authority_and_identity(tmp_path):
     mesh = MeshDirectory(tmp_path / "mesh")

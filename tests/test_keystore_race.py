@@ -19,6 +19,8 @@ import pytest
 
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 PROCESSES = 6
 ROUNDS = 3
 

@@ -19,7 +19,7 @@ from tests.netns import Hosts, why_not
 from tests.processes import ROOT
 
 REASON = why_not()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 MARKER = "agent-mesh-marker-7f3c9a"
 FENCE = b"end-of-capture-fence-51d2e8"
 

@@ -225,3 +225,28 @@ def test_the_public_names_are_these():
     assert len(mesh.__all__) == len(set(mesh.__all__))
     for name in PUBLIC:
         assert getattr(mesh, name) is not None
+
+
+# `scripts/test --fast` runs the tests not marked slow: a module that starts processes, needs
+# a host tool or the network, or loads a model is marked slow as a whole.
+SLOW_SIGNS = (
+    "import subprocess", "from tests.processes import", "from tests.netns import",
+    "agents.llm", "agents.embedding", "agents.router", "(spawn", "(discovery", ", discovery,",
+    "spawn)", "discovery)",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(set((ROOT / "tests").glob("test_*.py")) - {Path(__file__).resolve()}),
+    ids=lambda path: path.name,
+)
+def test_a_test_module_that_starts_processes_is_marked_slow(path):
+    source = path.read_text()
+    signs = [sign for sign in SLOW_SIGNS if sign in source]
+    marks = [
+        node for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "pytestmark"
+    ]  # fmt: skip
+    slow = any("mark.slow" in ast.unparse(node.value) for node in marks)
+    assert slow or not signs, f"{path.name} shows {signs} but is not marked slow"

@@ -23,6 +23,8 @@ from mesh.runtime.stamps import now_ms
 from mesh.runtime.sync import SyncNode
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 NODES = 50
 
 

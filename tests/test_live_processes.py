@@ -28,7 +28,7 @@ from mesh.runtime.node import Node
 from tests.conftest import eventually
 from tests.processes import Process
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 AGENT = "tests.fixture_agent:FixtureAgent"
 HEARTBEAT = 0.2
 # Why a call in flight ends when its peer dies: the liveness checks (heartbeats unanswered, or

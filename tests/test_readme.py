@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import ROOT, Process
+
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)

@@ -11,6 +11,8 @@ import pytest
 
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 @pytest.mark.parametrize(
     ("script", "count", "expected"),

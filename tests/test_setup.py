@@ -16,6 +16,8 @@ import pytest
 
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 spec = importlib.util.spec_from_file_location("_torch_build", ROOT / "scripts/_torch_build.py")
 torch_build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(torch_build)

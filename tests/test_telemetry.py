@@ -14,6 +14,8 @@ from mesh.core.errors import NoSuchMethod
 from mesh.runtime.node import Node
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families

@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT
 from tests.thirdparty_client import Client
+
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
 
 
 def test_a_client_written_from_the_spec_calls_a_live_node(spawn, discovery, home):

@@ -20,6 +20,8 @@ from mesh.runtime.discovery import DiscoveryServer
 from mesh.runtime.stamps import next_msg_id, now_ms
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 
 @contextlib.asynccontextmanager
 async def running(mesh, *names, **options):

@@ -16,6 +16,8 @@ from tests.conftest import eventually
 from tests.processes import Process
 from tests.test_topics_inprocess import forge
 
+pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
+
 SUBSCRIBERS = 20
 MESSAGES = 200
 TICKER = "tests.fixture_agent:Ticker"
