@@ -55,7 +55,9 @@ def one_line(text: str) -> str:
 
 def _escaped(ch: str) -> str:
     code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,10 +151,10 @@ class Demo:
         if not self.children:
             return
         self.say(f"stopping {len(self.children)} processes")
-        agents, discovery = self.children[:0:-1], self.children[:1]
+        discovery, *agents = self.children
         self.children = []
-        statuses = MeshProcess.stop_all(agents) + MeshProcess.stop_all(discovery)
-        named = [f"{c.name} {s}" for c, s in zip(agents + discovery, statuses, strict=True)]
+        stopped = MeshProcess.stop_mesh(discovery, agents[::-1])
+        named = [f"{child.name} {status}" for child, status in stopped]
         self.say(f"stopped every process (exit statuses: {', '.join(named)})")
 
     # ------------------------------------------------------------------ talking

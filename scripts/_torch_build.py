@@ -10,26 +10,35 @@ Only the standard library is used: setup runs this before anything else is insta
 from __future__ import annotations
 
 import json
+import re
 import sys
 
-CUDA_PREFIXES = ("nvidia-", "cuda-", "triton")
+ACCELERATOR_PREFIXES = ("nvidia-", "cuda-", "triton", "pytorch-triton")  # CUDA's and ROCm's
 
 
 def build_of(report: dict) -> str:
-    """``cpu`` when the torch pip chose needs no CUDA package, else ``cuda``.
+    """``cpu`` when the torch pip chose is the CPU build, else ``cuda`` (any GPU build).
 
-    A requirement is counted whatever its marker says: a wheel that names a CUDA package
-    for some platform is not the CPU build, and asking PyTorch's CPU index costs nothing
-    more than a wrong guess the other way (several GB)."""
+    A local version label says it where there is one (``+cpu``; ``+cu128``, ``+rocm6.4``
+    are not). Without one, a wheel is the CPU build only if it needs no accelerator
+    package, whatever the requirement's marker says: asking PyTorch's CPU index costs
+    little, a wrong guess the other way several GB."""
     for item in report.get("install", []):
         metadata = item.get("metadata", {})
-        if metadata.get("name", "").lower() != "torch":
+        if _normal(metadata.get("name", "")) != "torch":
             continue
-        if metadata.get("version", "").endswith("+cpu"):
-            return "cpu"
-        needs = [r.split(";")[0].strip().lower() for r in metadata.get("requires_dist", [])]
-        return "cuda" if any(n.startswith(CUDA_PREFIXES) for n in needs) else "cpu"
+        _, _, label = metadata.get("version", "").partition("+")
+        if label:
+            return "cpu" if label == "cpu" else "cuda"
+        requirements = metadata.get("requires_dist", [])
+        needs = [_normal(re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0]) for r in requirements]
+        return "cuda" if any(n.startswith(ACCELERATOR_PREFIXES) for n in needs) else "cpu"
     raise SystemExit("_torch_build: the report names no torch")
+
+
+def _normal(name: str) -> str:
+    """A project name as PyPI compares them (PEP 503): nvidia_cublas is nvidia-cublas."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def test_the_customer_service_mesh_routes_streams_converses_and_logs(tmp_path):
 def test_model_text_is_printed_inside_its_line():
     """The tiny model's gibberish holds tabs, newlines and escapes (issue 21, item 11)."""
     assert one_line("a\tb\nc\r\x1b[31md\u00e9\u200b") == "a b c \\x1b[31mdé\\u200b"
+    assert one_line("\U000e0001") == "\\U000e0001"  # a tag character, beyond the BMP
 
 
 def _running(pid: int) -> bool:

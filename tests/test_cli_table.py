@@ -56,3 +56,12 @@ def test_rich_never_cuts_a_name_at_80_columns():
     )
     assert name in out.getvalue()
     assert max(len(line) for line in out.getvalue().splitlines()) <= 80
+
+
+def test_a_peers_text_is_shown_as_text_not_rich_markup():
+    """A card's kind and a stats key come from the peer: "[/]" once crashed mesh status."""
+    odd = row("odd", [])
+    odd["kind"], odd["drops"] = "[/]", {"[link=http://evil.example]x": 1}
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(status.rich_table([odd]))
+    assert "[/]" in out.getvalue() and "[link=http://evil.example]x" in out.getvalue()

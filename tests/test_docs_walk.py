@@ -25,13 +25,16 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from mesh.ops.processes import dying_with_parent
 from tests.processes import ROOT
 
 pytestmark = pytest.mark.slow
@@ -40,9 +43,12 @@ DOCS = ("README.md", "docs/guide.md")
 FENCE = re.compile(r"```(sh|bash|python)\n(.*?)```", re.S)
 ELSEWHERE = {  # a command's start: the file that runs it, and what shows it does
     "./scripts/test": (".ci/run", "exec ./scripts/test"),  # here it would run itself
-    "scripts/launch ": ("tests/test_launch_netns.py", '"launch"'),  # hosts as namespaces
+    # scripts/launch itself (from the user's folder) in test_first_hour; `mesh launch`
+    # up/status/logs/down across hosts made of network namespaces in test_launch_netns
+    "scripts/launch ": ("tests/test_first_hour.py", 'ROOT / "scripts" / "launch"'),
     "mesh deadletters ": ("tests/test_delivery_processes.py", 'spawn("deadletters"'),
 }
+PORTS = (7700, 5555)  # README's discovery address, the guide's
 READY_S = 180.0  # a background command's first word (LLM agents load a model)
 CALL_RETRY_S = 60.0
 
@@ -100,6 +106,7 @@ class Walk:
             process = subprocess.Popen(
                 ["bash", "-c", "exec " + self.command(line)], cwd=self.clone,
                 env=self.environment(), stdout=out, stderr=subprocess.STDOUT, text=True,
+                preexec_fn=dying_with_parent(),  # nothing outlives a killed pytest
             )  # fmt: skip
         self.background.append((line, process, log))
         deadline = time.monotonic() + READY_S
@@ -107,6 +114,9 @@ class Walk:
             assert process.poll() is None, f"{where}: {line!r} exited: {log.read_text()}"
             assert time.monotonic() < deadline, f"{where}: {line!r} said nothing"
             time.sleep(0.1)
+        said = log.read_text()
+        failed = process.poll() not in (None, 0) or "error" in said.split("\n", 1)[0]
+        assert not failed, f"{where}: {line!r} failed: {said}"  # e.g. a port already taken
 
     def run(self, line: str, where: str) -> str:
         retry_until = time.monotonic() + (CALL_RETRY_S if line.startswith("mesh call ") else 0)
@@ -122,22 +132,35 @@ class Walk:
         return done.stdout
 
     def end_block(self, where: str) -> None:
+        """Check the block's background commands, then stop them all, whatever failed."""
+        problems = []
         for line, process, log in self.background:
             if " --count " in line:  # it ends by itself once it has had that many
                 try:
                     process.wait(30)
                 except subprocess.TimeoutExpired:
-                    raise AssertionError(f"{where}: {line!r} did not get its messages") from None
+                    problems.append(f"{line!r} did not get its messages")
             status = process.poll()
-            assert status in (None, 0), f"{where}: {line!r} exited {status}: {log.read_text()}"
-            process.send_signal(signal.SIGTERM)
+            if status not in (None, 0):
+                problems.append(f"{line!r} exited {status}: {log.read_text()}")
+        problems += self.stop_all()
+        assert not problems, f"{where}: " + "; ".join(problems)
+
+    def stop_all(self) -> list[str]:
+        """SIGTERM to every background command, SIGKILL to one still there after 30 s."""
+        for _, process, _ in self.background:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        ignored = []
         for line, process, _ in self.background:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-                raise AssertionError(f"{where}: {line!r} ignored SIGTERM") from None
+                process.wait()
+                ignored.append(f"{line!r} ignored SIGTERM")
         self.background.clear()
+        return ignored
 
 
 def lines_of(block: Block) -> list[str]:
@@ -155,8 +178,28 @@ def lines_of(block: Block) -> list[str]:
     return found
 
 
+def pypi_only(base: Path, env: dict[str, str]) -> None:
+    """Make pip see what a machine with only PyPI sees (no pip configuration, no local
+    wheels), with a mirror of PyTorch's CPU index (``$MESH_TORCH_INDEX``) holding the CPU
+    wheel this machine has: scripts/setup must then find that PyPI offers the CUDA build
+    and take the CPU one from the index (issue 21, item 5)."""
+    wheels = base / "cpu-index" / "torch"
+    wheels.mkdir(parents=True)
+    subprocess.run(
+        ["python3", "-m", "pip", "download", "-q", "--no-deps", "--dest", str(wheels),
+         "torch==2.13.0+cpu"],
+        check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("torch-*.whl")
+    link = f'<a href="{wheel.name}">{wheel.name}</a>'
+    (wheels / "index.html").write_text(f"<!DOCTYPE html><html><body>{link}</body></html>\n")
+    for name in [k for k in env if k.startswith("PIP_") and k != "PIP_CACHE_DIR"]:
+        del env[name]
+    env.update(PIP_CONFIG_FILE=os.devnull, MESH_TORCH_INDEX=(base / "cpu-index").as_uri())
+
+
 @pytest.fixture(scope="module")
-def walk(tmp_path_factory) -> Walk:
+def walk(tmp_path_factory) -> Iterator[Walk]:
     """A fresh clone, set up by the README's first command, which must run as written."""
     base = tmp_path_factory.mktemp("walk")
     clone = base / "agent-mesh"
@@ -173,8 +216,15 @@ def walk(tmp_path_factory) -> Walk:
         ["python3", "-m", "pip", "cache", "dir"], capture_output=True, text=True, check=False
     ).stdout.strip()
     env.update(HOME=str(home), PATH=os.pathsep.join(path), PIP_CACHE_DIR=cache or "")
+    pypi_only(base, env)
     homes = {"authority": home / ".agent-mesh", "node": base / "node-host"}
-    return Walk(clone, env, homes)
+    for port in PORTS:  # the docs' own addresses, typed as written: they must be free
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"port {port} is in use here; the README's commands bind it")
+    walk = Walk(clone, env, homes)
+    yield walk
+    walk.stop_all()
 
 
 @pytest.mark.timeout(1200)
@@ -188,6 +238,12 @@ def test_the_readme_and_the_guide_run_as_written(walk):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "stopped every process (exit statuses:" in done.stdout
+    assert "the CPU build from file://" in done.stderr  # PyPI's is CUDA: the CPU index's
+    installed = subprocess.run(
+        [str(walk.clone / ".venv/bin/python"), "-m", "pip", "list", "--format=freeze"],
+        capture_output=True, text=True, check=True, env=walk.env,
+    ).stdout  # fmt: skip
+    assert "torch==2.13.0+cpu" in installed.split() and "nvidia" not in installed
     assert "Traceback" not in done.stderr and "Editable installation" not in done.stderr
     # 2. every other block, in order
     walked = 0

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -173,7 +172,7 @@ def test_mesh_run_help_shows_the_agents_own_options(tmp_path):
         [str(MESH), "run", "agents.lm:LLMAgent", "--help"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
     )  # fmt: skip
-    assert typo.returncode == 1
+    assert typo.returncode == 1 and typo.stdout == ""
     assert typo.stderr.splitlines() == [
         "mesh: error: agent 'agents.lm:LLMAgent': cannot import 'agents.lm': "
         "No module named 'agents.lm'"
@@ -211,10 +210,52 @@ def test_a_node_and_the_mesh_command_find_discovery_by_one_rule(tmp_path, discov
         app.communicate("\n", timeout=60)
     assert app.returncode == 0
 
-    from mesh.cli.options import DEFAULT_DISCOVERY as CLI_DEFAULT
-    from mesh.runtime.node import discovery_urls
+    # with nothing set, both go to tcp://127.0.0.1:7700, and a node says it was the default
+    without = {k: v for k, v in os.environ.items() if k not in ("MESH_DISCOVERY", "PYTHONPATH")}
+    helped = subprocess.run(
+        [str(MESH), "peers", "--help"], capture_output=True, text=True, env=without, timeout=60
+    )
+    assert "(default: $MESH_DISCOVERY or tcp://127.0.0.1:7700)" in " ".join(helped.stdout.split())
+    alone = subprocess.run(
+        [sys.executable, "-c", "from mesh import SyncNode; SyncNode('app', connect_timeout=1)"],
+        capture_output=True, text=True, timeout=60, env={**without, "MESH_HOME": str(home)},
+    )  # fmt: skip
+    assert alone.returncode == 1
+    assert (
+        alone.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "discovery tcp://127.0.0.1:7700 is unreachable: no answer from tcp://127.0.0.1:7700 "
+            "within 1.0 s: it is the default address (start `mesh discovery`, or point at one "
+            "with $MESH_DISCOVERY or discovery=URL; discovery=[] for a node without one)"
+        )
+    )
 
-    without = {k: v for k, v in os.environ.items() if k != "MESH_DISCOVERY"}
-    with mock.patch.dict(os.environ, without, clear=True):
-        assert discovery_urls(None) == [CLI_DEFAULT] == ["tcp://127.0.0.1:7700"]
-    assert discovery_urls([]) == []
+
+def test_a_host_that_only_verifies_never_gets_an_authority_of_its_own(tmp_path):
+    """The demos (and init, selfcheck) use the default mesh directory; on a node's host set
+    up as docs/guide.md says (keygen, then install), that directory holds only the
+    authority's public key. Minting an authority there would cut the node off from its mesh:
+    they refuse in one line instead."""
+    authority, node = tmp_path / "authority", tmp_path / "node"
+
+    def mesh(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        return subprocess.run(
+            [str(MESH), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**env, "MESH_HOME": str(home)},
+        )  # fmt: skip
+
+    assert mesh(authority, "init").returncode == 0
+    assert mesh(node, "keygen", "worker", "--out", "w.pub.json").returncode == 0
+    certify = ["certify", "w.pub.json", "--capabilities", "echo", "--out", "w.cert.json"]
+    assert mesh(authority, *certify).returncode == 0
+    assert mesh(node, "install", "--from", "w.cert.json").returncode == 0
+    for command in (["demo"], ["init"], ["selfcheck"]):
+        refused = mesh(node, *command)
+        assert refused.returncode == 1, command
+        assert refused.stderr.splitlines() == [
+            f"mesh: error: {node}: holds another host's authority.pub and no authority: this "
+            "host only verifies (give --mesh DIR or $MESH_HOME for a mesh of its own)"
+        ], command
+        assert not (node / "authority.key").exists()

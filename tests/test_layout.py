@@ -230,9 +230,9 @@ def test_the_public_names_are_these():
 # `scripts/test --fast` runs the tests not marked slow: a module that starts processes, needs
 # a host tool or the network, or loads a model is marked slow as a whole.
 SLOW_SIGNS = (
-    "import subprocess", "from tests.processes import", "from tests.netns import",
-    "agents.llm", "agents.embedding", "agents.router", "(spawn", "(discovery", ", discovery,",
-    "spawn)", "discovery)",
+    "import subprocess", "from subprocess import", "from tests.processes import",
+    "from tests.netns import", "agents.llm", "agents.embedding", "agents.router",
+    "(spawn", "(discovery", ", discovery,", "spawn)", "discovery)",
 )  # fmt: skip
 
 

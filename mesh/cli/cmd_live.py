@@ -138,15 +138,16 @@ class RunHelp(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: Any, *_: Any) -> None:
-        parser.print_help()
         target = getattr(namespace, "target", None)
+        options_help = None
         if target is not None:
             try:
-                factory = load_target(target)
+                options_help = getattr(load_target(target), "options_help", None)
             except MeshError as exc:
                 parser.exit(1, f"mesh: error: {exc}\n")
-            if hasattr(factory, "options_help"):
-                print(f"\n{factory.options_help()}", end="")
+        parser.print_help()
+        if callable(options_help):
+            print(f"\n{options_help()}", end="")
         parser.exit()
 
 

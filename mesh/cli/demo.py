@@ -75,8 +75,6 @@ def run_demo(mesh: MeshDirectory) -> int:
     finally:
         if children:
             say(f"stopping {len(children)} processes")
-            agents, discovery = children[1:], children[:1]  # agents leave while it listens
-            statuses = MeshProcess.stop_all(agents) + MeshProcess.stop_all(discovery)
-            for child, status in zip(agents + discovery, statuses, strict=True):
+            for child, status in MeshProcess.stop_mesh(children[0], children[1:]):
                 say(f"stopped {child.name}: exit status {status}")
     return 0

@@ -118,8 +118,10 @@ def cells(row: dict[str, Any]) -> list[str]:
 
 def rich_table(rows: list[dict[str, Any]]) -> Any:
     """The same columns through rich. Names are never cut (rich would end them with an
-    ellipsis at 80 columns): their column keeps its widest name and the others fold."""
+    ellipsis at 80 columns): their column keeps its widest name and the others fold. Cells
+    are plain Text, never markup: a peer chooses its card's kind and its stats' keys."""
     from rich.table import Table
+    from rich.text import Text
 
     view = Table(title="agent-mesh status")
     names = [printable(row["name"]) for row in rows]
@@ -128,5 +130,5 @@ def rich_table(rows: list[dict[str, Any]]) -> Any:
         view.add_column(title, overflow="fold")
     for row in rows:
         style = None if row["state"].startswith("up") else "red"
-        view.add_row(*(printable(cell) for cell in cells(row)), style=style)
+        view.add_row(*(Text(printable(cell)) for cell in cells(row)), style=style)
     return view

@@ -119,6 +119,15 @@ class MeshProcess:
         return MeshProcess.stop_all([self])[0]
 
     @staticmethod
+    def stop_mesh(
+        discovery: MeshProcess, agents: Sequence[MeshProcess]
+    ) -> list[tuple[MeshProcess, int]]:
+        """Stop a local mesh: its agents together, then its discovery node, which is still
+        listening when they say LEAVE. Each process with its exit status, in that order."""
+        statuses = MeshProcess.stop_all(agents) + MeshProcess.stop_all([discovery])
+        return list(zip([*agents, discovery], statuses, strict=True))
+
+    @staticmethod
     def stop_all(children: Sequence[MeshProcess], timeout: float = 10.0) -> list[int]:
         """Stop ``children`` at once and return their exit statuses, in order: SIGTERM to
         each, then one shared deadline, SIGKILL for any still running at it. Each child
@@ -135,4 +144,6 @@ class MeshProcess:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 statuses.append(child.process.wait(timeout))
+            if child.process.stdout is not None:
+                child.process.stdout.close()
         return statuses

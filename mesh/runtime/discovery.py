@@ -39,6 +39,7 @@ from ..core.session import Session, SessionTable
 from ..core.topic_frame import TopicKey, seal_publish
 from ..core.wire import DIRECTORY_TOPIC, ErrorCode, Kind
 from . import sockets
+from .discovery_client import DEFAULT_DISCOVERY
 from .handlers import error_message, pong
 from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
@@ -55,7 +56,7 @@ class DiscoveryServer:
     def __init__(
         self,
         *,
-        bind: str = "tcp://127.0.0.1:7700",
+        bind: str = DEFAULT_DISCOVERY,
         mesh: MeshDirectory | str | None = None,
         identity: Identity | None = None,
         trust: Trust | None = None,

@@ -42,6 +42,7 @@ from .stamps import now_ms
 log = logging.getLogger("mesh.discovery")
 OnEvent = Callable[[Any], None]
 
+DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"  # where `mesh discovery` binds, nodes look
 DISCOVERY_TIMEOUT_S = 2.0
 DISCOVERY_CONNECT_TIMEOUT_S = 1.0
 

@@ -222,7 +222,15 @@ class MeshDirectory:
         """Create the mesh authority if there is none; return the authority either way.
 
         Safe when several processes call it at once on a fresh machine: one creates, under
-        the directory's lock, and the others wait for it and load the same authority."""
+        the directory's lock, and the others wait for it and load the same authority. On a
+        host that only verifies (``authority.pub`` installed, no secret) it refuses: a new
+        authority there would silently cut the host off from the mesh it was joined to."""
+        if self.verifies_only():
+            raise KeyFileError(
+                str(self.path),
+                "holds another host's authority.pub and no authority: this host only verifies "
+                "(give --mesh DIR or $MESH_HOME for a mesh of its own)",
+            )
         if not (self.authority_file.exists() and self.authority_public_file.exists()):
             self._create_locked()
         return self.authority()

@@ -46,7 +46,7 @@ from .balancer import LeastBusy
 from .callee import Callee
 from .connection import CONNECT_TIMEOUT_S, Call, Connection, stream_end
 from .delivery import AT_MOST_ONCE, MODES, Deliveries
-from .discovery_client import DiscoveryClient
+from .discovery_client import DEFAULT_DISCOVERY, DiscoveryClient
 from .handlers import Handler
 from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
@@ -63,7 +63,6 @@ log = logging.getLogger("mesh")
 RESERVED_PREFIX = "mesh."  # method names of the protocol's own (protocol.md 8.4)
 STATS_METHOD = RESERVED_PREFIX + "stats"
 ENV_DISCOVERY = "MESH_DISCOVERY"
-DEFAULT_DISCOVERY = "tcp://127.0.0.1:7700"  # where `mesh discovery` binds by default
 CAPABILITY_ATTEMPTS = 3
 REGISTER_RETRY_S = 0.2
 DEFAULT_STREAM_WINDOW = 64
@@ -85,7 +84,7 @@ def discovery_urls(discovery: str | Sequence[str] | None) -> list[str]:
     ``$MESH_DISCOVERY``, else :data:`DEFAULT_DISCOVERY`; an empty list: none (a static
     mesh, whose members meet through ``add_peer``)."""
     if discovery is None:
-        discovery = os.environ.get(ENV_DISCOVERY) or DEFAULT_DISCOVERY
+        discovery = os.environ.get(ENV_DISCOVERY, "").strip() or DEFAULT_DISCOVERY
     if isinstance(discovery, str):
         discovery = [u.strip() for u in discovery.split(",") if u.strip()]
     return [sockets.checked_endpoint(url, "discovery URL") for url in discovery]
@@ -176,6 +175,7 @@ class Node:
         self.window = window or Window()
         self.peer_windows = dict(peer_windows or {})
         self._urls = discovery_urls(discovery)
+        self._default_discovery = self._urls == [DEFAULT_DISCOVERY] and discovery is None
         self._context = context or sockets.shared_context()
         self._network = network or ZmqNetwork(self._context)
         self._table = SessionTable()
@@ -297,8 +297,16 @@ class Node:
             try:
                 await self._discovery.register(self._registration())
                 return
-            except DiscoveryUnavailable:
-                if loop.time() >= deadline:
+            except DiscoveryUnavailable as exc:
+                if loop.time() < deadline:
+                    pass
+                elif self._default_discovery:  # the user may not know a default was used
+                    raise DiscoveryUnavailable(
+                        f"{exc}: it is the default address (start `mesh discovery`, or point "
+                        "at one with $MESH_DISCOVERY or discovery=URL; discovery=[] for a node "
+                        "without one)"
+                    ) from None
+                else:
                     raise
             await asyncio.sleep(REGISTER_RETRY_S)
 
