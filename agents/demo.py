@@ -272,7 +272,11 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     mesh = MeshDirectory.default()  # $MESH_HOME or ~/.agent-mesh, as for every command
-    mesh.create()
+    try:
+        mesh.create()
+    except MeshError as exc:  # e.g. a host that only verifies: it has no authority to use
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
     print(f"mesh directory: {mesh.path.absolute()} (keys, logs, the tiny model)", flush=True)
     if args.model is None:
         model = build_tiny_model(mesh.path / "models" / "tiny-gpt2")

@@ -259,3 +259,13 @@ def test_a_host_that_only_verifies_never_gets_an_authority_of_its_own(tmp_path):
             "host only verifies (give --mesh DIR or $MESH_HOME for a mesh of its own)"
         ], command
         assert not (node / "authority.key").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    demo = subprocess.run(
+        [sys.executable, "-m", "agents.demo"], capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env={**env, "MESH_HOME": str(node), "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert demo.returncode == 1 and demo.stderr.splitlines() == [
+        f"demo: error: {node}: holds another host's authority.pub and no authority: this "
+        "host only verifies (give --mesh DIR or $MESH_HOME for a mesh of its own)"
+    ]
+    assert not (node / "authority.key").exists()
