@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     mesh = MeshDirectory.default()  # $MESH_HOME or ~/.agent-mesh, as for every command
     try:
         mesh.create()
-    except MeshError as exc:  # e.g. a host that only verifies: it has no authority to use
+    except (MeshError, OSError) as exc:  # a host that only verifies; a folder not writable
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1
     print(f"mesh directory: {mesh.path.absolute()} (keys, logs, the tiny model)", flush=True)

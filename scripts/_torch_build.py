@@ -23,14 +23,14 @@ def build_of(report: dict) -> str:
     are not). Without one, a wheel is the CPU build only if it needs no accelerator
     package, whatever the requirement's marker says: asking PyTorch's CPU index costs
     little, a wrong guess the other way several GB."""
-    for item in report.get("install", []):
-        metadata = item.get("metadata", {})
-        if _normal(metadata.get("name", "")) != "torch":
+    for item in report.get("install") or []:
+        metadata = item.get("metadata") or {}
+        if _normal(metadata.get("name") or "") != "torch":
             continue
-        _, _, label = metadata.get("version", "").partition("+")
+        _, _, label = (metadata.get("version") or "").partition("+")
         if label:
             return "cpu" if label == "cpu" else "cuda"
-        requirements = metadata.get("requires_dist", [])
+        requirements = [r.strip() for r in metadata.get("requires_dist") or []]
         needs = [_normal(re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0]) for r in requirements]
         return "cuda" if any(n.startswith(ACCELERATOR_PREFIXES) for n in needs) else "cpu"
     raise SystemExit("_torch_build: the report names no torch")

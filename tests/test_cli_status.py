@@ -85,3 +85,16 @@ def test_method_names_under_mesh_are_reserved(home):
     node = Node("app", discovery=[], mesh=home)
     with pytest.raises(InvalidArgument, match="reserved"):
         node.handler("mesh.stats", lambda body: body)
+
+
+@pytest.mark.asyncio
+async def test_a_peers_odd_card_is_shown_not_fatal(discovery, home):
+    """A card's kind is the peer's choice, of any type: status shows the node, kind blank."""
+    odd_card = {"card": {"kind": 5, "description": "tab\there"}}
+    async with Node("odd", discovery=discovery, mesh=home, meta=odd_card):
+        done = await asyncio.to_thread(status, home, discovery, "--json")
+        assert done.returncode == 0, done.stderr
+        rows = {row["name"]: row for row in json.loads(done.stdout)}
+        assert rows["odd"]["kind"] == "" and rows["odd"]["state"] == "up"
+        plain = await asyncio.to_thread(status, home, discovery)
+        assert plain.returncode == 0 and "odd" in plain.stdout

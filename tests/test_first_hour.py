@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -210,8 +211,19 @@ def test_a_node_and_the_mesh_command_find_discovery_by_one_rule(tmp_path, discov
         app.communicate("\n", timeout=60)
     assert app.returncode == 0
 
-    # with nothing set, both go to tcp://127.0.0.1:7700, and a node says it was the default
+    # with nothing set, both go to tcp://127.0.0.1:7700, and both say it was the default
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 7700)) == 0:
+            pytest.fail("port 7700 is in use here: this test needs nothing to answer there")
     without = {k: v for k, v in os.environ.items() if k not in ("MESH_DISCOVERY", "PYTHONPATH")}
+    peers = subprocess.run(
+        [str(MESH), "peers"], capture_output=True, text=True, timeout=60,
+        env={**without, "MESH_HOME": str(home)},
+    )  # fmt: skip
+    assert peers.returncode == 1 and peers.stderr.strip().endswith(
+        "(tcp://127.0.0.1:7700 is the default: start `mesh discovery`, or give --discovery "
+        "URL or $MESH_DISCOVERY)"
+    )
     helped = subprocess.run(
         [str(MESH), "peers", "--help"], capture_output=True, text=True, env=without, timeout=60
     )

@@ -15,10 +15,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.errors import MeshError
+from ..core.errors import DiscoveryUnavailable, MeshError
 from ..core.identity import Certificate, Identity
 from ..ops.logs import configure as configure_logs
 from ..runtime.keystore import default_mesh_dir, mesh_directory
+from ..runtime.node import DEFAULT_DISCOVERY, ENV_DISCOVERY
 from . import cmd_bench, cmd_deadletters, cmd_launch, cmd_live, cmd_status
 from .completion import script as completion_script
 from .options import existing_mesh, json_option
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except MeshError as exc:
-        print(f"mesh: error: {exc}", file=sys.stderr)
+        print(f"mesh: error: {exc}{_default_discovery_hint(args, exc)}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
         print(
@@ -49,6 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _default_discovery_hint(args: argparse.Namespace, exc: MeshError) -> str:
+    """When discovery did not answer at the default address, say it was the default: a
+    newcomer who typed no --discovery may not know where the command looked."""
+    if (
+        isinstance(exc, DiscoveryUnavailable)
+        and getattr(args, "discovery", "given") is None
+        and not os.environ.get(ENV_DISCOVERY, "").strip()
+        and "default address" not in str(exc)  # a registering node has said so already
+    ):
+        return (
+            f" ({DEFAULT_DISCOVERY} is the default: start `mesh discovery`, or give "
+            "--discovery URL or $MESH_DISCOVERY)"
+        )
+    return ""
 
 
 def _parser() -> argparse.ArgumentParser:

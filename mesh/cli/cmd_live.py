@@ -33,6 +33,7 @@ from .options import (
     seconds_or_zero,
 )
 from .run_targets import close_agent, load_target
+from .table import printable
 
 CLI_IDENTITY = "mesh-cli"
 ENV_METRICS_PORT = "MESH_METRICS_PORT"
@@ -374,7 +375,8 @@ async def _peers(args: argparse.Namespace) -> int:
         print(f"{peer['name']:<24} {peer['endpoint']:<28} {', '.join(peer['capabilities'])}")
         card = peer["meta"].get("card")
         if isinstance(card, dict) and isinstance(card.get("description"), str):
-            print(f"{'':<24} {card.get('kind', 'agent')}: {card['description']}")
+            kind = card.get("kind") if isinstance(card.get("kind"), str) else "agent"
+            print(f"{'':<24} {printable(kind)}: {printable(card['description'])}")
     return 0
 
 

@@ -29,12 +29,13 @@ async def look(node: Node, exclude: str, timeout: float = ASK_TIMEOUT_S) -> list
 
 async def _row(node: Node, peer: PeerInfo, timeout: float) -> dict[str, Any]:
     card = peer.meta.get("card") if isinstance(peer.meta, dict) else None
+    kind = card.get("kind") if isinstance(card, dict) else None  # the peer's choice: any type
     row: dict[str, Any] = {
         "name": peer.name,
         "host": urlsplit(peer.endpoint).hostname or "",
         "endpoint": peer.endpoint,
         "capabilities": list(peer.capabilities),
-        "kind": card.get("kind", "") if isinstance(card, dict) else "",
+        "kind": kind if isinstance(kind, str) else "",
         "state": "up",
         "rtt_ms": None,
     }

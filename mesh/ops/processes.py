@@ -144,6 +144,7 @@ class MeshProcess:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 statuses.append(child.process.wait(timeout))
-            if child.process.stdout is not None:
-                child.process.stdout.close()
+            for pipe in (child.process.stdout, child.process.stderr):
+                if pipe is not None:
+                    pipe.close()
         return statuses
