@@ -21,13 +21,13 @@ walk checks that test does mention the command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from mesh.ops.processes import dying_with_parent
+from tests.conftest import wait_until
 from tests.processes import ROOT
 
 pytestmark = pytest.mark.slow
@@ -109,25 +110,30 @@ class Walk:
                 preexec_fn=dying_with_parent(),  # nothing outlives a killed pytest
             )  # fmt: skip
         self.background.append((line, process, log))
-        deadline = time.monotonic() + READY_S
-        while not log.read_text().strip():
-            assert process.poll() is None, f"{where}: {line!r} exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"{where}: {line!r} said nothing"
-            time.sleep(0.1)
+        # it has said something, or ended (the check below says which)
+        wait_until(lambda: log.read_text().strip() or process.poll() is not None, timeout=READY_S)
         said = log.read_text()
-        failed = process.poll() not in (None, 0) or "error" in said.split("\n", 1)[0]
+        first = said.split("\n", 1)[0]
+        failed = not said.strip() or process.poll() not in (None, 0) or "error" in first
         assert not failed, f"{where}: {line!r} failed: {said}"  # e.g. a port already taken
 
     def run(self, line: str, where: str) -> str:
-        retry_until = time.monotonic() + (CALL_RETRY_S if line.startswith("mesh call ") else 0)
-        while True:
+        tries: list[subprocess.CompletedProcess[str]] = []
+
+        def succeeded() -> bool:
             done = subprocess.run(
                 ["bash", "-c", self.command(line)], cwd=self.clone, env=self.environment(),
                 capture_output=True, text=True, timeout=600,
             )  # fmt: skip
-            if done.returncode == 0 or time.monotonic() > retry_until:
-                break
-            time.sleep(0.5)
+            tries.append(done)
+            return tries[-1].returncode == 0
+
+        if line.startswith("mesh call "):  # what it calls becomes reachable asynchronously
+            with contextlib.suppress(AssertionError):
+                wait_until(succeeded, timeout=CALL_RETRY_S, interval=0.5)
+        else:
+            succeeded()
+        done = tries[-1]
         assert done.returncode == 0, f"{where}: {line!r}\n{done.stdout[-2000:]}{done.stderr}"
         return done.stdout
 
