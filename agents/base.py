@@ -75,6 +75,7 @@ class Agent:
     """
 
     description: ClassVar[str] = "An agent on the mesh."
+    default_method: ClassVar[str | None] = None  # what a gateway calls when none is named
 
     def __init__(self, name: str, *, description: str | None = None, **node_options: Any) -> None:
         text = " ".join((description or type(self).description).split())
@@ -96,12 +97,16 @@ class Agent:
         return sorted(found, key=lambda pair: pair[0].name)
 
     def card(self) -> dict[str, Any]:
-        """What discovery publishes about this agent (``meta["card"]``)."""
-        return {
+        """What discovery publishes about this agent (``meta["card"]``); ``default`` is
+        the method an A2A message reaches when it names none (``mesh gateway``)."""
+        card: dict[str, Any] = {
             "kind": type(self).__name__,
             "description": self.description,
             "methods": [spec.to_card() for spec, _ in self.methods],
         }
+        if self.default_method is not None:
+            card["default"] = self.default_method
+        return card
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -31,6 +31,7 @@ MAX_TOKENS = 256  # MiniLM was trained on 256-token inputs
 
 class EmbeddingAgent(Agent):
     description = "Turns sentences into embedding vectors for semantic search and routing."
+    default_method = "embed"
 
     def __init__(self, name: str, *, model: str | None = None, device: str = "cpu", **options: Any):
         super().__init__(name, **options)

@@ -56,6 +56,7 @@ class LLMAgent(Agent):
     """A causal LM from ``model`` (a local directory, or a hub id where there is network)."""
 
     description = "A general assistant that answers questions in plain text."
+    default_method = "chat_stream"
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ def card_description(info: PeerInfo) -> str:
 
 class RouterAgent(Agent):
     description = "Routes each question to the agent whose speciality is nearest in meaning."
+    default_method = "route_stream"
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ ROUTE_TIMEOUT_S = 120.0  # the most a chunk of the answer may take (a queued mod
 
 class IntakeAgent(Agent):
     description = "Front desk: takes customer questions, has them answered, logs each one."
+    default_method = "ask"
 
     def __init__(
         self,

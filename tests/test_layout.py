@@ -140,15 +140,17 @@ def test_the_boundary_check_sees_a_forbidden_import(tmp_path):
     assert core_violations(tmp_path / "good.py") == []
 
 
-# What each layer may import from mesh: only itself and the layers below. The CLI and the
-# benchmarks are applications on top (``mesh bench`` is a subcommand, and the benchmark uses
-# the launcher's hosts); the package's own ``__init__`` exports the library, not them.
+# What each layer may import from mesh: only itself and the layers below. The gateways are
+# nodes with outside protocols on top (the ``gateway`` extra's SDKs stay out of the library);
+# the CLI and the benchmarks are applications on top (``mesh bench`` is a subcommand, and the
+# benchmark uses the launcher's hosts); the package's own ``__init__`` exports the library.
 BELOW = {
     "core": {"core"},
     "ops": {"core", "ops"},
     "runtime": {"core", "ops", "runtime"},
-    "cli": {"core", "ops", "runtime", "cli", "bench"},
-    "bench": {"core", "ops", "runtime", "cli", "bench"},
+    "gateway": {"core", "ops", "runtime", "gateway"},
+    "cli": {"core", "ops", "runtime", "gateway", "cli", "bench"},
+    "bench": {"core", "ops", "runtime", "gateway", "cli", "bench"},
     "": {"core", "ops", "runtime"},  # mesh/__init__.py
 }
 

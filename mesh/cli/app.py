@@ -20,7 +20,7 @@ from ..core.identity import Certificate, Identity
 from ..ops.logs import configure as configure_logs
 from ..runtime.keystore import default_mesh_dir, mesh_directory
 from ..runtime.node import DEFAULT_DISCOVERY, ENV_DISCOVERY
-from . import cmd_bench, cmd_deadletters, cmd_launch, cmd_live, cmd_status
+from . import cmd_bench, cmd_deadletters, cmd_gateway, cmd_launch, cmd_live, cmd_status
 from .completion import script as completion_script
 from .options import existing_mesh, json_option
 
@@ -143,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd_launch.add_commands(commands)
     cmd_bench.add_commands(commands)
     cmd_status.add_commands(commands)
+    cmd_gateway.add_commands(commands)
     completion = commands.add_parser(
         "completion",
         help="print a shell completion script",

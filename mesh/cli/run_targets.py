@@ -27,13 +27,63 @@ from typing import Any
 from ..core.errors import InvalidArgument
 from ..runtime.node import Node
 
+ECHO_CARD = {
+    "kind": "echo",
+    "description": "The built-in echo agent: echoes, streams back, sleeps and relays calls.",
+    "default": "echo",
+    "methods": [
+        {
+            "name": "announce",
+            "description": "Publish the body on the topic agents.NAME.status.",
+            "params": {"...": "any fields: published as sent"},
+            "streams": False,
+        },
+        {
+            "name": "echo",
+            "description": "Return the body as sent.",
+            "params": {"...": "any fields: returned as sent"},
+            "streams": False,
+        },
+        {
+            "name": "echo_stream",
+            "description": "Stream each item back as one chunk.",
+            "params": {"items": "list: each item becomes one chunk"},
+            "streams": True,
+        },
+        {
+            "name": "relay",
+            "description": "Call a method on another agent and return its reply.",
+            "params": {
+                "to": "str: the agent's name",
+                "method": "str (default echo)",
+                "body": "optional: the body to pass",
+            },
+            "streams": False,
+        },
+        {
+            "name": "sleep",
+            "description": "Wait, then return the body.",
+            "params": {"seconds": "float, 0..60 (default 1)"},
+            "streams": False,
+        },
+        {
+            "name": "whoami",
+            "description": "The agent's name (after a wait, if the body is a number of seconds).",
+            "params": {},
+            "streams": False,
+        },
+    ],
+}
+
 
 def install_echo(node: Node) -> None:
     """The built-in agent: ``echo`` returns its body; ``echo_stream`` yields each item of a
-    list body; ``sleep`` waits ``body`` seconds (at most 60) then returns it; ``whoami``
-    returns the node's name (after ``body`` seconds, if a number); ``announce`` publishes its
-    body on the topic ``agents.NAME.status`` and returns the sequence number; ``relay``
-    calls ``{to, method, body}`` on another node and returns its reply (agent to agent)."""
+    list body (or of its ``items``); ``sleep`` waits ``body`` (or its ``seconds``) seconds,
+    at most 60, then returns it; ``whoami`` returns the node's name (after ``body`` seconds,
+    if a number); ``announce`` publishes its body on the topic ``agents.NAME.status`` and
+    returns the sequence number; ``relay`` calls ``{to, method, body}`` on another node and
+    returns its reply (agent to agent). Its card (:data:`ECHO_CARD`) says so to gateways."""
+    node.meta.setdefault("card", ECHO_CARD)
 
     @node.handler("announce")
     async def announce(body: Any) -> int:
@@ -58,12 +108,14 @@ def install_echo(node: Node) -> None:
 
     @node.handler("echo_stream")
     async def echo_stream(body: Any) -> Any:
-        for item in body if isinstance(body, list) else [body]:
+        items = body.get("items") if isinstance(body, dict) else body
+        for item in items if isinstance(items, list) else [items]:
             yield item
 
     @node.handler("sleep")
     async def sleep(body: Any) -> Any:
-        seconds = float(body) if isinstance(body, int | float) else 1.0
+        seconds = body.get("seconds") if isinstance(body, dict) else body
+        seconds = float(seconds) if isinstance(seconds, int | float) else 1.0
         await asyncio.sleep(min(max(seconds, 0.0), 60.0))
         return body
 

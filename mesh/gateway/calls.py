@@ -1,0 +1,95 @@
+"""Mesh replies and errors as a gateway's clients see them: JSON values, text, typed errors.
+
+Both gateways speak JSON; a mesh reply is msgpack and may hold bytes, a Blob or an array.
+Streamed chunks from the LLM agents are dicts with a ``text`` field; a stream's *text* is
+those texts joined, and its other chunks (a route, the final figures) are kept as data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.codec import Blob
+from ..core.errors import (
+    BadRequest,
+    CallError,
+    InvalidArgument,
+    MeshError,
+    NoSuchMethod,
+    PeerNotFound,
+    RemoteError,
+)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s fallback for what msgpack carries and JSON lacks: bytes (and a
+    Blob) as base64, an array as nested lists."""
+    if isinstance(value, bytes | bytearray | memoryview | Blob):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return repr(value)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` made of JSON's types only."""
+    return json.loads(json.dumps(value, default=json_default))
+
+
+def chunk_text(chunk: Any) -> str | None:
+    """The text a streamed chunk carries: a string, or a dict's ``text`` string."""
+    if isinstance(chunk, str):
+        return chunk
+    if isinstance(chunk, dict) and isinstance(chunk.get("text"), str):
+        return chunk["text"]
+    return None
+
+
+@dataclass
+class Assembled:
+    """A stream's chunks put together: the text, and the chunks that carried more."""
+
+    text: str = ""
+    data: list[Any] = field(default_factory=list)
+    chunks: int = 0
+
+    def add(self, chunk: Any) -> None:
+        self.chunks += 1
+        text = chunk_text(chunk)
+        if text is not None:
+            self.text += text
+        if text is None or (isinstance(chunk, dict) and len(chunk) > 1):
+            self.data.append(jsonable(chunk))
+
+    def result(self) -> dict[str, Any]:
+        return {"text": self.text, "data": self.data, "chunks": self.chunks}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A mesh error as a gateway reports it: its type name (``NoSuchMethod``,
+    ``RemoteError``...), what it says, and whether the caller's input was at fault."""
+
+    type: str
+    message: str
+    caller_fault: bool
+    remote_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.remote_type:
+            found["remote_type"] = self.remote_type
+        return found
+
+
+def failure(exc: MeshError) -> Failure:
+    """How ``exc``, raised by a call the gateway made for a client, is reported."""
+    caller_fault = isinstance(exc, InvalidArgument | BadRequest | NoSuchMethod | PeerNotFound)
+    remote_type = exc.remote_type if isinstance(exc, RemoteError) else None
+    message = str(exc)
+    if isinstance(exc, CallError) and not message:
+        message = type(exc).__name__
+    return Failure(type(exc).__name__, message, caller_fault, remote_type)
