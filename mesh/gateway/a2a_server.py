@@ -9,8 +9,8 @@ joins is mounted, one that leaves is unmounted and its running tasks end.
 A message reaches the method named in its metadata (``{"method": "chat_stream"}``, on the
 message or the request), else the card's default method. Its parts become the body
 (:meth:`~mesh.gateway.views.MethodView.body_from_message`). A streaming method's chunks
-are appended to the task's artifact ``answer`` as they arrive (text as text parts, other
-chunks as data parts), so a streaming client sees each token when the agent produced it.
+are appended to the task's artifact ``answer`` as they arrive (text as text parts, with a
+token's figures as the part's metadata; other chunks as data parts), so a streaming client sees each token when the agent produced it.
 Cancelling the task cancels the mesh call: the CANCEL reaches the agent's handler and the
 generation stops. Errors keep their mesh type: one the caller caused (a wrong method, a
 bad body, an agent that is gone) is an A2A ``InvalidParamsError`` before any task exists;
@@ -193,10 +193,15 @@ def _integral(value: Any) -> Any:
 
 
 def _part(chunk: Any) -> Part:
+    """A text chunk as a text part (its other fields, a token's figures, as the part's
+    metadata); any other chunk as a data part."""
     text = chunk_text(chunk)
-    if text is not None and not (isinstance(chunk, dict) and len(chunk) > 1):
-        return new_text_part(text)
-    return new_data_part(chunk)
+    if text is None:
+        return new_data_part(chunk)
+    part = new_text_part(text)
+    if isinstance(chunk, dict) and len(chunk) > 1:
+        part.metadata.update({k: v for k, v in chunk.items() if k != "text"})
+    return part
 
 
 async def _fail(updater: TaskUpdater, found: Failure) -> None:

@@ -1,8 +1,9 @@
 """Mesh replies and errors as a gateway's clients see them: JSON values, text, typed errors.
 
 Both gateways speak JSON; a mesh reply is msgpack and may hold bytes, a Blob or an array.
-Streamed chunks from the LLM agents are dicts with a ``text`` field; a stream's *text* is
-those texts joined, and its other chunks (a route, the final figures) are kept as data.
+Streamed chunks from the LLM agents are dicts with a ``text`` field (and per-token figures);
+a stream's *text* is those texts joined, and the chunks without text (a route, the final
+figures) are kept as data.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def chunk_text(chunk: Any) -> str | None:
 
 @dataclass
 class Assembled:
-    """A stream's chunks put together: the text, and the chunks that carried more."""
+    """A stream's chunks put together: the text, and the chunks that carried no text."""
 
     text: str = ""
     data: list[Any] = field(default_factory=list)
@@ -61,7 +62,7 @@ class Assembled:
         text = chunk_text(chunk)
         if text is not None:
             self.text += text
-        if text is None or (isinstance(chunk, dict) and len(chunk) > 1):
+        else:
             self.data.append(jsonable(chunk))
 
     def result(self) -> dict[str, Any]:
