@@ -1,4 +1,5 @@
-"""What ``mesh run`` runs: the built-in echo agent, or a user's ``module:attribute``.
+"""What ``mesh run`` runs: the built-in echo agent, ``a2a`` (an outside A2A agent brought
+into the mesh, :mod:`mesh.gateway.a2a_peer`), or a user's ``module:attribute``.
 
 A user's target is a callable taking the started-to-be :class:`Node` (a function or a
 class): it registers handlers on the node and may return an object with an ``async
@@ -121,12 +122,21 @@ def install_echo(node: Node) -> None:
 
 
 def load_target(target: str) -> Any:
-    """``echo`` or ``module:attribute`` to the callable that sets a node up."""
+    """``echo``, ``a2a`` or ``module:attribute`` to the callable that sets a node up."""
     if target == "echo":
         return install_echo
+    if target == "a2a":
+        try:
+            from ..gateway.a2a_peer import A2APeer
+        except ImportError as exc:
+            raise InvalidArgument(
+                f"mesh run a2a needs the gateway extra ({exc.name} missing): "
+                "pip install 'agent-mesh[gateway]'"
+            ) from exc
+        return A2APeer
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise InvalidArgument(f"agent {target!r}: use 'echo' or 'module:attribute'")
+        raise InvalidArgument(f"agent {target!r}: use 'echo', 'a2a' or 'module:attribute'")
     here = os.getcwd()  # as `python -m` and `uvicorn app:app` do: the user's folder imports
     if here not in sys.path:
         sys.path.insert(0, here)

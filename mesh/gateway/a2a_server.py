@@ -10,7 +10,8 @@ A message reaches the method named in its metadata (``{"method": "chat_stream"}`
 message or the request), else the card's default method. Its parts become the body
 (:meth:`~mesh.gateway.views.MethodView.body_from_message`). A streaming method's chunks
 are appended to the task's artifact ``answer`` as they arrive (text as text parts, with a
-token's figures as the part's metadata; other chunks as data parts), so a streaming client sees each token when the agent produced it.
+token's figures as the part's metadata; other chunks as data parts), so a streaming client
+sees each token when the agent produced it.
 Cancelling the task cancels the mesh call: the CANCEL reaches the agent's handler and the
 generation stops. Errors keep their mesh type: one the caller caused (a wrong method, a
 bad body, an agent that is gone) is an A2A ``InvalidParamsError`` before any task exists;
