@@ -73,6 +73,25 @@ def test_bench_reports_every_scenario_beside_raw_pyzmq(tmp_path):
     assert summary["machine"]["cpu"] in text
 
 
+def test_the_gateways_price_is_measured_beside_the_direct_call(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "bench", "--tiny", "--gateways", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(out.read_text())
+    bridged = {
+        r["system"]: r for r in summary["results"] if r["system"].endswith(("gateway", "http"))
+    }
+    assert set(bridged) == {"A2A gateway", "MCP http"}
+    for row in bridged.values():
+        assert row["scenario"] == "request/reply 64 B" and len(row["blocks"]) == 2
+        assert row["latency_us"]["count"] == row["params"]["count"] > 0
+    assert set(summary["mesh_vs"]["A2A gateway"]) == {"request/reply 64 B"}
+    assert "mesh/this p50" in done.stdout
+
+
 def test_an_unreachable_nats_server_is_one_line(tmp_path):
     pytest.importorskip("nats", reason="nats-py is installed by scripts/bench-peers")
     done = subprocess.run(

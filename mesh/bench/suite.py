@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..core.wire import Suite
 from ..ops.processes import read_line, served_endpoint
 from ..runtime.keystore import MeshDirectory
 from ..runtime.node import Node
+from . import gateways as bridges
 from .broker_nats import NatsTarget
 from .broker_rabbit import RabbitTarget
 from .fanout import FanOut
@@ -186,6 +187,8 @@ class Setup:
     fanout: FanOut
     brokers: dict[str, str]
     server_suites: tuple[Suite, ...] = (Suite.XSALSA20_POLY1305,)  # what the server accepts
+    gateways: dict[str, str] = field(default_factory=dict)  # A2A base URL, MCP URL
+    gateway_token: str = ""
 
 
 async def run(
@@ -193,11 +196,14 @@ async def run(
     progress: Callable[[int, int, str], None],
     brokers: dict[str, str] | None = None,
     server_host: Host | None = None,
+    gateways: bool = False,
 ) -> list[Result]:
     """Every step of ``plan`` on the mesh, raw pyzmq and each broker in ``brokers`` (a URL
     by ``BROKERS`` key), whose responder runs in a child process like our servers. With a
     ``server_host``, the mesh and raw servers run there (over the launch tooling's remote
-    shell, in a directory of their own that is removed after), the client here."""
+    shell, in a directory of their own that is removed after), the client here. With
+    ``gateways``, the 64 B request/reply also goes through ``mesh gateway`` and ``mesh mcp``
+    (:mod:`mesh.bench.gateways`), in processes here."""
     brokers = brokers or {}
     remote = None
     if server_host is not None:
@@ -228,6 +234,8 @@ async def run(
             for kind, url in brokers.items():
                 await (await BROKERS[kind].connect(url)).close()  # reachable, or one line
                 servers.spawn(url, module=BROKERS[kind].__module__)
+            bearer = bridges.token()
+            found = _start_gateways(servers, discovery, bearer) if gateways else {}
             setup = Setup(
                 raw_endpoint,
                 raw_blocking_endpoint,
@@ -237,6 +245,8 @@ async def run(
                 FanOut(home, discovery),
                 brokers,
                 local_suites() if remote is None else (Suite.XSALSA20_POLY1305,),
+                found,
+                bearer,
             )
             return await _measure(plan, mesh, setup, progress)
         finally:
@@ -244,6 +254,18 @@ async def run(
             if remote is not None:
                 with contextlib.suppress(LaunchError):
                     remote.run(f"rm -rf {shlex.quote(remote.host.workdir)}")
+
+
+def _start_gateways(servers: Servers, discovery: str, bearer: str) -> dict[str, str]:
+    """The echo agent, then both gateways in front of it (each finds it at start)."""
+    servers.spawn(
+        "run", "echo", "--name", bridges.AGENT, "--discovery", discovery, module="mesh.cli"
+    )
+    http = ("--listen", "127.0.0.1:0", "--token", bearer, "--discovery", discovery)
+    return {
+        "a2a": servers.spawn("gateway", *http, module="mesh.cli"),
+        "mcp": servers.spawn("mcp", "--http", *http[1:], module="mesh.cli"),
+    }
 
 
 async def _measure(
@@ -259,6 +281,13 @@ async def _measure(
         try:
             for kind, url in setup.brokers.items():
                 others.append(await BROKERS[kind].connect(url))
+            if setup.gateways:
+                others.append(
+                    await bridges.A2ATarget.connect(setup.gateways["a2a"], setup.gateway_token)
+                )
+                others.append(
+                    await bridges.McpTarget.connect(setup.gateways["mcp"], setup.gateway_token)
+                )
             ours = MeshTarget(node, setup.server, setup.mesh_endpoint, mesh.identity("bench-sync"))
             ours.peers = setup.peers
             ours.server_suites = setup.server_suites
@@ -431,8 +460,9 @@ def main(
     plot_dir: str | None,
     brokers: dict[str, str] | None = None,
     server_host: Host | None = None,
+    gateways: bool = False,
 ) -> int:
-    results = asyncio.run(run(plan, progress_bar(sys.stderr), brokers, server_host))
+    results = asyncio.run(run(plan, progress_bar(sys.stderr), brokers, server_host, gateways))
     summary = report(results)
     if server_host is not None:  # the machine figures are the client's
         summary["server_host"] = {"name": server_host.name, "address": server_host.advertise}

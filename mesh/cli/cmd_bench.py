@@ -41,6 +41,12 @@ def add_commands(commands: Any) -> None:
         help="run the servers on HOST of --cluster (over its ssh or shell), the client here",
     )
     bench.add_argument("--cluster", metavar="FILE", help="the cluster file naming --server-host")
+    bench.add_argument(
+        "--gateways",
+        action="store_true",
+        help="also the 64 B call through mesh gateway (A2A) and mesh mcp (MCP over HTTP), "
+        "with their official clients (needs the gateway extra)",
+    )
     bench.set_defaults(run=_bench)
 
 
@@ -56,7 +62,9 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         plan = suite.Plan(rate=args.rate)
     brokers = {k: v for k, v in (("nats", args.nats), ("rabbitmq", args.rabbitmq)) if v}
-    return suite.main(plan, args.json, args.plot, brokers, _server_host(args))
+    if args.gateways and args.server_host:
+        raise InvalidArgument("--gateways runs here: leave out --server-host")
+    return suite.main(plan, args.json, args.plot, brokers, _server_host(args), args.gateways)
 
 
 def _server_host(args: argparse.Namespace) -> Host | None:

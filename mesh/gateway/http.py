@@ -165,7 +165,9 @@ class HttpServer:
         """Listen (an OSError here if the address is taken); connections queue from now
         on, before uvicorn accepts them. Returns the URL."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto given: asyncio sets TCP_NODELAY on accepted sockets only when it is TCP, and
+        # without it a reply's header and body writes wait out the client's delayed ACK
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
