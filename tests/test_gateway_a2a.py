@@ -136,6 +136,15 @@ async def test_echo_through_the_gateway_token_calls_streams_errors_and_leaves(
         failed = seen[-1].status_update.status
         assert failed.state == TaskState.TASK_STATE_FAILED
         assert failed.message.parts[0].text.startswith("RemoteError: ValueError: bad input")
+        request = message(new_data_part(60), method="slow")  # a plain request, 60 s long
+        async with Node("observer", discovery=discovery, mesh=home) as observer:
+            async with events_of(client.send_message(request)) as events:
+                first = await anext(events)  # the task exists before the call ends
+                task_id = first.task.id or first.status_update.task_id
+                await eventually(lambda: observer.request("fixture", "inflight", timeout=5))
+                cancelled = await client.cancel_task(CancelTaskRequest(id=task_id))
+            assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+            await eventually(lambda: _is_zero(observer.request("fixture", "inflight", timeout=5)))
         async with events_of(
             client.send_message(message(Part(text="?"), method="recorded"))
         ) as events:
@@ -149,6 +158,10 @@ async def test_echo_through_the_gateway_token_calls_streams_errors_and_leaves(
         await eventually(lambda: _status_is(http, card_url, 200))  # mounted on JOIN
         assert leaving.stop() == 0
         await eventually(lambda: _status_is(http, card_url, 404))  # unmounted on LEAVE
+
+
+async def _is_zero(pending) -> bool:
+    return await pending == 0
 
 
 async def _status_is(http: httpx.AsyncClient, url: str, status: int) -> bool:

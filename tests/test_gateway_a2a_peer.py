@@ -136,3 +136,10 @@ async def test_an_outside_a2a_agent_is_called_like_a_peer(spawn, discovery, home
                 ]
             await eventually(lambda: executor.cancelled)  # left early: the task was cancelled
             assert len(executor.cancelled) == 1
+
+        async with Node("leaver", discovery=discovery, mesh=home) as leaver:
+            chunks = leaver.stream("outside", "message_stream", "slow")
+            assert await anext(chunks) == {"text": "tick0 "}
+            await chunks.aclose()
+        # the CANCEL and at once the BYE: the bridge still cancels the task on the agent
+        await eventually(lambda: len(executor.cancelled) == 2)

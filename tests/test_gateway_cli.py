@@ -27,6 +27,19 @@ pytestmark = pytest.mark.slow  # processes and sockets: not in --fast
         (["mcp", "--token", "a-token-of-twenty-chars"], "apply to --http"),
         (["mcp", "--http", "127.0.0.1:0", "--token", "short"], "at least 16 characters"),
         (["run", "a2a", "--name", "x", "--url", "ftp://nowhere"], "an http(s) address"),
+        (
+            [
+                "mcp",
+                "--http",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--tls-cert",
+                "/no.pem",
+                "--tls-key",
+                "/no.pem",
+            ],
+            "--tls-cert /no.pem",
+        ),
     ],
 )
 def test_a_misuse_is_one_line_and_exit_1(args, says, home):

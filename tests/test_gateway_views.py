@@ -20,7 +20,7 @@ from mesh import (
     RequestTimeout,
 )
 from mesh.cli.run_targets import ECHO_CARD
-from mesh.gateway.calls import Assembled, failure, jsonable
+from mesh.gateway.calls import Assembled, failure, jsonable, to_json
 from mesh.gateway.http import Guard, check_exposure
 from mesh.gateway.views import MAX_METHODS, AgentView, ToolNames, agent_view, tool_name
 
@@ -119,12 +119,16 @@ def test_a_malformed_card_is_read_safely_and_bounded(card):
 def test_tool_names_are_what_mcp_clients_accept_and_never_ambiguous():
     assert tool_name("echo-1", "echo") == "echo-1__echo"
     assert tool_name("a.b", "c d") == "a_b__c_d"
-    assert len(tool_name("x" * 64, "y" * 64)) == 64
-    first = agent_view(entry("a.b", capabilities=("go",)))
+    assert tool_name("x" * 64, "y" * 64) == "x" * 32 + "__" + "y" * 30
+    assert tool_name("x" * 64, "go").endswith("x__go") and len(tool_name("x" * 64, "go")) == 64
+    first = agent_view(entry("a.b", capabilities=("go", "stop")))
     second = agent_view(entry("a_b", capabilities=("go",)))
     names = ToolNames([second, first])
-    assert names.lookup("a_b__go").agent == "a.b"  # first in name order; the other is left out
-    assert len(names.by_name) == 1
+    assert names.lookup("a_b__go") is None  # both left out: neither takes the other's name
+    assert names.ambiguous == ["a_b__go"]
+    assert names.lookup("a_b__stop").agent == "a.b"
+    long = agent_view(entry("n" * 64, capabilities=("alpha", "beta")))
+    assert len(ToolNames([long]).by_name) == 2  # each method keeps a name of its own
 
 
 def test_replies_become_json_and_streams_are_assembled():
@@ -142,17 +146,26 @@ def test_replies_become_json_and_streams_are_assembled():
     }
 
 
-def test_errors_keep_their_type_and_say_whose_fault():
+def test_errors_keep_their_type():
     remote = failure(BadRequest("prompt must be a string", remote_type="InvalidArgument"))
-    assert (remote.type, remote.caller_fault, remote.remote_type) == (
-        "BadRequest",
-        True,
-        "InvalidArgument",
-    )
-    assert failure(NoSuchMethod("no such method", peer="a", method="m")).caller_fault
+    assert (remote.type, remote.remote_type) == ("BadRequest", "InvalidArgument")
+    assert remote.message.endswith("prompt must be a string")
+    assert failure(NoSuchMethod("no such method", peer="a", method="m")).type == "NoSuchMethod"
     crashed = failure(RemoteError("boom", code=2, remote_type="ZeroDivisionError"))
-    assert not crashed.caller_fault and crashed.to_json()["remote_type"] == "ZeroDivisionError"
-    assert not failure(RequestTimeout("slow", peer="a")).caller_fault
+    assert crashed.to_json() == {
+        "type": "RemoteError",
+        "message": crashed.message,
+        "remote_type": "ZeroDivisionError",
+    }
+    assert failure(RequestTimeout("slow", peer="a")).to_json() == {
+        "type": "RequestTimeout",
+        "message": "slow",
+    }
+
+
+def test_json_is_strict_json_even_for_nan():
+    assert to_json({"x": float("nan"), "y": [float("inf"), 1.5]}) == '{"x": null, "y": [null, 1.5]}'
+    assert jsonable([float("-inf")]) == [None]
 
 
 def test_exposure_needs_a_token_off_loopback(tmp_path):
@@ -195,9 +208,12 @@ class Recorder:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-def call(app, headers: dict[str, str], chunks: list[bytes]) -> tuple[int | None, bytes]:
+def call(
+    app, headers: dict[str, str], chunks: list[bytes], kind: str = "http"
+) -> tuple[int | None, bytes]:
+    headers = {"Host": "127.0.0.1:8700", **headers}
     scope = {
-        "type": "http",
+        "type": kind,
         "method": "POST",
         "path": "/mcp",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
@@ -215,6 +231,8 @@ def call(app, headers: dict[str, str], chunks: list[bytes]) -> tuple[int | None,
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
+    if kind == "websocket":
+        return (None if not sent else sent[0].get("code")), b""
     status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
@@ -225,10 +243,29 @@ def test_the_guard_refuses_without_the_token_before_the_application():
     assert call(guard, {}, [b"{}"])[0] == 401
     assert call(guard, {"Authorization": "Bearer wrong-token-0123456"}, [b"{}"])[0] == 401
     assert call(guard, {"Authorization": "Basic the-right-token-0123"}, [b"{}"])[0] == 401
+    assert call(guard, {}, [], kind="websocket")[0] == 1008  # closed, never the app's
     status, body = call(guard, {"Authorization": "bearer the-right-token-0123"}, [b"{}"])
     assert (status, body) == (200, b"ok")
-    assert inner.reached == [b"{}"]  # only the authorised request got through
-    assert guard.refused["unauthorized"] == 3
+    foreign = {"Authorization": "Bearer the-right-token-0123", "Host": "gw.example.com"}
+    assert call(guard, foreign, [b"[]"])[0] == 200  # a token is enough, wherever from
+    assert inner.reached == [b"{}", b"[]"]  # only the authorised requests got through
+    assert guard.refused["unauthorized"] == 3 and guard.refused["not_http"] == 1
+
+
+def test_without_a_token_only_this_machine_may_call():
+    inner = Recorder()
+    guard = Guard(inner, None, max_body=100)
+    for headers in (
+        {"Host": "evil.example.com"},  # DNS rebinding: a page's name pointed at 127.0.0.1
+        {"Origin": "http://evil.example.com"},  # a cross-site request from a page
+        {"Host": "127.0.0.1.evil.example.com:8700"},
+        {"Origin": "null"},
+    ):
+        assert call(guard, headers, [b"{}"])[0] == 403, headers
+    for headers in ({}, {"Host": "localhost:8700"}, {"Host": "[::1]:8700"},
+                    {"Origin": "http://127.0.0.1:3000"}):  # fmt: skip
+        assert call(guard, headers, [b"{}"])[0] == 200, headers
+    assert guard.refused["foreign_origin"] == 4 and len(inner.reached) == 4
 
 
 def test_the_guard_limits_bodies_declared_or_not():
@@ -236,7 +273,9 @@ def test_the_guard_limits_bodies_declared_or_not():
     guard = Guard(inner, None, max_body=100)
     assert call(guard, {"Content-Length": "101"}, [b"x" * 101])[0] == 413
     assert call(guard, {"Content-Length": "nan"}, [b"x"])[0] == 413
-    assert call(guard, {}, [b"x" * 60, b"x" * 60])[0] is None  # cut off: the app saw a disconnect
-    assert inner.disconnected and inner.reached == []
+    assert call(guard, {}, [b"x" * 60, b"x" * 60])[0] == 413  # no length: read, then refused
+    assert inner.reached == []
+    assert call(guard, {}, [b"x" * 60, b"y" * 40])[0] == 200  # read whole, then handed on
     assert call(guard, {"Content-Length": "100"}, [b"x" * 100])[0] == 200
+    assert inner.reached == [b"x" * 60 + b"y" * 40, b"x" * 100]
     assert guard.refused["too_large"] == 3

@@ -2,7 +2,8 @@
 
 Both need the ``gateway`` extra (``pip install 'agent-mesh[gateway]'``); without it they
 say so in one line. Over HTTP a bearer token is required unless ``--no-auth`` is given on
-a loopback address; without ``--token`` one is generated and printed once.
+a loopback address; without ``--token`` (or ``$MESH_GATEWAY_TOKEN``) one is generated and
+printed once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import os
 import sys
 from typing import Any
 
@@ -21,6 +23,7 @@ from .cmd_live import StopSignals
 from .options import discovery_option
 
 NEEDS = ("a2a", "mcp", "uvicorn")
+ENV_TOKEN = "MESH_GATEWAY_TOKEN"
 
 
 def add_commands(commands: Any) -> None:
@@ -65,7 +68,11 @@ def _http_options(parser: argparse.ArgumentParser, *, required: bool, default_po
         if required
         else "serve streamable HTTP there instead of stdio",
     )
-    parser.add_argument("--token", default=None, help="the bearer token clients must send")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"the bearer token clients must send (default ${ENV_TOKEN}: out of ps's sight)",
+    )
     parser.add_argument(
         "--no-auth", action="store_true", help="no token (only on a loopback address)"
     )
@@ -88,7 +95,7 @@ def _exposure(args: argparse.Namespace) -> Any:
 
     return check_exposure(
         args.listen,
-        token=args.token,
+        token=args.token or os.environ.get(ENV_TOKEN) or None,
         no_auth=args.no_auth,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -289,7 +289,18 @@ async def _agent(args: argparse.Namespace) -> int:
 async def _agent_class(factory: Any, argv: list[str], node_options: dict[str, Any]) -> int:
     agent = factory.from_command_line(argv, node_options)
     signals = StopSignals()
-    await agent.start()
+    starting = asyncio.create_task(agent.start(), name="agent-start")
+    stopping = asyncio.create_task(signals.wait(), name="agent-signals")
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal while it loads a model or reads a card: stop now
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return signals.code
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
+    starting.result()  # its error, if starting failed
     try:
         print(serving_line(agent.name, agent.node.endpoint), flush=True)
         return await signals.wait()

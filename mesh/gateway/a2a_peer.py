@@ -33,6 +33,7 @@ from a2a.helpers import get_data_parts, get_text_parts, new_data_part, new_text_
 from a2a.types import (
     AgentCard,
     CancelTaskRequest,
+    GetTaskRequest,
     Message,
     Part,
     Role,
@@ -51,6 +52,9 @@ from .views import MAX_TEXT
 log = logging.getLogger(__name__)
 ENV_TOKEN = "MESH_A2A_TOKEN"
 CANCEL_TIMEOUT_S = 5.0
+CARD_TIMEOUT_S = 10.0
+POLL_S = 0.1
+POLL_MAX_S = 2.0
 ENDED = {
     TaskState.TASK_STATE_COMPLETED,
     TaskState.TASK_STATE_FAILED,
@@ -97,6 +101,7 @@ class A2APeer:
         self._http = httpx.AsyncClient(headers=headers, timeout=timeout)
         self.node = Node(name, **node_options)
         self._client: Any = None
+        self._cancelling: set[asyncio.Task[None]] = set()
         self.card: AgentCard | None = None
         for method, handler in [
             ("message", self.message),
@@ -140,10 +145,15 @@ class A2APeer:
         """Read the A2A card (before registering: no call reaches a bridge without a
         client), publish it as this node's card, join the mesh."""
         try:
-            self.card = await A2ACardResolver(self._http, self.url).get_agent_card()
-        except (A2AClientError, httpx.HTTPError, ValueError) as exc:
+            async with asyncio.timeout(CARD_TIMEOUT_S):
+                self.card = await A2ACardResolver(self._http, self.url).get_agent_card()
+        except (A2AClientError, httpx.HTTPError, ValueError, TimeoutError) as exc:
             await self._http.aclose()
-            raise InvalidArgument(f"cannot read the A2A card at {self.url}: {exc}") from exc
+            why = _one_line(str(exc)) or f"no answer within {CARD_TIMEOUT_S:.0f} s"
+            raise InvalidArgument(f"cannot read the A2A card at {self.url}: {why}") from None
+        except BaseException:
+            await self._http.aclose()
+            raise
         config = ClientConfig(streaming=self.card.capabilities.streaming, httpx_client=self._http)
         self._client = ClientFactory(config).create(self.card)
         self.node.meta["card"] = self.mesh_card(self.card)
@@ -155,7 +165,9 @@ class A2APeer:
         return self
 
     async def stop(self) -> None:
-        await self.node.close()
+        await self.node.close()  # handlers end: their tasks on the agent are cancelled
+        if self._cancelling:
+            await asyncio.gather(*self._cancelling, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
         await self._http.aclose()
@@ -210,46 +222,88 @@ class A2APeer:
 
     async def _forward(self, message: Message) -> AsyncIterator[dict[str, Any]]:
         """Send ``message``; yield the reply's parts as they come, then a ``done`` chunk.
-        Left early (the mesh caller cancelled), the task is cancelled on the agent."""
+        A reply that ends before its task did (a stream cut short, a non-streaming agent's
+        working task) is followed with ``get task`` until the task ends. Left early (the
+        mesh caller cancelled), the task is cancelled on the agent."""
         task_id = ""
-        state = TaskState.TASK_STATE_COMPLETED
-        events = self._client.send_message(SendMessageRequest(message=message))
+        state: int | None = None
+        passed = 0  # chunks of the reply yielded so far
         try:
-            async for event in events:
-                task_id = task_id or _task_id(event)
-                for chunk in _chunks(event):
+            events = self._client.send_message(SendMessageRequest(message=message))
+            try:
+                async for event in events:
+                    task_id = task_id or _task_id(event)
+                    for chunk in _chunks(event):
+                        yield chunk
+                        passed += 1
+                    state = _state(event) or state
+                    _check(state, event)
+            finally:
+                await events.aclose()
+            if state not in ENDED:
+                if not task_id:
+                    raise A2AFailure("the A2A agent's reply ended without a task or a message")
+                task = await self._settled(task_id)
+                state = task.status.state
+                wrapped = StreamResponse(task=task)
+                for chunk in _chunks(wrapped)[passed:]:
                     yield chunk
-                state = _state(event) or state
-                if state in ASKING:
-                    raise A2AFailure(f"the A2A agent asks for more ({TaskState.Name(state)})")
-                if state == TaskState.TASK_STATE_FAILED:
-                    raise A2AFailure(f"the A2A agent failed the task: {_status_text(event)}")
-                if state in (TaskState.TASK_STATE_CANCELED, TaskState.TASK_STATE_REJECTED):
-                    raise A2AFailure(f"the A2A agent ended the task: {TaskState.Name(state)}")
+                _check(state, wrapped)
         except InvalidParamsError as exc:
             raise InvalidArgument(f"the A2A agent refused the message: {exc.message}") from None
         except (A2AError, A2AClientError, httpx.HTTPError) as exc:
-            raise A2AFailure(f"{type(exc).__name__}: {exc}") from None
+            raise A2AFailure(_one_line(f"{type(exc).__name__}: {exc}")) from None
         except (GeneratorExit, asyncio.CancelledError):
             if task_id and state not in ENDED:
-                await self._cancel(task_id)
+                self._cancel_soon(task_id)
             raise
-        finally:
-            await events.aclose()
-        yield {"done": True, "state": TaskState.Name(state), "task_id": task_id}
+        yield {"done": True, "state": TaskState.Name(state or 0), "task_id": task_id}
+
+    async def _settled(self, task_id: str) -> Any:
+        """The task once it has ended (or asks for input), asked for with backoff, at
+        most ``timeout`` seconds."""
+        wait = POLL_S
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    task = await self._client.get_task(GetTaskRequest(id=task_id))
+                    if task.status.state in ENDED | ASKING:
+                        return task
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, POLL_MAX_S)
+        except TimeoutError:
+            raise A2AFailure(f"the A2A task did not end within {self.timeout:.0f} s") from None
+
+    def _cancel_soon(self, task_id: str) -> None:
+        """Cancel the task on the agent in a task of this bridge's own: the handler that
+        asked is being cancelled (perhaps twice, a CANCEL then the caller's BYE), and that
+        must not cut the request to the agent short. :meth:`stop` waits for it."""
+        task = asyncio.get_running_loop().create_task(self._cancel(task_id))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
 
     async def _cancel(self, task_id: str) -> None:
         """Cancel the task on the agent, bounded; a failure is logged, the caller has left."""
-        request = CancelTaskRequest(id=task_id)
-        cancelling = asyncio.ensure_future(self._client.cancel_task(request))
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT_S):
-                await asyncio.shield(cancelling)
-        except (TimeoutError, asyncio.CancelledError, A2AError, A2AClientError, httpx.HTTPError):
-            log.warning("a2a: could not cancel task %s on %s", task_id, self.url)
-            cancelling.cancel()
-            with contextlib.suppress(BaseException):
-                await cancelling
+                await self._client.cancel_task(CancelTaskRequest(id=task_id))
+        except (TimeoutError, A2AError, A2AClientError, httpx.HTTPError) as exc:
+            log.warning("a2a: could not cancel task %s on %s: %s", task_id, self.url, exc)
+
+
+def _check(state: int | None, event: StreamResponse) -> None:
+    """Raise what a state says went wrong: the agent failed the task, ended it, or asks
+    for what this bridge cannot give."""
+    if state in ASKING:
+        raise A2AFailure(f"the A2A agent asks for more ({TaskState.Name(state)})")
+    if state == TaskState.TASK_STATE_FAILED:
+        raise A2AFailure(f"the A2A agent failed the task: {_status_text(event)}")
+    if state in (TaskState.TASK_STATE_CANCELED, TaskState.TASK_STATE_REJECTED):
+        raise A2AFailure(f"the A2A agent ended the task: {TaskState.Name(state)}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _method(name: str, description: str, params: dict[str, str], streams: bool) -> dict[str, Any]:
@@ -287,6 +341,8 @@ def _task_id(event: StreamResponse) -> str:
 
 def _state(event: StreamResponse) -> int | None:
     kind = event.WhichOneof("payload")
+    if kind == "message":  # a direct reply: no task, nothing more to come
+        return TaskState.TASK_STATE_COMPLETED
     if kind == "task":
         return event.task.status.state
     if kind == "status_update":

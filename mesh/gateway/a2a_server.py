@@ -12,10 +12,13 @@ message or the request), else the card's default method. Its parts become the bo
 are appended to the task's artifact ``answer`` as they arrive (text as text parts, with a
 token's figures as the part's metadata; other chunks as data parts), so a streaming client
 sees each token when the agent produced it.
-Cancelling the task cancels the mesh call: the CANCEL reaches the agent's handler and the
-generation stops. Errors keep their mesh type: one the caller caused (a wrong method, a
-bad body, an agent that is gone) is an A2A ``InvalidParamsError`` before any task exists;
-one during the call fails the task with ``TYPE: message`` and the error as a data part.
+The task exists from the start, so cancelling it stops the mesh call at any point: the
+CANCEL reaches the agent's handler and the generation stops. A task left running by a
+client that went away ends after ``MAX_CALL_S``; each agent's store keeps its newest
+``MAX_TASKS`` tasks (at most ``MAX_TASK_BYTES``). Errors keep their mesh type: a method the
+card does not have, or an agent that is gone, is an A2A ``InvalidParamsError`` and no
+task; an error of the call fails the task with ``TYPE: message`` and the error as a data
+part.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ log = logging.getLogger(__name__)
 PREFIX = "/agents/"
 ARTIFACT = "answer"
 CALL_TIMEOUT_S = 300.0  # a request, or the wait for each chunk of a stream
+MAX_CALL_S = 900.0  # a whole call: work a client left behind ends by then
+MAX_TASKS = 1000  # tasks an agent's store keeps (the newest; ended ones go first)
+MAX_TASK_BYTES = 64 << 20
 BEARER = "bearer"
 
 
@@ -77,6 +83,9 @@ class MeshExecutor(AgentExecutor):
         self._stopped: set[str] = set()  # tasks cancelled: nothing more is emitted for them
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        """Check the method against the card (a caller's mistake is an error, no task),
+        then make the task at once, so it can be cancelled from the start, and run the
+        mesh call, at most ``MAX_CALL_S``."""
         message = context.message
         if message is None:
             raise InvalidParamsError(message="a message is needed")
@@ -84,53 +93,49 @@ class MeshExecutor(AgentExecutor):
         body = method.body_from_message(
             get_text_parts(message.parts), [_integral(d) for d in get_data_parts(message.parts)]
         )
+        task = context.current_task or new_task_from_user_message(message)
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work()
         chunks = self._chunks(method, body)
         try:
-            try:  # the first chunk (or the reply) before the task: a caller's mistake is an error
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                first = None
-            except MeshError as exc:
-                found = failure(exc)
-                if found.caller_fault:
-                    raise InvalidParamsError(
-                        message=f"{found.type}: {found.message}", data=found.to_json()
-                    ) from None
-                first = found
-            task = context.current_task or new_task_from_user_message(message)
-            if context.current_task is None:
-                await event_queue.enqueue_event(task)
-            updater = TaskUpdater(event_queue, task.id, task.context_id)
-            await updater.start_work()
-            await self._relay(task.id, updater, first, chunks)
-        finally:
-            await chunks.aclose()  # ends the mesh call (a CANCEL) if it is still running
-
-    async def _relay(
-        self, task_id: str, updater: TaskUpdater, first: Any, chunks: AsyncIterator[Any]
-    ) -> None:
-        """Append each chunk to the artifact as it comes; end the task by how the call did."""
-        appended = 0
-        item = first
-        try:
-            while item is not None and task_id not in self._stopped:
-                if isinstance(item, Failure):
-                    await _fail(updater, item)
-                    return
-                await updater.add_artifact(
-                    [_part(item)], artifact_id=ARTIFACT, name=ARTIFACT, append=appended > 0
-                )
-                appended += 1
-                try:
-                    item = await anext(chunks)
-                except StopAsyncIteration:
-                    item = None
-                except MeshError as exc:
-                    item = failure(exc)
-            if task_id not in self._stopped:
+            try:
+                async with asyncio.timeout(MAX_CALL_S):
+                    ended = await self._relay(task.id, updater, chunks)
+            except TimeoutError:
+                ended = Failure("RequestTimeout", f"the call took over {MAX_CALL_S:.0f} s")
+            finally:
+                await chunks.aclose()  # ends the mesh call (a CANCEL) if it still runs
+            if task.id in self._stopped:
+                return  # cancel() has ended the task
+            if isinstance(ended, Failure):
+                await _fail(updater, ended)
+            else:
                 await updater.complete()
         finally:
-            self._stopped.discard(task_id)
+            self._stopped.discard(task.id)
+
+    async def _relay(
+        self, task_id: str, updater: TaskUpdater, chunks: AsyncIterator[Any]
+    ) -> Failure | None:
+        """Append each chunk to the artifact as it comes, until the call ends (None) or
+        fails (its Failure) or the task is cancelled."""
+        appended = 0
+        while task_id not in self._stopped:
+            try:
+                item = await anext(chunks)
+            except StopAsyncIteration:
+                return None
+            except MeshError as exc:
+                return failure(exc)
+            if task_id in self._stopped:
+                break
+            await updater.add_artifact(
+                [_part(item)], artifact_id=ARTIFACT, name=ARTIFACT, append=appended > 0
+            )
+            appended += 1
+        return None
 
     async def _chunks(self, method: MethodView, body: Any) -> AsyncIterator[Any]:
         """The call's output as chunks: a stream's own, or a request's single reply."""

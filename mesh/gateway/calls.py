@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.codec import Blob
-from ..core.errors import (
-    BadRequest,
-    CallError,
-    InvalidArgument,
-    MeshError,
-    NoSuchMethod,
-    PeerNotFound,
-    RemoteError,
-)
+from ..core.errors import MeshError, RemoteError
 
 
 def json_default(value: Any) -> Any:
@@ -36,8 +29,27 @@ def json_default(value: Any) -> Any:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` made of JSON's types only."""
-    return json.loads(json.dumps(value, default=json_default))
+    """``value`` made of JSON's types only (NaN and the infinities, which JSON lacks, as
+    null)."""
+    return json.loads(to_json(value))
+
+
+def to_json(value: Any) -> str:
+    """``value`` as strict JSON text: what every JSON parser reads."""
+    try:
+        return json.dumps(value, default=json_default, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere
+        return json.dumps(_finite(json.loads(json.dumps(value, default=json_default))))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def chunk_text(chunk: Any) -> str | None:
@@ -71,12 +83,11 @@ class Assembled:
 
 @dataclass(frozen=True)
 class Failure:
-    """A mesh error as a gateway reports it: its type name (``NoSuchMethod``,
-    ``RemoteError``...), what it says, and whether the caller's input was at fault."""
+    """A mesh error as a gateway reports it: its type name (``BadRequest``,
+    ``RemoteError``...), what it says, and the remote exception's type if it has one."""
 
     type: str
     message: str
-    caller_fault: bool
     remote_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -88,9 +99,6 @@ class Failure:
 
 def failure(exc: MeshError) -> Failure:
     """How ``exc``, raised by a call the gateway made for a client, is reported."""
-    caller_fault = isinstance(exc, InvalidArgument | BadRequest | NoSuchMethod | PeerNotFound)
     remote_type = exc.remote_type if isinstance(exc, RemoteError) else None
-    message = str(exc)
-    if isinstance(exc, CallError) and not message:
-        message = type(exc).__name__
-    return Failure(type(exc).__name__, message, caller_fault, remote_type)
+    message = str(exc) or type(exc).__name__
+    return Failure(type(exc).__name__, message, remote_type)

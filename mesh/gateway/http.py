@@ -17,6 +17,7 @@ import ipaddress
 import json
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 1 << 20  # 1 MiB: a message or a tool call, not a bulk transfer
+START_TIMEOUT_S = 10.0
 TOKEN_BYTES = 32
 
 
@@ -69,6 +71,8 @@ def check_exposure(
     if (tls_cert is None) != (tls_key is None):
         raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    if tls is not None:
+        _check_tls(*tls)
     if no_auth:
         return Exposure(host, int(port_text), None, False, tls)
     if token is not None and len(token) < 16:
@@ -77,6 +81,16 @@ def check_exposure(
     return Exposure(
         host, int(port_text), token or secrets.token_urlsafe(TOKEN_BYTES), generated, tls
     )
+
+
+def _check_tls(cert: str, key: str) -> None:
+    """Load the certificate and key now, so a bad file is one line before anything
+    listens (uvicorn would fail inside its task, after the gateway said it serves)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(f"--tls-cert {cert} / --tls-key {key}: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -89,30 +103,55 @@ def is_loopback(host: str) -> bool:
 
 
 class Guard:
-    """ASGI middleware in front of a gateway's application: the bearer token and the body
-    limit. ``refused`` counts what it turned away, by reason."""
+    """ASGI middleware in front of a gateway's application: the bearer token, the body
+    limit, and, without a token (loopback only), the Host and Origin a browser sends, so a
+    web page cannot reach the gateway through DNS rebinding or a cross-site request.
+    Only ``lifespan`` and checked ``http`` requests reach the application; a WebSocket
+    is refused (no gateway route speaks it). ``refused`` counts what it turned away."""
 
     def __init__(self, app: App, token: str | None, max_body: int = MAX_BODY) -> None:
         self.app = app
         self._token = token.encode() if token is not None else None
         self.max_body = max_body
-        self.refused: dict[str, int] = {"unauthorized": 0, "too_large": 0}
+        self.refused: dict[str, int] = {
+            "unauthorized": 0,
+            "too_large": 0,
+            "foreign_origin": 0,
+            "not_http": 0,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan: the application's own start and stop
+        if scope["type"] == "lifespan":  # the application's own start and stop
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            self.refused["not_http"] += 1
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
             return
         headers = dict(scope.get("headers") or [])
         if self._token is not None and not self._authorized(headers.get(b"authorization")):
             self.refused["unauthorized"] += 1
             await _reply(send, 401, "unauthorized: send Authorization: Bearer TOKEN", bearer=True)
             return
+        if self._token is None and not _same_machine(headers):
+            self.refused["foreign_origin"] += 1
+            await _reply(send, 403, "without a token, only clients on this machine")
+            return
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body:
+                self.refused["too_large"] += 1
+                await _reply(send, 413, f"request body over {self.max_body} bytes")
+                return
+            await self.app(scope, receive, send)  # the server holds it to the length
+            return
+        buffered = await self._read_body(receive)
+        if buffered is None:
             self.refused["too_large"] += 1
             await _reply(send, 413, f"request body over {self.max_body} bytes")
             return
-        await self.app(scope, self._limited(receive), send)
+        await self.app(scope, _replaying(buffered, receive), send)
 
     def _authorized(self, header: bytes | None) -> bool:
         assert self._token is not None
@@ -123,20 +162,57 @@ class Guard:
             return False
         return hmac.compare_digest(credential.strip(), self._token)
 
-    def _limited(self, receive: Receive) -> Receive:
+    async def _read_body(self, receive: Receive) -> Message | None:
+        """A body sent without a length, read whole up to the limit (None: over it), so
+        the application sees a complete request or none at all."""
+        parts: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    self.refused["too_large"] += 1
-                    return {"type": "http.disconnect"}
-            return message
+            if message["type"] != "http.request":
+                return message  # the client left: the application sees that
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body:
+                return None
+            parts.append(chunk)
+            if not message.get("more_body"):
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
 
-        return limited
+
+def _replaying(first: Message, receive: Receive) -> Receive:
+    """``receive`` that gives ``first`` once, then what the server gives."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return first
+        return await receive()
+
+    return replay
+
+
+def _same_machine(headers: dict[bytes, bytes]) -> bool:
+    """Whether Host names a loopback address and Origin, if any, too: what a client on this
+    machine sends, and what a page served from elsewhere cannot."""
+    host = headers.get(b"host", b"").decode("latin-1")
+    origin = headers.get(b"origin")
+    if not is_loopback(_hostname(host)):
+        return False
+    if origin is None:
+        return True
+    text = origin.decode("latin-1")
+    _, _, rest = text.partition("://")
+    return bool(rest) and is_loopback(_hostname(rest.split("/", 1)[0]))
+
+
+def _hostname(authority: str) -> str:
+    """``host[:port]`` or ``[v6]:port`` to the host."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else ""
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
 async def _reply(send: Send, status: int, error: str, *, bearer: bool = False) -> None:
@@ -172,9 +248,11 @@ class HttpServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
             sock.listen(128)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise OSError(
+                exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from None
         self._sock = sock
         self.port = sock.getsockname()[1]
         return self.url
@@ -191,6 +269,7 @@ class HttpServer:
                 app,
                 log_level="warning",
                 lifespan="on",
+                ws="none",  # no gateway route speaks WebSocket
                 ssl_certfile=tls[0],
                 ssl_keyfile=tls[1],
                 timeout_graceful_shutdown=2,
@@ -198,6 +277,12 @@ class HttpServer:
         )
         self._server.install_signal_handlers = lambda: None  # the command owns the signals
         self._task = asyncio.create_task(self._server.serve([self._sock]), name="gateway-http")
+        async with asyncio.timeout(START_TIMEOUT_S):  # uvicorn says so only by a flag
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()  # its error, if it raised one
+                    raise OSError(f"the HTTP server on {self.url} stopped as it started")
+                await asyncio.sleep(0.005)
 
     @property
     def url(self) -> str:

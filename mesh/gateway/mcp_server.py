@@ -22,7 +22,6 @@ asked for anything.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -37,12 +36,13 @@ from mcp.shared.exceptions import MCPError
 
 from ..core.errors import MeshError
 from ..runtime.node import Node
-from .calls import Assembled, chunk_text, failure, json_default, jsonable
+from .calls import Assembled, Failure, chunk_text, failure, jsonable, to_json
 from .catalog import Catalog
 from .views import MethodView, tool_name
 
 log = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 300.0  # a request, or the wait for each chunk of a stream
+MAX_CALL_S = 900.0  # a whole call, however its client went away
 MODERN = "2026-07-28"  # protocol versions from this one hear changes on listen streams
 
 
@@ -112,22 +112,22 @@ class MeshTools:
             raise MCPError(code=types.INVALID_PARAMS, message=f"no tool {params.name!r}")
         body = method.body_from_arguments(params.arguments)
         try:
-            if method.streams:
-                return await self._stream(ctx, method, body)
-            reply = await self.node.request(method.agent, method.name, body, timeout=CALL_TIMEOUT_S)
+            with anyio.fail_after(MAX_CALL_S):  # work a client left behind ends by then
+                if method.streams:
+                    return await self._stream(ctx, method, body)
+                reply = await self.node.request(
+                    method.agent, method.name, body, timeout=CALL_TIMEOUT_S
+                )
         except MeshError as exc:
-            found = failure(exc)
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=f"{found.type}: {found.message}")],
-                structured_content={"error": found.to_json()},
-                is_error=True,
-            )
+            return _tool_error(failure(exc))
+        except TimeoutError:
+            return _tool_error(Failure("RequestTimeout", f"the call took over {MAX_CALL_S:.0f} s"))
         except Exception:  # the gateway's own fault: said as such, never as the caller's
             log.exception("mcp: %s failed in the gateway", params.name)
             raise MCPError(
                 code=types.INTERNAL_ERROR, message="internal error in the gateway"
             ) from None
-        text = reply if isinstance(reply, str) else json.dumps(reply, default=json_default)
+        text = reply if isinstance(reply, str) else to_json(reply)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=text)],
             structured_content={"result": jsonable(reply)},
@@ -142,13 +142,21 @@ class MeshTools:
         ):
             assembled.add(chunk)
             text = chunk_text(chunk)
-            note = text if text is not None else json.dumps(chunk, default=json_default)
+            note = text if text is not None else to_json(chunk)
             await ctx.session.report_progress(assembled.chunks, None, note)
         result = assembled.result()
-        text = assembled.text or json.dumps(result["data"])
+        text = assembled.text or to_json(result["data"])
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=text)], structured_content=result
         )
+
+
+def _tool_error(found: Failure) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=f"{found.type}: {found.message}")],
+        structured_content={"error": found.to_json()},
+        is_error=True,
+    )
 
 
 def _tool(name: str, method: MethodView, kind: str) -> types.Tool:

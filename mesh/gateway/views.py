@@ -25,6 +25,7 @@ MAX_METHODS = 64
 MAX_PARAMS = 32
 MAX_TEXT = 1_000
 MAX_TOOL_NAME = 64  # the strictest limit MCP clients apply to tool names
+MAX_METHOD_PART = 30
 TOOL_SEPARATOR = "__"
 EXTRA_FIELDS = "..."  # a card param saying "more fields are passed on"
 _TOOL_CHAR = re.compile(r"[^A-Za-z0-9_-]")
@@ -211,20 +212,25 @@ def _type_of(description: str) -> str | None:
 
 class ToolNames:
     """Tool names for agents' methods, both ways. A name is ``AGENT__METHOD`` with every
-    character outside ``A-Z a-z 0-9 _ -`` made ``_`` and cut to 64 characters (what MCP
-    clients accept); two methods that would share a name keep the first, in name order,
-    and the other is not offered, so a name never reaches a method it does not mean."""
+    character outside ``A-Z a-z 0-9 _ -`` made ``_`` and each part cut (what MCP clients
+    accept: 64 characters). Two methods that would share a name are both left out (and
+    listed in ``ambiguous``): a name never reaches a method it does not mean, and one
+    agent joining never takes over another's tool."""
 
     def __init__(self, agents: list[AgentView]) -> None:
-        self.by_name: dict[str, MethodView] = {}
-        for agent in sorted(agents, key=lambda a: a.name):
+        found: dict[str, list[MethodView]] = {}
+        for agent in agents:
             for method in agent.methods:
-                name = tool_name(agent.name, method.name)
-                self.by_name.setdefault(name, method)
+                found.setdefault(tool_name(agent.name, method.name), []).append(method)
+        self.by_name = {name: methods[0] for name, methods in found.items() if len(methods) == 1}
+        self.ambiguous = sorted(name for name, methods in found.items() if len(methods) > 1)
 
     def lookup(self, name: str) -> MethodView | None:
         return self.by_name.get(name)
 
 
 def tool_name(agent: str, method: str) -> str:
-    return _TOOL_CHAR.sub("_", f"{agent}{TOOL_SEPARATOR}{method}")[:MAX_TOOL_NAME]
+    """``AGENT__METHOD`` within 64 characters: room kept for the method's part."""
+    method_part = _TOOL_CHAR.sub("_", method)[:MAX_METHOD_PART]
+    room = MAX_TOOL_NAME - len(TOOL_SEPARATOR) - len(method_part)
+    return f"{_TOOL_CHAR.sub('_', agent)[:room]}{TOOL_SEPARATOR}{method_part}"
