@@ -279,3 +279,33 @@ def test_the_guard_limits_bodies_declared_or_not():
     assert call(guard, {"Content-Length": "100"}, [b"x" * 100])[0] == 200
     assert inner.reached == [b"x" * 60 + b"y" * 40, b"x" * 100]
     assert guard.refused["too_large"] == 3
+
+
+def test_an_agents_task_store_keeps_its_newest_tasks_ended_ones_going_first():
+    from a2a.server.context import ServerCallContext
+    from a2a.types import Task, TaskState, TaskStatus
+
+    from mesh.gateway.a2a_server import BoundedTaskStore
+
+    working, done = TaskState.TASK_STATE_WORKING, TaskState.TASK_STATE_COMPLETED
+
+    def task(name: str, state: int, size: int = 0) -> Task:
+        found = Task(id=name, context_id="c", status=TaskStatus(state=state))
+        found.metadata.update({"pad": "x" * size})
+        return found
+
+    async def scenario() -> None:
+        context = ServerCallContext()
+        store = BoundedTaskStore(max_tasks=3, max_bytes=10_000)
+        for name, state in [("a", working), ("b", done), ("c", working), ("d", done)]:
+            await store.save(task(name, state), context)
+        assert [await store.get(n, context) is not None for n in "abcd"] == [1, 0, 1, 1]
+        await store.save(task("e", working), context)  # d is the only ended one: it goes
+        assert [await store.get(n, context) is not None for n in "acde"] == [1, 1, 0, 1]
+        await store.save(task("f", working, size=9_000), context)  # over the bytes: oldest
+        assert await store.get("f", context) is not None and await store.get("a", context) is None
+        assert store.bytes <= 10_000 and len(store._kept) <= 3
+        await store.save(task("g", done, size=20_000), context)  # alone over the limit: kept
+        assert await store.get("g", context) is not None and len(store._kept) == 1
+
+    asyncio.run(scenario())

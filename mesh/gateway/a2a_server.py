@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +38,7 @@ from a2a.helpers import (
     new_text_part,
 )
 from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
@@ -50,6 +52,8 @@ from a2a.types import (
     Part,
     SecurityRequirement,
     SecurityScheme,
+    Task,
+    TaskState,
 )
 from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict
@@ -70,6 +74,12 @@ CALL_TIMEOUT_S = 300.0  # a request, or the wait for each chunk of a stream
 MAX_CALL_S = 900.0  # a whole call: work a client left behind ends by then
 MAX_TASKS = 1000  # tasks an agent's store keeps (the newest; ended ones go first)
 MAX_TASK_BYTES = 64 << 20
+ENDED_STATES = {
+    TaskState.TASK_STATE_COMPLETED,
+    TaskState.TASK_STATE_FAILED,
+    TaskState.TASK_STATE_CANCELED,
+    TaskState.TASK_STATE_REJECTED,
+}
 BEARER = "bearer"
 
 
@@ -218,6 +228,41 @@ async def _fail(updater: TaskUpdater, found: Failure) -> None:
     )
 
 
+class BoundedTaskStore(InMemoryTaskStore):
+    """The SDK's in-memory store, keeping an agent's newest ``max_tasks`` tasks and at most
+    ``max_bytes`` of them: a client cannot grow the gateway by sending messages. Ended
+    tasks go first, oldest first; a running one only when nothing else is left."""
+
+    def __init__(self, max_tasks: int = MAX_TASKS, max_bytes: int = MAX_TASK_BYTES) -> None:
+        super().__init__()
+        self.max_tasks = max_tasks
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._kept: OrderedDict[str, tuple[int, bool, ServerCallContext]] = OrderedDict()
+
+    async def save(self, task: Task, context: ServerCallContext) -> None:
+        await super().save(task, context)
+        self._forget(task.id)
+        size = task.ByteSize()
+        self._kept[task.id] = (size, task.status.state in ENDED_STATES, context)
+        self.bytes += size
+        while len(self._kept) > 1 and (
+            len(self._kept) > self.max_tasks or self.bytes > self.max_bytes
+        ):
+            others = [(i, ended) for i, (_, ended, _) in self._kept.items() if i != task.id]
+            victim = next((i for i, ended in others if ended), others[0][0])
+            await self.delete(victim, self._kept[victim][2])
+
+    async def delete(self, task_id: str, context: ServerCallContext) -> None:
+        await super().delete(task_id, context)
+        self._forget(task_id)
+
+    def _forget(self, task_id: str) -> None:
+        kept = self._kept.pop(task_id, None)
+        if kept is not None:
+            self.bytes -= kept[0]
+
+
 def agent_card(view: AgentView, url: str, *, bearer: bool) -> AgentCard:
     """The A2A card of a mesh agent served at ``url`` (absolute, ending in ``/``)."""
     skills = [
@@ -303,7 +348,7 @@ class A2AGateway:
             if mounted is None:
                 handler = DefaultRequestHandler(
                     agent_executor=MeshExecutor(self.node, self.catalog, name),
-                    task_store=InMemoryTaskStore(),
+                    task_store=BoundedTaskStore(),
                     agent_card=card,
                 )
                 self.mounted[name] = _Mounted(view, handler, card)
