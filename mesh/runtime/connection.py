@@ -385,7 +385,7 @@ class Connection:
             return
         del self.calls[message.corr_id]
         if kind == Kind.ERROR:
-            self._finish(call, error=self._remote_error(call, message.body))
+            self._finish(call, error=remote_error(self.name, call.method, message.body))
         elif kind == Kind.STREAM_END:
             self._finish(call, result=call.chunks if call.queue is None else _END)
         else:  # REPLY, ENTRIES and the discovery answers
@@ -425,24 +425,6 @@ class Connection:
                 call.future.exception()  # whoever awaits it still gets it; nobody else must
             else:
                 call.future.set_result(result)
-
-    def _remote_error(self, call: Call, body: Any) -> MeshError:
-        code, text, details = (
-            ([*body, None, None, None])[:3]
-            if isinstance(body, list)
-            else (ErrorCode.INTERNAL, "malformed error", None)
-        )
-        remote_type = details.get("type") if isinstance(details, dict) else None
-        if code == ErrorCode.UNKNOWN_METHOD:
-            return NoSuchMethod(str(text), peer=self.name, method=call.method)
-        error = _REMOTE_ERRORS.get(code, RemoteError) if isinstance(code, int) else RemoteError
-        return error(
-            str(text),
-            code=int(code) if isinstance(code, int) else 0,
-            remote_type=remote_type,
-            peer=self.name,
-            method=call.method,
-        )
 
     # ------------------------------------------------------------------ calling
 
@@ -672,6 +654,26 @@ class Connection:
         if self.session is not None and not self.closed:
             with contextlib.suppress(PeerLost, MeshError):
                 self.send([Message(Kind.BYE, next_msg_id())])
+
+
+def remote_error(peer: str, method: str, body: Any) -> MeshError:
+    """The typed error an ERROR message's body ``[code, text, details]`` stands for."""
+    code, text, details = (
+        ([*body, None, None, None])[:3]
+        if isinstance(body, list)
+        else (ErrorCode.INTERNAL, "malformed error", None)
+    )
+    remote_type = details.get("type") if isinstance(details, dict) else None
+    if code == ErrorCode.UNKNOWN_METHOD:
+        return NoSuchMethod(str(text), peer=peer, method=method)
+    error = _REMOTE_ERRORS.get(code, RemoteError) if isinstance(code, int) else RemoteError
+    return error(
+        str(text),
+        code=int(code) if isinstance(code, int) else 0,
+        remote_type=remote_type,
+        peer=peer,
+        method=method,
+    )
 
 
 def _consume_outcome(task: asyncio.Task) -> None:

@@ -2,10 +2,12 @@
 
 A script, a Flask or Django view, a thread pool: each call hands the coroutine to the node's
 own event loop, which runs in a background thread, and waits for the result. The methods are
-the Node's, wrapped (same names, same arguments), so the two cannot drift apart. The
-constructor returns only once the node is bound and registered; ``close()`` (also the
-context manager's exit, and interpreter exit) unregisters and stops the thread. Safe to call
-from several threads at once.
+the Node's, wrapped (same names, same arguments), so the two cannot drift apart. The one
+exception is the common ``request`` (a named peer the node knows, no retries): it is sealed,
+sent and answered on the calling thread, on a lane of its own (:mod:`.direct`), with no hop
+to the loop thread and back. The constructor returns only once the node is bound and
+registered; ``close()`` (also the context manager's exit, and interpreter exit) unregisters
+and stops the thread. Safe to call from several threads at once.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import asyncio
 import atexit
 import functools
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..core.errors import NodeClosed
+from .direct import Lane, Lanes
 from .node import Node
 from .subscription import Subscription, TopicMessage
+from .transport import ZmqNetwork
 
 CLOSE_TIMEOUT_S = 10.0
 
@@ -45,6 +50,12 @@ class SyncNode:
         except BaseException:
             self._stop_loop()
             raise
+        node = self.node
+        self._lanes = (  # the direct path needs real sockets: not for the tests' fake network
+            Lanes(node._context, node.identity, node.trust, node.cipher_suites, node.heartbeat)
+            if isinstance(node._network, ZmqNetwork)
+            else None
+        )
         atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
@@ -60,6 +71,71 @@ class SyncNode:
             coroutine.close()
             raise NodeClosed("this SyncNode is closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def request(
+        self,
+        peer: str | None = None,
+        method: str | None = None,
+        body: Any = None,
+        *,
+        capability: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        block: bool = True,
+    ) -> Any:
+        """As :meth:`Node.request`. A call to a named peer this node knows, without
+        retries, runs on this thread (tracing on, or every lane to the peer busy, it takes
+        the loop's path, like the rest)."""
+        lane = self._lane_for(peer, method, capability, retries, block)
+        if lane is None:
+            return self._run(
+                self.node.request(
+                    peer,
+                    method,
+                    body,
+                    capability=capability,
+                    timeout=timeout,
+                    retries=retries,
+                    block=block,
+                )
+            )
+        assert self._lanes is not None and isinstance(method, str)
+        started = time.perf_counter_ns()
+        outcome = "ok"
+        try:
+            return lane.request(method, body, timeout)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self._lanes.give_back(lane)
+            self.node.call_stats.record(lane.name, time.perf_counter_ns() - started, outcome)
+
+    def _lane_for(
+        self,
+        peer: str | None,
+        method: str | None,
+        capability: str | None,
+        retries: int,
+        block: bool,
+    ) -> Lane | None:
+        if self._closed:
+            raise NodeClosed("this SyncNode is closed")
+        if (
+            self._lanes is None
+            or not isinstance(peer, str)
+            or not isinstance(method, str)
+            or not method
+            or capability is not None
+            or retries
+            or not block
+        ):
+            return None
+        tracing = self.node._tracing
+        if tracing is not None and tracing.tracer() is not None:
+            return None  # spans are made on the loop's path
+        info = self.node.known.get(peer)
+        return None if info is None else self._lanes.take(info)
 
     def handler(self, name: str, function: Callable[..., Any] | None = None) -> Any:
         """As :meth:`Node.handler`. Plain functions run in a worker thread; async ones in the
@@ -113,6 +189,8 @@ class SyncNode:
         with self._lock:
             if self._closed:
                 return
+            if self._lanes is not None:
+                self._lanes.close()
             try:
                 asyncio.run_coroutine_threadsafe(self.node.close(), self._loop).result(
                     CLOSE_TIMEOUT_S
@@ -176,7 +254,7 @@ class SyncSubscription:
         self.close()
 
 
-for _name in ("request", "send", "peers", "publish", "delivered", "ping"):
+for _name in ("send", "peers", "publish", "delivered", "ping"):
     setattr(SyncNode, _name, _blocking(_name))
 
 
