@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import signal
+import socket
 import threading
 
 import pytest
@@ -17,7 +18,9 @@ from mesh import (
     InvalidArgument,
     NoSuchMethod,
     PeerLost,
+    PeerNotFound,
     RemoteError,
+    ReplyTooLarge,
     RequestTimeout,
     SessionLimits,
     SyncNode,
@@ -44,7 +47,8 @@ def pair(mesh):
 
 
 def lanes_to(client: SyncNode, peer: str) -> list:
-    return [lane for lane in client._lanes._lanes if lane.name == peer]
+    """The idle lanes to ``peer`` (between calls, every lane is idle)."""
+    return client._lanes.idle_to(peer)
 
 
 def test_requests_skip_the_loop_and_keep_their_types(pair):
@@ -125,7 +129,7 @@ def test_a_stopped_peer_is_lost_after_missed_heartbeats(spawn, discovery, home):
                     call.result(timeout=30)
             finally:
                 agent.kill(signal.SIGCONT)
-        assert len(lanes_to(client, "fixture")) == 1  # the lost lane went; the other stays
+        assert lanes_to(client, "fixture") == []  # lost: every lane to it went, not only that one
 
 
 def test_an_old_key_is_replaced_on_the_lane(pair):
@@ -161,7 +165,78 @@ def test_more_threads_than_lanes_share_them_and_the_loop(pair):
     server.handler("square", square)
     with concurrent.futures.ThreadPoolExecutor(MAX_LANES + 3) as pool:
         calls = [pool.submit(client.request, "server", "square", n, timeout=30) for n in range(20)]
-        wait_until(lambda: len(lanes_to(client, "server")) == MAX_LANES)
-        release.set()
+        try:
+            wait_until(lambda: client._lanes.open_lanes == MAX_LANES)  # all busy at once
+        finally:
+            release.set()
         assert [call.result() for call in calls] == [n * n for n in range(20)]
     assert len(lanes_to(client, "server")) == MAX_LANES  # never more than the pool holds
+
+
+def test_closing_the_node_ends_calls_waiting_on_lanes(pair):
+    server, client = pair
+    started = threading.Event()
+
+    async def hang(body):
+        started.set()
+        await asyncio.sleep(60)
+
+    server.handler("hang", hang)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(client.request, "server", "hang", None)  # no timeout
+        wait_until(started.is_set)
+        client.close()
+        with pytest.raises(PeerLost, match="node closed"):
+            call.result(timeout=30)
+    assert client._lanes.open_lanes == 0
+
+
+def test_a_timeout_shorter_than_the_handshake_is_a_timeout(pair):
+    server, client = pair
+    server.handler("echo", lambda body: body)
+    with pytest.raises(RequestTimeout):
+        client.request("server", "echo", 1, timeout=0)
+    assert client.request("server", "echo", 2, timeout=10) == 2  # the lane was kept
+
+
+def test_a_streamed_answer_past_the_bounds_is_refused(pair):
+    server, client = pair
+
+    async def flood(body):
+        for _ in range(20):
+            yield b"x" * (1 << 20)
+
+    server.handler("flood", flood)
+    with pytest.raises(ReplyTooLarge):
+        client.request("server", "flood", None, timeout=60)
+
+
+def test_a_peer_restarted_at_the_same_address_costs_one_call(spawn, discovery, home):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent = ["run", "tests.fixture_agent:FixtureAgent", "--name", "fixture",
+             "--discovery", discovery, "--bind", f"tcp://127.0.0.1:{port}"]  # fmt: skip
+    first = spawn(*agent)
+    first.endpoint()
+    with SyncNode(
+        "client", discovery=discovery, mesh=home, heartbeat=0.2, register=False
+    ) as client:
+        client.peers()  # known: the direct path
+        with concurrent.futures.ThreadPoolExecutor(MAX_LANES) as pool:  # every lane opened
+            pids = set(
+                pool.map(lambda _: client.request("fixture", "pid", None, timeout=10), range(8))
+            )
+        assert pids == {first.pid}
+        first.kill()
+        first.popen.wait(10)
+        second = spawn(*agent)
+        second.endpoint()
+        failures = 0
+        for _ in range(5):
+            try:
+                assert client.request("fixture", "pid", None, timeout=10) == second.pid
+                break
+            except (PeerLost, PeerNotFound, RequestTimeout):
+                failures += 1
+        assert failures <= 1  # one lane found the old process gone; its siblings went too

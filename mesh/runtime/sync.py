@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import threading
 import time
@@ -21,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..core.errors import NodeClosed
+from ..core.errors import NodeClosed, PeerLost
 from .direct import Lane, Lanes
 from .node import Node
 from .subscription import Subscription, TopicMessage
@@ -50,12 +51,20 @@ class SyncNode:
         except BaseException:
             self._stop_loop()
             raise
+        self._lanes: Lanes | None = None
         node = self.node
-        self._lanes = (  # the direct path needs real sockets: not for the tests' fake network
-            Lanes(node._context, node.identity, node.trust, node.cipher_suites, node.heartbeat)
-            if isinstance(node._network, ZmqNetwork)
-            else None
-        )
+        if isinstance(node._network, ZmqNetwork):  # not over the tests' fake network
+            self._lanes = Lanes(
+                node._context,
+                node.identity,
+                node.trust,
+                node.cipher_suites,
+                node.heartbeat,
+                node.connect_timeout,
+                self._forget_peer,
+            )
+            lanes = self._lanes
+            node.on_peer_event(lambda event, info: lanes.forget(info.name))
         atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
@@ -102,14 +111,25 @@ class SyncNode:
         assert self._lanes is not None and isinstance(method, str)
         started = time.perf_counter_ns()
         outcome = "ok"
+        lost = False
         try:
             return lane.request(method, body, timeout)
-        except BaseException as exc:
+        except Exception as exc:
             outcome = type(exc).__name__
+            lost = isinstance(exc, PeerLost) and not self._closed
+            raise
+        except BaseException:
+            outcome = "cancelled"  # as the loop's path says of a caller that gave up
             raise
         finally:
-            self._lanes.give_back(lane)
+            self._lanes.give_back(lane, lost)
             self.node.call_stats.record(lane.name, time.perf_counter_ns() - started, outcome)
+
+    def _forget_peer(self, name: str) -> None:
+        """A lane lost ``name``: the node forgets its entry, as its own pool does, so the
+        next call looks it up again."""
+        with contextlib.suppress(RuntimeError):  # the loop has stopped: nothing to forget
+            self._loop.call_soon_threadsafe(self.node.known.mark_down, name)
 
     def _lane_for(
         self,
