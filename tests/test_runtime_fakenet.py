@@ -290,6 +290,28 @@ def test_sessions_and_handshakes_are_bounded_per_member(fake_mesh, authority):
     within_mesh(fake_mesh, scenario)
 
 
+def test_a_members_retired_sessions_go_before_its_live_ones(fake_mesh, authority):
+    """A member rekeying one connection again and again fills the callee's bound with
+    retired sessions: those go, not the session of its other connection."""
+
+    async def scenario() -> None:
+        b = await fake_mesh.node("b")
+        member = certified(authority, "many")
+        kept, busy = dial(fake_mesh, member, b), dial(fake_mesh, member, b)
+        await kept.open(5)
+        await busy.open(5)
+        for _ in range(MAX_SESSIONS_PER_PEER + 4):
+            await busy.rekey(5)
+        held = b._callee._by_peer[member.require_certificate().node_id]
+        assert len(held) == MAX_SESSIONS_PER_PEER
+        assert kept.session.send_id in held and busy.session.send_id in held
+        assert b.drops["sessions_per_peer"] == 6  # 2 connections and 20 rekeys, 16 kept
+        for connection in (kept, busy):
+            connection.close()
+
+    within_mesh(fake_mesh, scenario)
+
+
 # ------------------------------------------------------------------ closing
 
 

@@ -5,7 +5,8 @@ replaces the key); two processes sharing one identity each get their own. Each s
 its own receive credit (protocol.md 11.1), charged per frame as it arrives and given back as
 handlers consume. A certified node holds at most ``MAX_SESSIONS_PER_PEER`` sessions here (the
 oldest goes), so however many connections a member opens, what it can make this node hold
-is bounded per member, not per connection. Calls go to the handler runner or, when they
+is bounded per member, not per connection; a retired session (replaced by a rekey) goes
+first. Calls go to the handler runner or, when they
 carry ``meta.dlv``, to reliable delivery; topic requests to the node's topics.
 """
 
@@ -70,7 +71,10 @@ class Callee:
         held = self._by_peer.setdefault(peer_id, OrderedDict())
         held[session.recv_id] = session
         while len(held) > MAX_SESSIONS_PER_PEER:
-            _, oldest = held.popitem(last=False)
+            # a session a rekey retired goes before any live one: a member's connections
+            # (its loop's, a SyncNode's lanes, its other processes') keep theirs
+            retired = (rid for rid, s in held.items() if s.retired_ms is not None)
+            oldest = held.pop(next(retired, next(iter(held))))
             self._drops["sessions_per_peer"] += 1
             self.forget(oldest)
 
