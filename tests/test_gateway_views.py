@@ -309,3 +309,21 @@ def test_an_agents_task_store_keeps_its_newest_tasks_ended_ones_going_first():
         assert await store.get("g", context) is not None and len(store._kept) == 1
 
     asyncio.run(scenario())
+
+
+def test_the_catalog_offers_agents_with_something_to_call_and_never_gateways():
+    from mesh.gateway.catalog import Catalog
+
+    class Quiet:  # what the catalog asks of its node, before start()
+        name = "gw"
+
+    catalog = Catalog(Quiet())  # type: ignore[arg-type]
+    subscriber = entry("sub-1")  # registered, no handlers: nothing to call
+    other_gateway = entry("gw2", {"card": {"kind": "gateway", "methods": []}}, ("x",))
+    echo = entry("echo-1", {"card": ECHO_CARD})
+    catalog._replace([subscriber, other_gateway, echo])
+    assert set(catalog.agents) == {"echo-1"}
+    catalog._on_event("JOIN", entry("sub-2"))
+    assert set(catalog.agents) == {"echo-1"} and catalog.version == 1
+    catalog._on_event("UPDATE", entry("echo-1"))  # it lost its handlers: no longer offered
+    assert catalog.agents == {} and catalog.version == 2

@@ -26,8 +26,8 @@ RETRY_S = 2.0
 
 
 class Catalog:
-    """Agent name to :class:`AgentView` for every live node except gateways (the card kind
-    ``gateway``, this one's included) and those named in ``hidden``."""
+    """Agent name to :class:`AgentView` for every live node with a method to call, except
+    gateways (the card kind ``gateway``, this one's included) and those named in ``hidden``."""
 
     def __init__(
         self, node: Node, *, hidden: Iterable[str] = (), refresh_s: float = REFRESH_S
@@ -75,7 +75,9 @@ class Catalog:
                 self._commit()
             return
         view = agent_view(info)
-        if view.kind == GATEWAY_KIND:
+        if not _offered(view):
+            if self.agents.pop(info.name, None) is not None:
+                self._commit()
             return
         if self.agents.get(info.name) != view:
             self.agents[info.name] = view
@@ -92,7 +94,7 @@ class Catalog:
 
     def _replace(self, peers: list[PeerInfo]) -> None:
         views = (agent_view(p) for p in peers if p.name not in self.hidden)
-        fresh = {view.name: view for view in views if view.kind != GATEWAY_KIND}
+        fresh = {view.name: view for view in views if _offered(view)}
         if fresh != self.agents:
             self.agents = fresh
             self._commit()
@@ -106,3 +108,9 @@ class Catalog:
                 listener()
             except Exception:  # a listener's bug must not stop the catalog
                 log.exception("gateway: a catalog listener failed")
+
+
+def _offered(view: AgentView) -> bool:
+    """Whether a gateway offers this node: not a gateway, and something to call (a
+    subscriber with no handlers is no agent to a client)."""
+    return view.kind != GATEWAY_KIND and bool(view.methods)
