@@ -29,8 +29,8 @@ TOKEN = "outside-agent-token-42"
 
 
 class Words(AgentExecutor):
-    """Streams the words of the message back, one artifact update each. ``slow`` ticks
-    until cancelled, ``fail`` fails the task, ``invalid`` is refused."""
+    """Streams the words of the message back, one artifact update each. ``slow`` says two
+    ticks, then waits until cancelled, ``fail`` fails the task, ``invalid`` is refused."""
 
     def __init__(self) -> None:
         self.cancelled: list[str] = []
@@ -48,13 +48,13 @@ class Words(AgentExecutor):
         if text == "fail":
             await updater.failed(updater.new_agent_message([new_text_part("out of words")]))
             return
-        words = text.split() if text != "slow" else (f"tick{i}" for i in range(10_000))
+        words = text.split() if text != "slow" else ["tick0", "tick1"]
         for index, word in enumerate(words):
             await updater.add_artifact(
                 [new_text_part(word + " ")], artifact_id="words", append=index > 0
             )
-            if text == "slow":
-                await asyncio.sleep(0.05)
+        if text == "slow":
+            await asyncio.Event().wait()  # never ends by itself: only a cancel stops it
         await updater.complete()
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:

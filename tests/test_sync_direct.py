@@ -101,7 +101,7 @@ def test_giving_up_cancels_the_handler(pair):
 
     async def forever(body):
         try:
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # never ends by itself
         except asyncio.CancelledError:
             cancelled.set()
             raise
@@ -179,7 +179,7 @@ def test_closing_the_node_ends_calls_waiting_on_lanes(pair):
 
     async def hang(body):
         started.set()
-        await asyncio.sleep(60)
+        await asyncio.Event().wait()  # never ends by itself
 
     server.handler("hang", hang)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -46,6 +46,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ..core.errors import InvalidArgument
 from ..runtime.node import Node
+from .a2a_server import ENDED
 from .calls import Assembled
 from .views import MAX_TEXT
 
@@ -55,12 +56,6 @@ CANCEL_TIMEOUT_S = 5.0
 CARD_TIMEOUT_S = 10.0
 POLL_S = 0.1
 POLL_MAX_S = 2.0
-ENDED = {
-    TaskState.TASK_STATE_COMPLETED,
-    TaskState.TASK_STATE_FAILED,
-    TaskState.TASK_STATE_CANCELED,
-    TaskState.TASK_STATE_REJECTED,
-}
 ASKING = {TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED}
 TEXT_PARAMS = {
     "text": "str: the message to the agent",

@@ -74,7 +74,7 @@ CALL_TIMEOUT_S = 300.0  # a request, or the wait for each chunk of a stream
 MAX_CALL_S = 900.0  # a whole call: work a client left behind ends by then
 MAX_TASKS = 1000  # tasks an agent's store keeps (the newest; ended ones go first)
 MAX_TASK_BYTES = 64 << 20
-ENDED_STATES = {
+ENDED = {  # a task in one of these states is over
     TaskState.TASK_STATE_COMPLETED,
     TaskState.TASK_STATE_FAILED,
     TaskState.TASK_STATE_CANCELED,
@@ -244,7 +244,7 @@ class BoundedTaskStore(InMemoryTaskStore):
         await super().save(task, context)
         self._forget(task.id)
         size = task.ByteSize()
-        self._kept[task.id] = (size, task.status.state in ENDED_STATES, context)
+        self._kept[task.id] = (size, task.status.state in ENDED, context)
         self.bytes += size
         while len(self._kept) > 1 and (
             len(self._kept) > self.max_tasks or self.bytes > self.max_bytes
