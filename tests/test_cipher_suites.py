@@ -5,6 +5,7 @@ protocol.md 6.1 (the offer), 7.1 (the frames), 9 (``suites`` in directory entrie
 
 from __future__ import annotations
 
+import nacl.bindings
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from mesh import (
     Responder,
     SessionTable,
 )
-from mesh.core import _sodium
+from mesh.core import _gcm
 from mesh.core.codec import encode_payload
 from mesh.core.envelope import (
     BOX_OFFSET,
@@ -90,7 +91,9 @@ def test_suite_2_nonces_that_do_not_follow_the_seq_are_refused():
     frame = bytearray(BOX_OFFSET + 16 + len(inner))
     frame[:CLEAR_SIZE] = inner[:CLEAR_SIZE]
     frame[CLEAR_SIZE:BOX_OFFSET] = nonce
-    _sodium.gcm_seal_into(frame, BOX_OFFSET, inner, nonce[:12], KEY, bytes(frame[:BOX_OFFSET]))
+    _gcm.seal_into(
+        frame, BOX_OFFSET, inner, nonce[:12], _gcm.prepare(KEY), bytes(frame[:BOX_OFFSET])
+    )
     with pytest.raises(MalformedEnvelope, match="seq"):
         open_sealed([bytes(frame)], KEY, GCM)
 
@@ -190,3 +193,32 @@ async def test_a_static_peer_gets_suite_2_only_when_told_it_runs_it(mesh):
                 assert await caller.request("static-server", "echo", b"hi", timeout=30) == b"hi"
             await eventually(lambda: _suites_in_use(told) == {"static-server": GCM})
             assert _suites_in_use(plain) == {"static-server": XSALSA}
+
+
+@pytest.mark.parametrize("backend", _gcm.backends(), ids=lambda backend: backend.name)
+def test_each_aes_gcm_library_is_the_same_construction(backend):
+    # libsodium's own binding is the independent reference: same bytes, opened both ways
+    iv, ad, plain = bytes(range(12)), b"clear header", bytes(range(256)) * 300
+    key = backend.prepare(KEY)
+    out = bytearray(len(plain) + 16)
+    backend.seal_into(out, 0, memoryview(plain), iv, key, ad)
+    assert bytes(out) == nacl.bindings.crypto_aead_aes256gcm_encrypt(plain, ad, iv, KEY)
+    assert backend.open_to_bytearray(out, iv, key, ad) == plain
+    assert backend.open_to_bytearray(bytes(out), iv, key, b"other header") is None
+    in_place = memoryview(bytearray(out))
+    assert backend.open_in_place(in_place, iv, key, ad) == plain
+    assert bytes(in_place[: len(plain)]) == plain  # where it lay
+    for index in (0, len(plain) - 1, len(plain) + 15):  # first, last byte, the tag
+        altered = bytearray(out)
+        altered[index] ^= 1
+        assert backend.open_to_bytearray(altered, iv, key, ad) is None
+        assert backend.open_in_place(memoryview(altered), iv, key, ad) is None
+    empty = bytearray(16)
+    backend.seal_into(empty, 0, b"", iv, key, ad)
+    assert backend.open_to_bytearray(empty, iv, key, ad) == b""
+
+
+def test_the_fast_extra_runs_suite_2_through_openssl_and_libsodium_remains():
+    # the test tools install the fast extra: both libraries are tested above, OpenSSL seals
+    assert [backend.name for backend in _gcm.backends()] == ["openssl", "libsodium"]
+    assert _gcm.BACKEND.name == "openssl"

@@ -27,7 +27,7 @@ import zmq
 
 from ..cli.cluster import Host
 from ..cli.launch import Remote, certify
-from ..core.envelope import local_suites
+from ..core.envelope import gcm_library, local_suites
 from ..core.errors import InvalidArgument, LaunchError
 from ..core.identity import Certificate
 from ..core.wire import Suite
@@ -342,7 +342,15 @@ def machine() -> dict[str, Any]:
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
         "platform": platform.platform(),
+        "cipher": _cipher(),
     }
+
+
+def _cipher() -> str:
+    """The suite two nodes here agree on, and which library runs it."""
+    if Suite.AES256_GCM in local_suites():
+        return f"AES-256-GCM through {gcm_library()}"
+    return "XSalsa20-Poly1305 (no AES instructions)"
 
 
 def report(results: list[Result]) -> dict[str, Any]:

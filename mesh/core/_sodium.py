@@ -71,74 +71,11 @@ def open_to_bytearray(boxed: Buffer, nonce: Buffer, key: bytes) -> bytearray | N
     return plain
 
 
-# --------------------------------------------------------------------------- AES-256-GCM
-# libsodium's AES-256-GCM, combined form (the ciphertext, then the 16-byte tag), into a
-# caller's buffer. It runs only where the CPU has AES instructions, and PyNaCl binds it from
-# 1.6 on: elsewhere it is not offered (``aes256gcm_available``). ``ad`` is authenticated,
-# not encrypted.
-
-GCM_IV_SIZE = 12
-_gcm_seal = getattr(lib, "crypto_aead_aes256gcm_encrypt", None)
-_gcm_open = getattr(lib, "crypto_aead_aes256gcm_decrypt", None)
-_NULL = ffi.NULL
-
-
-def aes256gcm_available() -> bool:
-    """Whether AES-256-GCM runs here: bound by PyNaCl, and the CPU has AES instructions."""
-    if _gcm_seal is None or _gcm_open is None:
-        return False
-    lib.sodium_init()  # idempotent; picks the CPU's implementations
-    return bool(lib.crypto_aead_aes256gcm_is_available())
-
-
-def _ad(ad: Buffer) -> tuple[object, int]:
-    extra = memoryview(ad).cast("B")
-    return (_from_buffer(extra), extra.nbytes) if extra.nbytes else (_NULL, 0)
-
-
-def gcm_seal_into(
-    out: bytearray, offset: int, plaintext: Buffer, iv: Buffer, key: bytes, ad: Buffer
-) -> None:
-    """Write the ciphertext of ``plaintext`` then its tag into ``out[offset:]``, ``ad``
-    authenticated with it."""
-    if len(iv) != GCM_IV_SIZE or len(key) != KEY_SIZE:
-        raise ValueError("iv must be 12 bytes and key 32 bytes")
-    source, size = _source(out, offset, plaintext)
-    extra, extra_size = _ad(ad)
-    result = _gcm_seal(  # type: ignore[misc]
-        _from_buffer(out) + offset,
-        _NULL,
-        _from_buffer(source),
-        size,
-        extra,
-        extra_size,
-        _NULL,
-        _from_buffer(iv),
-        key,
-    )
-    if result != 0:  # pragma: no cover - fails only where the CPU lacks AES (not offered)
-        raise RuntimeError("crypto_aead_aes256gcm_encrypt failed")
-
-
-def gcm_open_to_bytearray(boxed: Buffer, iv: Buffer, key: bytes, ad: Buffer) -> bytearray | None:
-    """Open a ciphertext-and-tag buffer; the plaintext, or None if it (or ``ad``) is not
-    authentic."""
-    opening = _for_opening(boxed)
-    if opening is None:
-        return None
-    source, size, plain, target = opening
-    extra, extra_size = _ad(ad)
-    result = _gcm_open(  # type: ignore[misc]
-        target, _NULL, _NULL, _from_buffer(source), size, extra, extra_size, _from_buffer(iv), key
-    )
-    return plain if result == 0 else None
-
-
 # --------------------------------------------------------------------------- in place
 # A received attachment frame that is ours to change (a writable ZeroMQ frame) is opened
 # where it lies: the plaintext is its first bytes. Allocating (and page-faulting) a fresh
 # buffer per large frame costs as much as the cipher itself. libsodium allows the output
-# to be the input for both constructions. On failure the frame's content is undefined.
+# to be the input. On failure the frame's content is undefined.
 
 
 def open_in_place(boxed: memoryview, nonce: Buffer, key: bytes) -> memoryview | None:
@@ -148,17 +85,5 @@ def open_in_place(boxed: memoryview, nonce: Buffer, key: bytes) -> memoryview | 
         return None
     target = _from_buffer(boxed)
     if _open(target, target, size, _from_buffer(nonce), key) != 0:
-        return None
-    return boxed[: size - MAC_SIZE]
-
-
-def gcm_open_in_place(boxed: memoryview, iv: Buffer, key: bytes, ad: Buffer) -> memoryview | None:
-    """AES-256-GCM (tag last) opened into ``boxed`` itself; a view of the plaintext."""
-    size = boxed.nbytes
-    if size < MAC_SIZE or _gcm_open is None:
-        return None
-    target = _from_buffer(boxed)
-    extra, extra_size = _ad(ad)
-    if _gcm_open(target, _NULL, _NULL, target, size, extra, extra_size, _from_buffer(iv), key):
         return None
     return boxed[: size - MAC_SIZE]

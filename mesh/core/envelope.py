@@ -29,9 +29,10 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from . import _sodium
+from . import _gcm, _sodium
+from ._gcm import GcmKey
 from .codec import Message, decode_payload, encode_payload
 from .errors import (
     AuthenticationFailed,
@@ -58,7 +59,7 @@ INNER = struct.Struct(">BB8sQQIQB")
 CLEAR_SIZE = CLEAR.size  # 10
 BOX_OFFSET = CLEAR_SIZE + NONCE_SIZE  # 34
 MIN_SEALED_SIZE = BOX_OFFSET + MAC_SIZE + INNER.size
-GCM_IV = _sodium.GCM_IV_SIZE
+GCM_IV = _gcm.IV_SIZE
 _SEALED = FrameType.SEALED
 _VERSION = PROTOCOL_VERSION
 
@@ -70,9 +71,14 @@ _GCM_NONCE = struct.Struct(">QI12x")  # seq, index, zeros: suite 2's nonce
 def local_suites() -> tuple[Suite, ...]:
     """The suites this process can run, the preferred first: AES-256-GCM where the CPU has
     AES instructions (several times XSalsa20's speed on large messages), XSalsa20 always."""
-    if _sodium.aes256gcm_available():
+    if _gcm.available():
         return (Suite.AES256_GCM, Suite.XSALSA20_POLY1305)
     return (Suite.XSALSA20_POLY1305,)
+
+
+def gcm_library() -> str:
+    """Which library runs suite 2 here: ``openssl`` (the ``fast`` extra) or ``libsodium``."""
+    return _gcm.BACKEND.name
 
 
 def gcm_nonce(seq: int, index: int) -> bytes:
@@ -95,7 +101,7 @@ class Opened(NamedTuple):
 
 def seal(
     session_id: bytes,
-    key: bytes,
+    key: bytes | GcmKey,
     seq: int,
     timestamp_ms: int,
     messages: Sequence[Message],
@@ -108,6 +114,8 @@ def seal(
     ``_random`` is the private seam through which the test-vector generator fixes nonces;
     nothing else passes it. Raises :class:`InvalidBody` for unencodable bodies and
     :class:`EnvelopeTooLarge` when the result would break the protocol's size limits.
+    ``key`` may be a suite 2 key prepared once (:func:`mesh.core._gcm.prepare`), as a
+    session passes it.
     """
     payload, attachments = encode_payload(messages)
     return seal_payload(
@@ -117,7 +125,7 @@ def seal(
 
 def seal_payload(
     session_id: bytes,
-    key: bytes,
+    key: bytes | GcmKey,
     seq: int,
     timestamp_ms: int,
     payload: bytes,
@@ -130,6 +138,7 @@ def seal_payload(
     :func:`~mesh.core.codec.payload_of_rows`)."""
     gcm = suite is _GCM
     if gcm:
+        gcm_key = _gcm.prepare(key) if type(key) is bytes else key
         nonces = [gcm_nonce(seq, index) for index in range(1, len(attachments) + 1)]
     else:
         nonces = [_random(NONCE_SIZE) for _ in attachments]
@@ -146,8 +155,9 @@ def seal_payload(
     first[CLEAR_SIZE:BOX_OFFSET] = nonce
     if gcm:
         clear = bytes(first[:BOX_OFFSET])
-        _sodium.gcm_seal_into(first, BOX_OFFSET, plaintext, nonce[:GCM_IV], key, clear)
+        _gcm.seal_into(first, BOX_OFFSET, plaintext, nonce[:GCM_IV], gcm_key, clear)
     else:
+        key = key.key if type(key) is GcmKey else key
         _sodium.seal_into(first, BOX_OFFSET, plaintext, nonce, key)
     frames: list[Frame] = [first]
     total = first_size
@@ -156,7 +166,7 @@ def seal_payload(
             raise EnvelopeTooLarge("attachment", buffer.nbytes, MAX_ATTACHMENT)
         boxed = bytearray(buffer.nbytes + MAC_SIZE)
         if gcm:
-            _sodium.gcm_seal_into(boxed, 0, buffer, attachment_nonce[:GCM_IV], key, b"")
+            _gcm.seal_into(boxed, 0, buffer, attachment_nonce[:GCM_IV], gcm_key, b"")
         else:
             _sodium.seal_into(boxed, 0, buffer, attachment_nonce, key)
         total += len(boxed)
@@ -190,7 +200,7 @@ def sealed_session_id(frames: Sequence[Frame]) -> bytes:
 
 
 def open_sealed(
-    frames: Sequence[Frame], key: bytes, suite: Suite = Suite.XSALSA20_POLY1305
+    frames: Sequence[Frame], key: bytes | GcmKey, suite: Suite = Suite.XSALSA20_POLY1305
 ) -> Opened:
     """Authenticate and decode a SEALED message whose header :func:`sealed_session_id` passed.
 
@@ -202,10 +212,12 @@ def open_sealed(
     first = memoryview(frames[0])
     gcm = suite is _GCM
     if gcm:
-        plain = _sodium.gcm_open_to_bytearray(
+        key = _gcm.prepare(key) if type(key) is bytes else key
+        plain = _gcm.open_to_bytearray(
             first[BOX_OFFSET:], first[CLEAR_SIZE : CLEAR_SIZE + GCM_IV], key, first[:BOX_OFFSET]
         )
     else:
+        key = key.key if type(key) is GcmKey else key
         plain = _sodium.open_to_bytearray(first[BOX_OFFSET:], first[CLEAR_SIZE:BOX_OFFSET], key)
     if plain is None:
         raise AuthenticationFailed("SEALED frame does not open under the session key")
@@ -238,7 +250,7 @@ def _follows_gcm_nonces(nonce: memoryview, inner: memoryview, seq: int, count: i
 
 
 def _open_attachments(
-    frames: Sequence[Frame], nonces: memoryview, key: bytes, gcm: bool = False
+    frames: Sequence[Frame], nonces: memoryview, key: Any, gcm: bool = False
 ) -> list[bytearray | memoryview]:
     """Each attachment frame opened: in place when the caller handed it over as a writable
     memoryview (the runtime does so for the large ZeroMQ frames it received, which nobody
@@ -259,9 +271,9 @@ def _open_attachments(
         if gcm:
             iv = nonce[:GCM_IV]
             if in_place:
-                plain = _sodium.gcm_open_in_place(frame.cast("B"), iv, key, b"")
+                plain = _gcm.open_in_place(frame.cast("B"), iv, key, b"")
             else:
-                plain = _sodium.gcm_open_to_bytearray(frame, iv, key, b"")
+                plain = _gcm.open_to_bytearray(frame, iv, key, b"")
         elif in_place:
             plain = _sodium.open_in_place(frame.cast("B"), nonce, key)
         else:

@@ -34,6 +34,8 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import _gcm
+from ._gcm import GcmKey
 from .codec import Message
 from .envelope import Frame, Opened, open_sealed, seal, seal_payload, sealed_session_id
 from .errors import (
@@ -79,7 +81,9 @@ class Session:
 
     __slots__ = (
         "_next_seq",
+        "_opening",
         "_recv_key",
+        "_sealing",
         "_send_key",
         "created_ms",
         "initial_credit",
@@ -112,6 +116,10 @@ class Session:
         self.initiator = initiator
         self._send_key = send_key
         self._recv_key = recv_key
+        # what seals and opens: suite 2's keys prepared once (OpenSSL expands them), not per frame
+        gcm = suite is Suite.AES256_GCM
+        self._sealing: bytes | GcmKey = _gcm.prepare(send_key) if gcm else send_key
+        self._opening: bytes | GcmKey = _gcm.prepare(recv_key) if gcm else recv_key
         self.send_id = send_id
         self.recv_id = recv_id
         self.created_ms = created_ms
@@ -137,14 +145,14 @@ class Session:
         :class:`InvalidBody` or :class:`EnvelopeTooLarge` for what cannot be sent.
         """
         seq = self._take_seq(now_ms)
-        frames = seal(self.send_id, self._send_key, seq, now_ms, messages, grant, suite=self.suite)
+        frames = seal(self.send_id, self._sealing, seq, now_ms, messages, grant, suite=self.suite)
         self._next_seq = seq + 1
         return frames
 
     def seal_payload(self, payload: bytes, now_ms: int) -> list[Frame]:
         """:meth:`seal` for coalesced rows (:func:`~mesh.core.codec.payload_of_rows`)."""
         seq = self._take_seq(now_ms)
-        frames = seal_payload(self.send_id, self._send_key, seq, now_ms, payload, suite=self.suite)
+        frames = seal_payload(self.send_id, self._sealing, seq, now_ms, payload, suite=self.suite)
         self._next_seq = seq + 1
         return frames
 
@@ -158,7 +166,7 @@ class Session:
 
     def open(self, frames: Sequence[Frame], now_ms: int) -> Opened:
         """Authenticate, check freshness, and decode a frame addressed to this session."""
-        opened = open_sealed(frames, self._recv_key, self.suite)
+        opened = open_sealed(frames, self._opening, self.suite)
         skew = opened.timestamp_ms - now_ms
         if abs(skew) > self.limits.max_skew_ms:
             raise ClockSkew(skew, self.limits.max_skew_ms)
