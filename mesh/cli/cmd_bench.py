@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import InvalidArgument
@@ -47,11 +50,20 @@ def add_commands(commands: Any) -> None:
         help="also the 64 B call through mesh gateway (A2A) and mesh mcp (MCP over HTTP), "
         "with their official clients (needs the gateway extra)",
     )
+    bench.add_argument(
+        "--costs",
+        action="store_true",
+        help="instead of the scenarios: where a round trip's time goes (each cipher's "
+        "seal and open; CPU per round trip by process and thread, mesh and raw pyzmq)",
+    )
     bench.set_defaults(run=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from ..bench import suite
+
+    if args.costs:
+        return _costs(args)
 
     if args.rate is not None and args.rate <= 0:
         raise InvalidArgument("--rate must be a positive number of requests per second")
@@ -79,3 +91,15 @@ def _server_host(args: argparse.Namespace) -> Host | None:
         known = ", ".join(sorted(cluster.hosts))
         raise InvalidArgument(f"no host {args.server_host!r} in {args.cluster} (it has {known})")
     return cluster.hosts[args.server_host]
+
+
+def _costs(args: argparse.Namespace) -> int:
+    from ..bench import costs
+
+    if args.server_host or args.cluster or args.gateways or args.nats or args.rabbitmq:
+        raise InvalidArgument("--costs runs alone, here: leave out the other systems and hosts")
+    measured = asyncio.run(costs.measure(seconds=1.0 if args.quick else 3.0))
+    print(costs.table(measured))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"costs": measured}, indent=2) + "\n")
+    return 0

@@ -244,6 +244,8 @@ def _follows_gcm_nonces(nonce: memoryview, inner: memoryview, seq: int, count: i
     rule might have reused a nonce, which GCM cannot survive."""
     if nonce != gcm_nonce(seq, 0):
         return False
+    if not count:
+        return True
     listed = inner[INNER.size : INNER.size + count * NONCE_SIZE]
     expected = b"".join(gcm_nonce(seq, index) for index in range(1, count + 1))
     return listed == expected

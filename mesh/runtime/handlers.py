@@ -163,6 +163,9 @@ class HandlerRunner:
         self.tracing: Tracing | None = None  # when set, handlers run in server spans
         self.handlers: dict[str, HandlerSpec] = {}
         self._running: dict[tuple[bytes, int], tuple[asyncio.Task, Caller]] = {}
+        # tasks created and not yet run, with what to call when one is cancelled before it
+        # ran (its own cleanup is in the body it never enters)
+        self._unstarted: dict[tuple[bytes, int], Callable[[bool], None]] = {}
         self._streams: dict[tuple[bytes, int], StreamCredit] = {}
         self._one_way: set[tuple[bytes, int]] = set()
         self._replies: OrderedDict[tuple[bytes, int], tuple[list[Message], int]] = OrderedDict()
@@ -209,23 +212,22 @@ class HandlerRunner:
         else:
             task = asyncio.create_task(self._serve(key, caller, message, context, on_done))
         self._running[key] = (task, caller)
+        self._unstarted[key] = on_done
         if message.kind == Kind.SEND:
             self._one_way.add(key)
-        task.add_done_callback(lambda ended: self._never_started(ended, key, on_done))
 
-    def _never_started(
-        self, task: asyncio.Task[None], key: tuple[bytes, int], on_done: Callable[[bool], None]
-    ) -> None:
-        """A task cancelled before its first step (a CANCEL read in the same batch as its
-        REQUEST, a node closing) never enters its own ``try``: forget it here and give the
-        caller's credit back, as its ``finally`` would have."""
-        running = self._running.get(key)
-        if running is None or running[0] is not task:
-            return  # it ran, and cleaned up after itself
-        del self._running[key]
-        self._streams.pop(key, None)
-        self._one_way.discard(key)
-        on_done(False)
+    def _stop(self, key: tuple[bytes, int]) -> None:
+        """Cancel the task serving ``key``. One cancelled before its first step (a CANCEL
+        read in the same batch as its REQUEST, a node closing) never enters its own
+        ``try``: forget it here and give the caller's credit back, as its ``finally``
+        would have. (A done callback would do it too, at the cost of a loop pass per call.)"""
+        self._running[key][0].cancel()
+        on_done = self._unstarted.pop(key, None)
+        if on_done is not None:
+            del self._running[key]
+            self._streams.pop(key, None)
+            self._one_way.discard(key)
+            on_done(False)
 
     def _running_for(self, caller: Caller, msg_id: int) -> tuple[bytes, int] | None:
         key = (caller.node_id, msg_id)
@@ -249,21 +251,21 @@ class HandlerRunner:
         """A CANCEL: stop the handler of ``msg_id``, if this caller's connection sent it."""
         key = self._running_for(caller, msg_id)
         if key is not None:
-            self._running[key][0].cancel()
+            self._stop(key)
 
     def cancel_peer(self, caller: Caller) -> None:
         """The caller left (BYE): stop work whose answer nobody will read. One-way messages
         already accepted are the callee's work now and run to the end. Only what arrived on
         that caller's connection: another process under the same name is not leaving."""
-        for key, (task, started_by) in list(self._running.items()):
+        for key, (_, started_by) in list(self._running.items()):
             if key not in self._one_way and self._same(started_by, caller):
-                task.cancel()
+                self._stop(key)
 
     async def close(self) -> None:
         self._closed = True
         tasks = [task for task, _ in self._running.values()]
-        for task in tasks:
-            task.cancel()
+        for key in list(self._running):
+            self._stop(key)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve(
@@ -274,6 +276,7 @@ class HandlerRunner:
         context: CallContext,
         on_done: Callable[[bool], None],
     ) -> None:
+        self._unstarted.pop(key, None)
         corr = key[1]
         expects_reply = message.kind == Kind.REQUEST
         try:
@@ -302,6 +305,7 @@ class HandlerRunner:
     ) -> None:
         """A SEND to a coroutine handler, traced by nobody: what :meth:`_serve` does for it
         (run it, count a failure, forget it, report it consumed), in one frame less."""
+        self._unstarted.pop(key, None)
         try:
             await function(*args)  # type: ignore[misc]
         except asyncio.CancelledError:

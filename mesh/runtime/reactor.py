@@ -28,7 +28,6 @@ ZERO_COPY_FROM = 64 * 1024  # below this, copying a frame is cheaper than tracki
 # this is the per-message path
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
-_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _PEER_UNREACHABLE = frozenset({zmq.EAGAIN, zmq.EHOSTUNREACH})
@@ -59,8 +58,11 @@ class Reactor:
         for _ in range(MAX_READ_BATCH):
             if self.closed or not socket.getsockopt(_EVENTS) & _POLLIN:
                 return
-            frames = [socket.recv(_NOBLOCK)]
-            while socket.getsockopt(_RCVMORE):  # attachments: read in place, not copied
+            # each part's own flag says whether another follows: asking the socket
+            # (RCVMORE) costs an option lookup per part
+            part = socket.recv(_NOBLOCK, copy=False)
+            frames = [part.bytes]
+            while part.more:  # attachments: large ones read in place, not copied
                 part = socket.recv(_NOBLOCK, copy=False)
                 frames.append(part.buffer if len(part) >= ZERO_COPY_FROM else part.bytes)
             try:
