@@ -5,12 +5,15 @@ Two measurements, both on this machine:
 
 - **cipher passes**: one seal and one open of a body of each size, per library that can run
   here (XSalsa20-Poly1305 through libsodium; AES-256-GCM through each backend), on warm
-  buffers: the floor a round trip pays four times;
+  buffers: the floor a round trip pays four times; and an Ed25519 signature and its check,
+  which every topic message costs its publisher once and each subscriber once;
 - **CPU per round trip, by thread**: the mesh's echo and raw pyzmq's, one request at a time,
   with the CPU each process spent per round trip read from ``/proc`` for each of its threads
   (the Python thread that runs the loop, ZeroMQ's I/O thread, the rest). The mesh's figure
   above raw's on the Python thread is the runtime and the envelope; on the I/O thread it is
-  the kernel's copies of larger frames and the buffers ZeroMQ allocates for them.
+  the kernel's copies of larger frames and the buffers ZeroMQ allocates for them;
+- **the blocking floor**: a blocking pyzmq client against raw pyzmq's blocking echo and
+  against its asyncio echo: what an event loop on the other end costs by itself.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import zmq
 
 from ..core import _gcm, _sodium
 from ..core.envelope import local_suites
@@ -54,6 +59,24 @@ def cipher_passes(sizes: tuple[int, ...] = SIZES, seconds: float = 0.2) -> list[
                 }
             )
     return rows
+
+
+def signatures(seconds: float = 0.2) -> list[dict[str, Any]]:
+    """Microseconds to sign and to verify a topic message with Ed25519: every PUBLISH frame
+    is signed once and verified by each subscriber (protocol.md 7.8)."""
+    from nacl.signing import SigningKey
+
+    signer = SigningKey(bytes(range(32)))
+    message = bytes(150)  # a 64 B body's frame, about
+    signed = signer.sign(message)
+    return [
+        {
+            "cipher": "Ed25519 (topic frames)",
+            "size": len(message),
+            "seal_us": _median_us(lambda: signer.sign(message), seconds),
+            "open_us": _median_us(lambda: signer.verify_key.verify(signed), seconds),
+        }
+    ]
 
 
 def _ciphers(key: bytes) -> Iterator[tuple[str, Callable[..., Any], Callable[..., Any]]]:
@@ -179,9 +202,48 @@ async def measure(seconds: float = 3.0) -> dict[str, Any]:
         servers = Servers(mesh)
         try:
             threads = await thread_costs(servers, mesh, seconds=seconds)
+            floor = blocking_floor(servers, seconds=seconds)
         finally:
             servers.close()
-    return {"ciphers": cipher_passes(seconds=seconds / 15), "threads": threads}
+    passes = cipher_passes(seconds=seconds / 15) + signatures(seconds / 15)
+    return {"ciphers": passes, "threads": threads, "blocking": floor}
+
+
+def blocking_floor(servers: Any, seconds: float = 3.0) -> list[dict[str, Any]]:
+    """A blocking pyzmq client's 64 B round trip against raw pyzmq's blocking echo and
+    against its asyncio echo, in turns: what the other end being an event loop costs
+    before any mesh code runs (the SyncNode row's mesh server is an asyncio node)."""
+    servers_by_kind = {
+        "blocking echo": servers.serve("raw-blocking"),
+        "asyncio echo": servers.serve("raw").split(",")[0],
+    }
+    context = zmq.Context.instance()
+    sockets = {}
+    for kind, endpoint in servers_by_kind.items():
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(endpoint)
+        sockets[kind] = socket
+    body = bytes(64)
+    walls: dict[str, list[float]] = {kind: [] for kind in sockets}
+    try:
+        for _ in range(5):  # blocks in turns: a slow spell hits both
+            for kind, socket in sockets.items():
+                samples = []
+                deadline = time.perf_counter() + seconds / 10
+                while time.perf_counter() < deadline or len(samples) < 50:
+                    started = time.perf_counter_ns()
+                    socket.send(body)
+                    socket.recv()
+                    samples.append(time.perf_counter_ns() - started)
+                walls[kind].append(statistics.median(samples) / 1000)
+    finally:
+        for socket in sockets.values():
+            socket.close()
+    return [
+        {"client": "blocking pyzmq", "server": kind, "p50_us": round(statistics.median(w), 1)}
+        for kind, w in walls.items()
+    ]
 
 
 def table(costs: dict[str, Any]) -> str:
@@ -207,6 +269,9 @@ def table(costs: dict[str, Any]) -> str:
             f"   {cells[0]:>14} {cells[1]:>7} {cells[2]:>6}"
             f"   {cells[3]:>14} {cells[4]:>7} {cells[5]:>6}"
         )
+    lines += ["", "64 B round trip, blocking pyzmq client      p50 us"]
+    for row in costs.get("blocking", []):
+        lines.append(f"against raw pyzmq's {row['server']:<24} {row['p50_us']:>6}")
     return "\n".join(lines)
 
 
