@@ -218,6 +218,22 @@ def test_each_aes_gcm_library_is_the_same_construction(backend):
     assert backend.open_to_bytearray(empty, iv, key, ad) == b""
 
 
+@pytest.mark.parametrize("backend", _gcm.backends(), ids=lambda backend: backend.name)
+def test_each_aes_gcm_library_refuses_misuse_alike_and_leaves_no_forged_plaintext(backend):
+    iv, plain = bytes(12), b"secret " * 1000
+    key = backend.prepare(KEY)
+    out = bytearray(len(plain) + 16)
+    backend.seal_into(out, 0, plain, iv, key, b"")
+    with pytest.raises(ValueError, match="wrong size"):
+        backend.seal_into(bytearray(16), -16, bytes(16), iv, key, b"")  # before the buffer
+    with pytest.raises(ValueError, match="writable"):
+        backend.open_in_place(memoryview(bytes(out)), iv, key, b"")  # not ours to write
+    forged = bytearray(out)
+    forged[-1] ^= 1  # the tag: everything decrypts, nothing authenticates
+    assert backend.open_in_place(memoryview(forged), iv, key, b"") is None
+    assert b"secret" not in forged  # no unauthenticated plaintext left where it lay
+
+
 def test_the_fast_extra_runs_suite_2_through_openssl_and_libsodium_remains():
     # the test tools install the fast extra: both libraries are tested above, OpenSSL seals
     assert [backend.name for backend in _gcm.backends()] == ["openssl", "libsodium"]

@@ -509,6 +509,47 @@ def pair(alice, bob, trust):
 
 
 @pytest.mark.parametrize("kind", [Kind.SEND, Kind.REQUEST])
+def test_a_handler_that_ends_inside_create_task_leaves_nothing_behind(kind, pair):
+    """Under an eager task factory (Python 3.12's, or any that runs a coroutine's first
+    step at once), a handler that never waits has finished before create_task returns:
+    nothing of it may stay registered, and a retry of it is answered from the cache."""
+
+    def eager(loop, coroutine, **kwargs):
+        done = loop.create_future()
+        try:
+            coroutine.send(None)
+        except StopIteration as stop:
+            done.set_result(stop.value)
+            return done
+        raise AssertionError("this test's handler never waits")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(eager)
+        try:
+            sent: list[list[Message]] = []
+            runner = HandlerRunner(lambda caller, messages: sent.append(messages) or 1)
+
+            async def echo(body):
+                return body
+
+            runner.add("m", echo)
+            caller = Caller(pair.bob)
+            consumed: list[bool] = []
+            runner.start(caller, Message(kind, 7, name="m", body=1), consumed.append)
+            replies = 1 if kind == Kind.REQUEST else 0
+            assert consumed == [kind == Kind.REQUEST] and len(sent) == replies
+            assert runner._running == {} and runner._unstarted == {} and not runner._one_way
+            if kind == Kind.REQUEST:  # a retry: answered from the cache, not run again
+                runner.start(caller, Message(kind, 7, name="m", body=1), consumed.append)
+                assert sent[1] == sent[0] and runner.duplicates == 1
+        finally:
+            loop.set_task_factory(None)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", [Kind.SEND, Kind.REQUEST])
 def test_a_call_cancelled_before_its_handler_starts_gives_its_credit_back(kind, pair):
     """A CANCEL read in the same batch as its REQUEST (or a SEND's, from a hostile peer)
     cancels a task that never ran: it must still be forgotten and its credit returned,

@@ -96,8 +96,11 @@ def _server_host(args: argparse.Namespace) -> Host | None:
 def _costs(args: argparse.Namespace) -> int:
     from ..bench import costs
 
-    if args.server_host or args.cluster or args.gateways or args.nats or args.rabbitmq:
-        raise InvalidArgument("--costs runs alone, here: leave out the other systems and hosts")
+    others = (args.server_host, args.cluster, args.gateways, args.nats, args.rabbitmq)
+    if any(others) or args.rate is not None or args.plot or args.tiny:
+        raise InvalidArgument(
+            "--costs runs alone, here: leave out the other systems, hosts, --rate and --plot"
+        )
     measured = asyncio.run(costs.measure(seconds=1.0 if args.quick else 3.0))
     print(costs.table(measured))
     if args.json:

@@ -70,7 +70,7 @@ def _checked(out: bytearray, offset: int, plaintext: Buffer, iv: Buffer) -> memo
     if len(iv) != IV_SIZE:
         raise ValueError("iv must be 12 bytes")
     source = memoryview(plaintext).cast("B")
-    if len(out) - offset != source.nbytes + MAC_SIZE:
+    if offset < 0 or len(out) - offset != source.nbytes + MAC_SIZE:
         raise ValueError("output buffer has the wrong size")
     return source
 
@@ -110,6 +110,8 @@ class Backend:
     ) -> memoryview | None:
         """Open ``boxed`` (writable) where it lies; a view of the plaintext, its first bytes.
         On failure its content is undefined."""
+        if boxed.readonly:
+            raise ValueError("opening in place needs a writable buffer")
         size = boxed.nbytes
         if size < MAC_SIZE or len(iv) != IV_SIZE:
             return None
@@ -186,13 +188,30 @@ class OpenSslGcm(Backend):
         self, target: Any, boxed: memoryview, iv: Buffer, key: GcmKey, ad: Buffer
     ) -> bool:
         # target may be boxed itself (opening in place): OpenSSL reads each block before it
-        # writes it, and the tag, past the plaintext, is never written
+        # writes it, and the tag, past the plaintext, is never written. Should a release of
+        # cryptography refuse overlapping buffers, open through a copy instead.
         cipher = key.cipher or self._cipher_class(key.key)
         try:
-            cipher.decrypt_into(bytes(iv), boxed, ad or None, target)
+            try:
+                cipher.decrypt_into(bytes(iv), boxed, ad or None, target)
+            except (ValueError, TypeError):
+                if not _overlap(target, boxed):
+                    raise
+                memoryview(target)[:] = cipher.decrypt(bytes(iv), bytes(boxed), ad or None)
         except self._invalid:
+            # OpenSSL has written what it decrypted before the tag failed (libsodium writes
+            # nothing): leave no unauthenticated plaintext behind
+            memoryview(target).cast("B")[:] = bytes(len(target))
             return False
         return True
+
+
+def _overlap(target: Any, boxed: memoryview) -> bool:
+    """Whether ``target`` starts where ``boxed`` does (opening in place)."""
+    if not len(target) or not boxed.nbytes:
+        return False
+    start = ffi.cast("char *", _from_buffer(target))
+    return bool(start == ffi.cast("char *", _from_buffer(boxed)))
 
 
 def _ad(ad: Buffer) -> tuple[object, int]:

@@ -138,7 +138,7 @@ def seal_payload(
     :func:`~mesh.core.codec.payload_of_rows`)."""
     gcm = suite is _GCM
     if gcm:
-        gcm_key = _gcm.prepare(key) if type(key) is bytes else key
+        gcm_key = key if isinstance(key, GcmKey) else _gcm.prepare(bytes(key))
         nonces = [gcm_nonce(seq, index) for index in range(1, len(attachments) + 1)]
     else:
         nonces = [_random(NONCE_SIZE) for _ in attachments]
@@ -157,7 +157,7 @@ def seal_payload(
         clear = bytes(first[:BOX_OFFSET])
         _gcm.seal_into(first, BOX_OFFSET, plaintext, nonce[:GCM_IV], gcm_key, clear)
     else:
-        key = key.key if type(key) is GcmKey else key
+        key = key.key if isinstance(key, GcmKey) else key
         _sodium.seal_into(first, BOX_OFFSET, plaintext, nonce, key)
     frames: list[Frame] = [first]
     total = first_size
@@ -212,12 +212,12 @@ def open_sealed(
     first = memoryview(frames[0])
     gcm = suite is _GCM
     if gcm:
-        key = _gcm.prepare(key) if type(key) is bytes else key
+        key = key if isinstance(key, GcmKey) else _gcm.prepare(bytes(key))
         plain = _gcm.open_to_bytearray(
             first[BOX_OFFSET:], first[CLEAR_SIZE : CLEAR_SIZE + GCM_IV], key, first[:BOX_OFFSET]
         )
     else:
-        key = key.key if type(key) is GcmKey else key
+        key = key.key if isinstance(key, GcmKey) else key
         plain = _sodium.open_to_bytearray(first[BOX_OFFSET:], first[CLEAR_SIZE:BOX_OFFSET], key)
     if plain is None:
         raise AuthenticationFailed("SEALED frame does not open under the session key")

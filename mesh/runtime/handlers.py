@@ -201,6 +201,9 @@ class HandlerRunner:
             return
         context = CallContext(caller.name, message.name, message.msg_id)
         spec = self.handlers.get(message.name)
+        # recorded before the task exists: an eager task factory runs its first step (and,
+        # for a handler that never waits, all of it) inside create_task
+        self._unstarted[key] = on_done
         if (
             message.kind == Kind.SEND
             and spec is not None
@@ -211,8 +214,9 @@ class HandlerRunner:
             task = asyncio.create_task(self._serve_one_way(key, spec.function, args, on_done))
         else:
             task = asyncio.create_task(self._serve(key, caller, message, context, on_done))
+        if task.done():
+            return  # it ran to its end already, and cleaned up after itself
         self._running[key] = (task, caller)
-        self._unstarted[key] = on_done
         if message.kind == Kind.SEND:
             self._one_way.add(key)
 
@@ -220,14 +224,17 @@ class HandlerRunner:
         """Cancel the task serving ``key``. One cancelled before its first step (a CANCEL
         read in the same batch as its REQUEST, a node closing) never enters its own
         ``try``: forget it here and give the caller's credit back, as its ``finally``
-        would have. (A done callback would do it too, at the cost of a loop pass per call.)"""
-        self._running[key][0].cancel()
+        would have. (A done callback would do it too, at the cost of a loop pass per call.)
+        The credit goes back on the next loop pass, as the task's own would: after a BYE,
+        once its session is forgotten, so nothing is granted to a peer that left."""
+        task = self._running[key][0]
+        task.cancel()
         on_done = self._unstarted.pop(key, None)
         if on_done is not None:
             del self._running[key]
             self._streams.pop(key, None)
             self._one_way.discard(key)
-            on_done(False)
+            task.get_loop().call_soon(on_done, False)
 
     def _running_for(self, caller: Caller, msg_id: int) -> tuple[bytes, int] | None:
         key = (caller.node_id, msg_id)
