@@ -248,7 +248,7 @@ def _restore(decoder: Decoder, state: dict[str, Any]) -> Generation:
         raise StateRefused(f"the generator state does not fit: {exc}") from None
     sent = state.get("sent")
     assembler = TextAssembler(params.stop)
-    generation = Generation(ids, prompt_tokens, params, generator, cache, assembler)
+    generation = Generation(list(ids), prompt_tokens, params, generator, cache, assembler)
     text = decoder.text(generation)
     if type(sent) is not int or not 0 <= sent <= len(text):
         raise StateRefused("the state's sent text is longer than its text")

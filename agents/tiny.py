@@ -37,10 +37,19 @@ Hello, how can I help you today? Thank you for waiting. Your order is on its way
 
 def build_tiny_model(directory: str | Path) -> Path:
     """Build (or reuse) the tiny model in ``directory``; returns the directory."""
+    return build_random_model(directory, layers=2, width=64, heads=2)
+
+
+def build_random_model(directory: str | Path, *, layers: int, width: int, heads: int) -> Path:
+    """A random-weights GPT-2 of the given size with the tiny tokenizer (the tiny model is
+    the smallest; 12 layers, 768 wide, 12 heads is GPT-2 small's shape), built or reused."""
     path = Path(directory)
     marker = path / MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
-        return path
+    shape = {"layers": layers, "width": width, "heads": heads}
+    if marker.exists():
+        built = json.loads(marker.read_text())
+        if built.get("version") == VERSION and built.get("shape", shape) == shape:
+            return path
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
@@ -52,9 +61,9 @@ def build_tiny_model(directory: str | Path) -> Path:
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=1024,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -62,7 +71,7 @@ def build_tiny_model(directory: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    marker.write_text(json.dumps({"version": VERSION, "random_weights": True}))
+    marker.write_text(json.dumps({"version": VERSION, "random_weights": True, "shape": shape}))
     return path
 
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="the llm extra (scripts/setup dev in
 from agents.decoding import Decoder, StateRefused, capture  # noqa: E402
 from agents.generation import GenerationParams  # noqa: E402
 from agents.models import load_causal_lm  # noqa: E402
-from agents.tiny import build_tiny_model  # noqa: E402
+from agents.tiny import build_random_model, build_tiny_model  # noqa: E402
 from mesh import Message  # noqa: E402
 from mesh.core.envelope import open_sealed, seal  # noqa: E402
 from mesh.core.wire import Kind  # noqa: E402
@@ -35,9 +35,13 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def agents(model_dir):
     """Two decoders, each over its own copy of the model, as two agents would hold."""
+    return two_agents(model_dir)
+
+
+def two_agents(directory) -> list[Decoder]:
     decoders = []
     for _ in range(2):
-        tokenizer, model, _ = load_causal_lm(model_dir, "cpu")
+        tokenizer, model, _ = load_causal_lm(directory, "cpu")
         decoders.append(Decoder(model, tokenizer))
     return decoders
 
@@ -79,6 +83,26 @@ def test_a_moved_generation_continues_token_for_token(agents, params, moved_afte
     assert resumed.ids == whole.ids  # every token, none twice, in order
     assert before + after == whole_pieces
     assert "".join(before + after) == target.text(whole)
+
+
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "seeded-sampling"])
+def test_a_gpt2_small_sized_model_moves_token_for_token_too(tmp_path_factory, params):
+    """GPT-2 small's shape (12 layers, 768 wide, 12 heads; random weights, the tiny
+    vocabulary): a cache of realistic layout and size per token, moved at three points."""
+    directory = build_random_model(
+        tmp_path_factory.mktemp("gpt2-small"), layers=12, width=768, heads=12
+    )
+    source, target = two_agents(directory)
+    whole = source.start(prompt(source), params)
+    run(source, whole)
+    for moved_after in (1, TOKENS // 2, TOKENS - 1):
+        moving = source.start(prompt(source), params)
+        run(source, moving, steps=moved_after)
+        state = over_the_wire(capture(source, moving))
+        assert tuple(state["keys"].shape) == (12, 1, 12, len(moving.ids) - 1, 64)
+        resumed = target.restore(state)
+        run(target, resumed)
+        assert resumed.ids == whole.ids, moved_after
 
 
 def test_a_generation_moved_before_its_first_token_is_prefilled_where_it_lands(agents):
