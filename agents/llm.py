@@ -27,16 +27,14 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
-from transformers import StoppingCriteriaList
-
 from mesh import CallContext, InvalidArgument
 
 from .admission import Admission
 from .base import Agent, method
-from .generation import GenerationParams, TextAssembler, check_fields, messages_of, prompt_of
+from .decoding import Decoder, Generation
+from .generation import GenerationParams, check_fields, messages_of, prompt_of
 from .models import load_causal_lm
-from .streaming import DONE, Bridge, StopWhenAsked, TokenStreamer
+from .streaming import DONE, Bridge
 from .tiny import is_tiny_model
 
 DEFAULT_MAX_QUEUE = 8
@@ -79,6 +77,7 @@ class LLMAgent(Agent):
         self.admission = Admission(max_queue)
         self.tokenizer: Any = None
         self.model: Any = None
+        self.decoder: Decoder
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-generate")
         self._active: Bridge | None = None
         self.counts = {"served": 0, "cancelled": 0, "failed": 0}
@@ -101,6 +100,11 @@ class LLMAgent(Agent):
         loop = asyncio.get_running_loop()
         self.tokenizer, self.model, self.device = await loop.run_in_executor(
             self._executor, load_causal_lm, self.model_source, self.device
+        )
+        # the model's fingerprint (a pass over its weights): what a generation moved here
+        # from another agent must carry
+        self.decoder = await loop.run_in_executor(
+            self._executor, Decoder, self.model, self.tokenizer
         )
 
     async def teardown(self) -> None:
@@ -236,28 +240,28 @@ class LLMAgent(Agent):
             )
 
     def _generate(self, encoded: Any, params: GenerationParams, bridge: Bridge) -> str:
-        """In the worker thread: run the model; returns the finish reason."""
-        streamer = TokenStreamer(self.tokenizer, bridge, TextAssembler(params.stop))
-        sampling: dict[str, Any] = {"do_sample": False}
-        if params.temperature > 0:
-            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        """In the worker thread: run the model a token at a time (each step's state is
+        what a move would carry: agents/decoding.py); returns the finish reason."""
         try:
-            if params.seed is not None:
-                torch.manual_seed(params.seed)  # one generation at a time: the seed is ours
-            with torch.inference_mode():
-                self.model.generate(
-                    **{k: v.to(self.model.device) for k, v in encoded.items()},
-                    max_new_tokens=params.max_new_tokens,
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([StopWhenAsked(bridge)]),
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                    **sampling,
-                )
+            generation = self.decoder.start(encoded["input_ids"][0].tolist(), params)
+            return self._continue(generation, bridge)
         finally:
             bridge.finish()
-        if streamer.assembler.stopped:
-            return "stop"
-        return "length" if len(streamer.ids) >= params.max_new_tokens else "eos"
+
+    def _continue(self, generation: Generation, bridge: Bridge) -> str:
+        """Step ``generation`` to its end, handing each sendable piece to ``bridge``; stops
+        before the next token once the reader has left ("cancelled")."""
+        while generation.finish is None:
+            if bridge.cancelled.is_set():
+                return "cancelled"
+            self.decoder.step(generation)
+            bridge.produced = generation.produced
+            if bridge.first_token_at is None:
+                bridge.first_token_at = time.perf_counter()
+            piece = self.decoder.piece(generation)
+            if piece and not bridge.cancelled.is_set():
+                bridge.put({"text": piece, "tokens": generation.produced, "t": time.time()})
+        return generation.finish
 
 
 async def _settled(future: asyncio.Future[Any]) -> None:
