@@ -23,7 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,7 +31,7 @@ from mesh import CallContext, InvalidArgument
 
 from .admission import Admission
 from .base import Agent, method
-from .decoding import Decoder, Generation
+from .decoding import Decoder, Generation, capture
 from .generation import GenerationParams, check_fields, messages_of, prompt_of
 from .models import load_causal_lm
 from .streaming import DONE, Bridge
@@ -41,6 +41,7 @@ DEFAULT_MAX_QUEUE = 8
 DEFAULT_TOKEN_LIMIT = 1024
 LOOKAHEAD = 2  # chunks the model may run ahead of what the mesh has sent
 MAX_TURNS = 20
+RESUME_TIMEOUT_S = 60.0  # the most a moved generation's next chunk may take to come
 PARAMS_CARD = {
     "max_new_tokens": "int, 1..limit (default 64)",
     "temperature": "float 0..5, 0 = greedy (default 0)",
@@ -166,6 +167,40 @@ class LLMAgent(Agent):
             transcript.append((speaker, "".join(said)))
         yield {"done": True, "turns": turns}
 
+    @method(
+        "Move the generation running here to another agent serving the same model; its "
+        "reader's stream goes on from there.",
+        params={"to": "agent name"},
+    )
+    async def move(self, body: Any) -> dict[str, Any]:
+        """Ask the running generation to move (at its next token); whether one was
+        running. The reader's stream is then passed on from ``to``'s ``resume``."""
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
+            raise InvalidArgument("move needs {'to': the name of an agent with the same model}")
+        if body["to"] == self.name:
+            raise InvalidArgument("a generation cannot move to the agent it runs on")
+        active = self._active
+        if active is None or active.move_to is not None:
+            return {"moving": False}
+        active.move_to = body["to"]
+        return {"moving": True}
+
+    @method(
+        "Continue a generation moved here from another agent serving the same model "
+        "(its captured state), streamed.",
+        params={"state": "what the moving agent captured"},
+    )
+    async def resume(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+        # checked and rebuilt off the loop (a digest over the whole cache); StateRefused,
+        # a BadRequest to the mover, before any of it is used
+        generation = await asyncio.to_thread(self.decoder.restore, body)
+        if generation.params.max_new_tokens > self.token_limit:
+            raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
+        self._check_length(generation.prompt_tokens, generation.params.max_new_tokens)
+        async for chunk in self._served(lambda: generation):
+            if "queued" not in chunk:  # the reader's stream began elsewhere: no queue news
+                yield chunk
+
     @method("What the model is doing: queue, active generation, counts.")
     async def status(self, body: Any = None) -> dict[str, Any]:
         active = self._active
@@ -197,6 +232,14 @@ class LLMAgent(Agent):
         params = GenerationParams.from_body(fields, limit=self.token_limit)
         encoded = self.tokenizer(prompt, return_tensors="pt")
         self._check_length(encoded["input_ids"].shape[1], params.max_new_tokens)
+        prompt_ids = encoded["input_ids"][0].tolist()
+        async for chunk in self._served(lambda: self.decoder.start(prompt_ids, params)):
+            yield chunk
+
+    async def _served(self, start: Callable[[], Generation]) -> AsyncIterator[dict[str, Any]]:
+        """Queue, then run the generation ``start`` makes (in the worker thread) to its end:
+        its chunks, then ``done``. Moved to another agent meanwhile (:meth:`move`), the rest
+        of its chunks are that agent's, passed on here: the reader sees one stream."""
         received = time.perf_counter()
         ticket = self.admission.join()  # Overloaded if the queue is full
         try:
@@ -207,14 +250,19 @@ class LLMAgent(Agent):
             bridge = Bridge(asyncio.get_running_loop(), LOOKAHEAD)
             self._active = bridge
             running = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._generate, encoded, params, bridge
+                self._executor, self._generate, start, bridge
             )
             finish = "cancelled"
+            moved: dict[str, Any] = {}
             try:
                 while (chunk := await bridge.chunks.get()) is not DONE:
                     yield chunk
                     bridge.taken()
                 finish = await running
+                if finish == "moved":
+                    async for chunk in self._moved_on(bridge, moved):
+                        yield chunk
+                    finish = moved.get("finish_reason", "moved")
             except (asyncio.CancelledError, GeneratorExit):  # the reader left: stop the model
                 bridge.cancelled.set()
                 raise
@@ -227,9 +275,27 @@ class LLMAgent(Agent):
                 self._active = None
                 self.last = {"finish_reason": finish, "tokens": bridge.produced}
                 self.counts[finish if finish in self.counts else "served"] += 1
-            yield _done(finish, bridge, received, admitted)
+            yield {**_done(finish, bridge, received, admitted), **moved.get("where", {})}
         finally:
             ticket.leave()
+
+    async def _moved_on(
+        self, bridge: Bridge, moved: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The rest of a moved generation, from the agent it moved to (its ``resume``):
+        its text chunks as they come; its end noted in ``moved``."""
+        target, state = bridge.move_to, bridge.state
+        assert target is not None and state is not None
+        chunks = self.node.stream(target, "resume", state, timeout=RESUME_TIMEOUT_S)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if chunk.get("done"):
+                    moved["finish_reason"] = chunk.get("finish_reason")
+                    bridge.produced = chunk.get("tokens", bridge.produced)
+                elif "text" in chunk:
+                    bridge.produced = chunk.get("tokens", bridge.produced)
+                    yield chunk
+        moved["where"] = {"moved_to": target, "moved_at": bridge.moved_at}
 
     def _check_length(self, prompt_tokens: int, max_new: int) -> None:
         window = getattr(self.model.config, "max_position_embeddings", None)
@@ -239,21 +305,25 @@ class LLMAgent(Agent):
                 f"model's context of {window} tokens"
             )
 
-    def _generate(self, encoded: Any, params: GenerationParams, bridge: Bridge) -> str:
+    def _generate(self, start: Callable[[], Generation], bridge: Bridge) -> str:
         """In the worker thread: run the model a token at a time (each step's state is
-        what a move would carry: agents/decoding.py); returns the finish reason."""
+        what a move carries: agents/decoding.py); returns the finish reason."""
         try:
-            generation = self.decoder.start(encoded["input_ids"][0].tolist(), params)
-            return self._continue(generation, bridge)
+            return self._continue(start(), bridge)
         finally:
             bridge.finish()
 
     def _continue(self, generation: Generation, bridge: Bridge) -> str:
         """Step ``generation`` to its end, handing each sendable piece to ``bridge``; stops
-        before the next token once the reader has left ("cancelled")."""
+        before the next token once the reader has left ("cancelled"), or once asked to
+        move, with the state captured on the bridge ("moved")."""
         while generation.finish is None:
             if bridge.cancelled.is_set():
                 return "cancelled"
+            if bridge.move_to is not None:
+                bridge.state = capture(self.decoder, generation)
+                bridge.moved_at = generation.produced
+                return "moved"
             self.decoder.step(generation)
             bridge.produced = generation.produced
             if bridge.first_token_at is None:

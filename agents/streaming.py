@@ -27,6 +27,10 @@ class Bridge:
         self.chunks: asyncio.Queue[Any] = asyncio.Queue()
         self._room = threading.Semaphore(lookahead)
         self.cancelled = threading.Event()
+        # a move asked for (the agent to go to), and what the thread captured for it
+        self.move_to: str | None = None
+        self.state: dict[str, Any] | None = None
+        self.moved_at = 0  # tokens produced here before the move
         self.produced = 0  # tokens the model has produced so far (read by status)
         self.first_token_at: float | None = None
 

@@ -177,3 +177,56 @@ def test_peers_shows_the_card_and_run_errors_are_one_line(llm, spawn, discovery,
     unknown = spawn("run", LLM, "--name", "y", "--discovery", discovery, "--modle", "m")
     assert unknown.popen.wait(60) != 0
     assert "unrecognized arguments: --modle" in unknown.popen.stderr.read()
+
+
+@pytest.mark.asyncio
+async def test_a_generation_moved_mid_stream_goes_on_token_exactly_from_the_replica(
+    llm, discovery, home
+):
+    """An API call moves a running generation to a replica of the same model: the reader's
+    stream goes on without a gap, a repeat or a reordering, and the text is the one the
+    generation would have had unmoved (seeded sampling: its generator moved too)."""
+    llm("writer")
+    llm("replica")
+    body = {"prompt": "Your order", "max_new_tokens": 40, "temperature": 0.9, "seed": 5}
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        unmoved = await node.request("replica", "generate", body, timeout=60)
+        stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
+        chunks = []
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) == 3:  # the writer is held by the window: it is mid-way
+                    moving = await node.request("writer", "move", {"to": "replica"})
+                    assert moving == {"moving": True}
+        status = await node.request("replica", "status")
+    *texts, done = chunks
+    counts = [c["tokens"] for c in texts]
+    assert counts == sorted(set(counts))  # every chunk once, in order, across the move
+    assert "".join(c["text"] for c in texts) == unmoved["text"]
+    assert done["moved_to"] == "replica" and 3 <= done["moved_at"] < 40
+    assert done["tokens"] == unmoved["tokens"] == 40 and done["finish_reason"] == "length"
+    assert status["served"] == 2  # the unmoved run, and the moved one's rest
+
+
+@pytest.mark.asyncio
+async def test_a_move_to_an_agent_with_another_model_is_one_typed_error(
+    llm, discovery, home, tmp_path
+):
+    from agents.tiny import build_random_model
+
+    other = build_random_model(tmp_path / "other", layers=3, width=64, heads=2)
+    llm("writer")
+    llm("stranger", "--model", str(other))  # the last --model wins: another model
+    body = {"prompt": "Your order", "max_new_tokens": 40, "seed": 5}
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
+
+        async def read_and_move() -> None:
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    if chunk.get("tokens") == 2:
+                        await node.request("writer", "move", {"to": "stranger"})
+
+        with pytest.raises(BadRequest, match="another model"):  # refused before any use
+            await read_and_move()
