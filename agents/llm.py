@@ -5,7 +5,9 @@
 
 Methods: ``generate`` / ``generate_stream`` (a prompt), ``chat`` / ``chat_stream`` (a list of
 messages, through the tokenizer's chat template where it has one), ``converse`` (a
-conversation with another LLM agent through the mesh) and ``status``. Parameters are
+conversation with another LLM agent through the mesh), ``move`` (hand the running
+generation, at its next token, to a replica of the same model: its ``resume`` continues it
+from the captured state, token-exactly, and the stream is passed on) and ``status``. Parameters are
 checked by :class:`~agents.generation.GenerationParams` (``max_new_tokens``,
 ``temperature``, ``top_p``, ``stop``, ``seed``): a wrong one is a :class:`mesh.BadRequest`.
 
