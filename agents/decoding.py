@@ -7,12 +7,13 @@ of it, :meth:`Decoder.step` adds one token, and :func:`capture` / :meth:`Decoder
 turn the state into a mesh body (the cache as two tensor attachments) and back, so an agent
 serving the same model continues the generation token for token as if it had never moved.
 
-Exactness rests on three things, each checked: the same weights and tokenizer (a
-:func:`fingerprint` in the state, refused before anything is computed when it differs),
-the cache moved bit for bit (a digest over it and the token ids), and the sampling
-generator's own state moved with it (each generation samples from a private
-``torch.Generator``, never the process-wide one). On one device type the continuation is
-then bit-identical; between a CPU and a GPU it is the same model, not the same arithmetic.
+Exactness rests on three things, each checked: the same weights, generation config and
+tokenizer (a :func:`fingerprint` in the state, refused before anything is computed when it
+differs), the cache moved bit for bit (a digest over it and the token ids), and the
+sampling generator's own state moved with it (each generation samples from a private
+``torch.Generator``, never the process-wide one). The continuation is then bit-identical
+where the arithmetic is: the same device type, dtype, kernels and thread count (CPU
+results differ in the last bits between torch thread counts, which can change a token).
 
 The cache covers every token but the last one chosen: that token is fed at the next step.
 """
@@ -26,6 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from mesh import Blob, InvalidArgument
 
@@ -33,6 +40,7 @@ from .generation import GenerationParams, TextAssembler
 
 STATE_VERSION = 1
 MAX_STATE_TOKENS = 1 << 16  # token ids a state may carry: bounds what a peer can send
+LOCAL = ("_name_or_path", "transformers_version")  # where and by what it was loaded: not the model
 
 
 class StateRefused(InvalidArgument):
@@ -45,7 +53,9 @@ def fingerprint(model: Any, tokenizer: Any) -> str:
     configuration, every parameter (name, dtype, shape, bytes) and the tokenizer's
     vocabulary. A hex digest; computed once per agent (a pass over the weights)."""
     digest = hashlib.blake2b(digest_size=32)
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for config in (model.config, getattr(model, "generation_config", None)):
+        fields = {k: v for k, v in (config.to_dict() if config else {}).items() if k not in LOCAL}
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
@@ -83,10 +93,22 @@ class Decoder:
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = model_fingerprint or fingerprint(model, tokenizer)
-        self.eos = tokenizer.eos_token_id
+        # what model.generate would take from the model's generation config: every end
+        # token (an instruct model may have several), top-k, a repetition penalty
+        rules = getattr(model, "generation_config", None)
+        ends = getattr(rules, "eos_token_id", None)
+        if ends is None:
+            ends = tokenizer.eos_token_id
+        self.eos = frozenset(
+            e for e in (ends if isinstance(ends, list) else [ends]) if e is not None
+        )
+        self.top_k = getattr(rules, "top_k", None) or 0
+        self.repetition_penalty = getattr(rules, "repetition_penalty", None) or 1.0
         # transformers 5 names the cache argument (and output) ``cache``; 4 ``past_key_values``
         takes = inspect.signature(model.forward).parameters
         self._cache_argument = "cache" if "cache" in takes else "past_key_values"
+        # logits for the last position only: a long prompt's would be vocabulary-sized each
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
 
     def start(self, prompt_ids: list[int], params: GenerationParams) -> Generation:
         """A generation of ``prompt_ids`` that has produced nothing yet."""
@@ -111,15 +133,35 @@ class Decoder:
                 input_ids=torch.tensor([fed], device=self.model.device),
                 use_cache=True,
                 **{self._cache_argument: generation.cache},
+                **self._last_only,
             )
-        generation.cache = out["cache"] if "cache" in out else out["past_key_values"]
-        token = _choose(out.logits[0, -1], generation.params, generation.generator)
+            generation.cache = out["cache"] if "cache" in out else out["past_key_values"]
+            token = self._choose(out.logits[:, -1], generation)
         generation.ids.append(token)
-        if token == self.eos:
+        if generation.produced >= generation.params.max_new_tokens:
+            generation.finish = "length"  # as model.generate says it, an end token or not
+        elif token in self.eos:
             generation.finish = "eos"
-        elif generation.produced >= generation.params.max_new_tokens:
-            generation.finish = "length"
         return token
+
+    def _choose(self, logits: torch.Tensor, generation: Generation) -> int:
+        """The next token, by transformers' own processors in generate's order: the
+        repetition penalty, then greedy at temperature 0, else temperature, top-k, top-p and
+        a draw with this generation's own generator."""
+        params = generation.params
+        scores = logits.float()
+        if self.repetition_penalty != 1.0:
+            seen = torch.tensor([generation.ids], device=scores.device)
+            scores = RepetitionPenaltyLogitsProcessor(self.repetition_penalty)(seen, scores)
+        if params.temperature == 0:
+            return int(torch.argmax(scores[0]))
+        scores = TemperatureLogitsWarper(params.temperature)(None, scores)
+        if self.top_k:
+            scores = TopKLogitsWarper(self.top_k)(None, scores)
+        if params.top_p < 1.0:
+            scores = TopPLogitsWarper(params.top_p)(None, scores)
+        probabilities = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probabilities[0], 1, generator=generation.generator))
 
     def text(self, generation: Generation) -> str:
         """The text generated so far."""
@@ -173,20 +215,6 @@ def capture(decoder: Decoder, generation: Generation) -> dict[str, Any]:
 # --------------------------------------------------------------------------- internals
 
 
-def _choose(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
-    """Greedy at temperature 0; otherwise a draw from the top-p share of the tempered
-    distribution, with this generation's own generator."""
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    probabilities = torch.softmax(logits.float() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        ordered, order = torch.sort(probabilities, descending=True)
-        before = torch.cumsum(ordered, dim=-1) - ordered  # mass above each candidate
-        ordered[before >= params.top_p] = 0.0  # the first candidate always stays
-        probabilities = torch.zeros_like(probabilities).scatter(0, order, ordered)
-    return int(torch.multinomial(probabilities, 1, generator=generator))
-
-
 def _stacked(cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of every layer as two tensors ``[layers, batch, heads, tokens,
     dim]``, on the CPU (what attachments carry)."""
@@ -207,14 +235,22 @@ def _digest(ids: list[int], keys: Any, values: Any, generator_state: bytes) -> s
         if tensor is None:  # moved before its first token: no cache yet
             digest.update(b"none")
             continue
-        array = tensor.numpy() if isinstance(tensor, torch.Tensor) else tensor
-        digest.update(f"{array.dtype}|{tuple(array.shape)}".encode())
-        digest.update(memoryview(array.reshape(-1).view("uint8")))
+        digest.update(f"{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
     digest.update(generator_state)
     return digest.hexdigest()
 
 
 def _restore(decoder: Decoder, state: dict[str, Any]) -> Generation:
+    try:
+        return _checked_restore(decoder, state)
+    except StateRefused:
+        raise
+    except Exception as exc:  # a state nothing above foresaw: still refused, never run
+        raise StateRefused(f"the state does not fit: {type(exc).__name__}: {exc}") from None
+
+
+def _checked_restore(decoder: Decoder, state: dict[str, Any]) -> Generation:
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise StateRefused(f"not a generation state of version {STATE_VERSION}")
     if state.get("model") != decoder.fingerprint:
@@ -233,6 +269,7 @@ def _restore(decoder: Decoder, state: dict[str, Any]) -> Generation:
     prefilled = keys is not None or values is not None
     if prefilled:
         keys, values = _tensor(keys), _tensor(values)
+        _check_cache_shape(decoder, keys, values, len(ids) - 1)  # before hashing any of it
     elif len(ids) != prompt_tokens:
         raise StateRefused("the state has tokens but no cache")
     if not isinstance(blob, Blob):
@@ -274,27 +311,34 @@ def _tensor(value: Any) -> torch.Tensor:
     return value
 
 
-def _cache(decoder: Decoder, keys: torch.Tensor, values: torch.Tensor, tokens: int) -> Any:
-    """A cache for this model from the moved tensors, once their shape is the one this
-    model makes for ``tokens`` tokens."""
-    from transformers import DynamicCache
-
+def _check_cache_shape(
+    decoder: Decoder, keys: torch.Tensor, values: torch.Tensor, tokens: int
+) -> None:
+    """The moved tensors must be exactly what this model makes for ``tokens`` tokens:
+    ``[layers, 1, key/value heads, tokens, head size]`` in the model's dtype."""
     config = decoder.model.config
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // heads
+    expected = (config.num_hidden_layers, 1, kv_heads, tokens, head_size)
     dtype = next(decoder.model.parameters()).dtype
     if (
-        keys.shape != values.shape
-        or keys.dim() != 5
-        or keys.shape[0] != layers
-        or keys.shape[1] != 1
-        or keys.shape[3] != tokens
+        tuple(keys.shape) != expected
+        or tuple(values.shape) != expected
         or keys.dtype != dtype
         or values.dtype != dtype
     ):
         raise StateRefused(
-            f"the state's cache {tuple(keys.shape)} does not fit this model "
-            f"({layers} layers, {tokens} tokens, {dtype})"
+            f"the state's cache {tuple(keys.shape)} {keys.dtype} does not fit this model "
+            f"({expected}, {dtype})"
         )
+
+
+def _cache(decoder: Decoder, keys: torch.Tensor, values: torch.Tensor, tokens: int) -> Any:
+    """A cache for this model from the moved tensors (their shape checked already)."""
+    from transformers import DynamicCache
+
+    config = decoder.model.config
     device = decoder.model.device
     return DynamicCache(
         [(keys[i].to(device), values[i].to(device)) for i in range(keys.shape[0])],

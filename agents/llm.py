@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mesh import CallContext, InvalidArgument
+from mesh import CallContext, InvalidArgument, MeshError, Overloaded
 
 from .admission import Admission
 from .base import Agent, method
@@ -43,6 +45,7 @@ DEFAULT_MAX_QUEUE = 8
 DEFAULT_TOKEN_LIMIT = 1024
 LOOKAHEAD = 2  # chunks the model may run ahead of what the mesh has sent
 MAX_TURNS = 20
+log = logging.getLogger("agents")
 RESUME_TIMEOUT_S = 60.0  # the most a moved generation's next chunk may take to come
 PARAMS_CARD = {
     "max_new_tokens": "int, 1..limit (default 64)",
@@ -51,6 +54,10 @@ PARAMS_CARD = {
     "stop": "string or list of strings that end the text",
     "seed": "int, repeatable sampling",
 }
+
+
+class MoveFailed(MeshError):
+    """The agent a generation moved to answered with something that does not continue it."""
 
 
 class LLMAgent(Agent):
@@ -116,23 +123,24 @@ class LLMAgent(Agent):
     # ------------------------------------------------------------------ methods
 
     @method("Continue a prompt; the whole text at once.", params={"prompt": "str", **PARAMS_CARD})
-    async def generate(self, body: Any) -> dict[str, Any]:
-        return await _collect(self.generate_stream(body))
+    async def generate(self, body: Any, ctx: CallContext) -> dict[str, Any]:
+        return await _collect(self.generate_stream(body, ctx))
 
     @method("Continue a prompt, streamed.", params={"prompt": "str", **PARAMS_CARD})
-    async def generate_stream(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+    async def generate_stream(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
         fields = check_fields(body, "prompt")
-        async for chunk in self._generation(prompt_of(fields), fields):
+        async for chunk in self._generation(prompt_of(fields), fields, ctx.peer):
             yield chunk
 
     @method("Answer a chat; the whole reply at once.", params={"messages": "[{role, content}]"})
-    async def chat(self, body: Any) -> dict[str, Any]:
-        return await _collect(self.chat_stream(body))
+    async def chat(self, body: Any, ctx: CallContext) -> dict[str, Any]:
+        return await _collect(self.chat_stream(body, ctx))
 
     @method("Answer a chat, streamed.", params={"messages": "[{role, content}]", **PARAMS_CARD})
-    async def chat_stream(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
         fields = check_fields(body, "messages")
-        async for chunk in self._generation(self.chat_prompt(messages_of(fields)), fields):
+        prompt = self.chat_prompt(messages_of(fields))
+        async for chunk in self._generation(prompt, fields, ctx.peer):
             yield chunk
 
     @method(
@@ -157,7 +165,7 @@ class LLMAgent(Agent):
                 for who, text in transcript
             ]
             if speaker == self.name:
-                chunks = self.chat_stream({"messages": view, **params})
+                chunks = self.chat_stream({"messages": view, **params}, ctx)
             else:
                 chunks = self.node.stream(partner, "chat_stream", {"messages": view, **params})
             said = []
@@ -174,32 +182,50 @@ class LLMAgent(Agent):
         "reader's stream goes on from there.",
         params={"to": "agent name"},
     )
-    async def move(self, body: Any) -> dict[str, Any]:
+    async def move(self, body: Any, ctx: CallContext) -> dict[str, Any]:
         """Ask the running generation to move (at its next token); whether one was
-        running. The reader's stream is then passed on from ``to``'s ``resume``."""
+        running. The reader's stream is then passed on from ``to``'s ``resume``. Over the
+        mesh only the generation's own caller may move it (anyone else could have it sent
+        to themselves); the agent's own code calls :meth:`move_to`."""
         if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
             raise InvalidArgument("move needs {'to': the name of an agent with the same model}")
-        if body["to"] == self.name:
+        active = self._active
+        if active is not None and active.owner != ctx.peer:
+            raise InvalidArgument("only the caller of a generation may move it")
+        return {"moving": self.move_to(body["to"])}
+
+    def move_to(self, target: str) -> bool:
+        """Move the running generation to ``target`` at its next token; False when none is
+        running, it has ended, or a move is already under way. If ``target`` cannot take
+        it, the generation goes on here."""
+        if target == self.name:
             raise InvalidArgument("a generation cannot move to the agent it runs on")
         active = self._active
-        if active is None or active.move_to is not None:
-            return {"moving": False}
-        active.move_to = body["to"]
-        return {"moving": True}
+        if active is None or active.ended or active.move_to is not None:
+            return False
+        active.move_to = target
+        return True
 
     @method(
         "Continue a generation moved here from another agent serving the same model "
         "(its captured state), streamed.",
         params={"state": "what the moving agent captured"},
     )
-    async def resume(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+    async def resume(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
+        if self._active is not None and self._active.move_to is not None:
+            # a generation is moving away from here: taking one in could wait on it forever
+            raise Overloaded("this agent is handing a generation on")
+        params = body.get("params") if isinstance(body, dict) else None
+        wanted = params.get("max_new_tokens") if isinstance(params, dict) else None
+        if type(wanted) is int and wanted > self.token_limit:  # cheap checks first
+            raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
         # checked and rebuilt off the loop (a digest over the whole cache); StateRefused,
         # a BadRequest to the mover, before any of it is used
         generation = await asyncio.to_thread(self.decoder.restore, body)
         if generation.params.max_new_tokens > self.token_limit:
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
         self._check_length(generation.prompt_tokens, generation.params.max_new_tokens)
-        async for chunk in self._served(lambda: generation):
+        async for chunk in self._served(lambda: generation, ctx.peer):
             if "queued" not in chunk:  # the reader's stream began elsewhere: no queue news
                 yield chunk
 
@@ -228,20 +254,26 @@ class LLMAgent(Agent):
         return "\n".join([*lines, "Assistant:"])
 
     async def _generation(
-        self, prompt: str, fields: dict[str, Any]
+        self, prompt: str, fields: dict[str, Any], owner: str
     ) -> AsyncIterator[dict[str, Any]]:
         """Chunks of one generation: maybe ``queued``, text, then ``done`` with timings."""
         params = GenerationParams.from_body(fields, limit=self.token_limit)
         encoded = self.tokenizer(prompt, return_tensors="pt")
         self._check_length(encoded["input_ids"].shape[1], params.max_new_tokens)
         prompt_ids = encoded["input_ids"][0].tolist()
-        async for chunk in self._served(lambda: self.decoder.start(prompt_ids, params)):
+        if not prompt_ids:
+            raise InvalidArgument("the prompt encodes to no tokens")
+        async for chunk in self._served(lambda: self.decoder.start(prompt_ids, params), owner):
             yield chunk
 
-    async def _served(self, start: Callable[[], Generation]) -> AsyncIterator[dict[str, Any]]:
+    async def _served(
+        self, start: Callable[[], Generation], owner: str
+    ) -> AsyncIterator[dict[str, Any]]:
         """Queue, then run the generation ``start`` makes (in the worker thread) to its end:
         its chunks, then ``done``. Moved to another agent meanwhile (:meth:`move`), the rest
-        of its chunks are that agent's, passed on here: the reader sees one stream."""
+        of its chunks are that agent's, passed on here: the reader sees one stream. If that
+        agent cannot take it (absent, refusing, busy) before passing on anything, the
+        generation goes on here from the state it was moved with."""
         received = time.perf_counter()
         ticket = self.admission.join()  # Overloaded if the queue is full
         try:
@@ -249,34 +281,56 @@ class LLMAgent(Agent):
                 yield {"queued": ticket.position}
             await ticket.ready()
             admitted = time.perf_counter()
-            bridge = Bridge(asyncio.get_running_loop(), LOOKAHEAD)
-            self._active = bridge
-            running = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._generate, start, bridge
-            )
+            first_token_at: float | None = None
             finish = "cancelled"
             moved: dict[str, Any] = {}
-            try:
-                while (chunk := await bridge.chunks.get()) is not DONE:
-                    yield chunk
-                    bridge.taken()
-                finish = await running
-                if finish == "moved":
-                    async for chunk in self._moved_on(bridge, moved):
+            while True:
+                finish, going_on_here = "cancelled", False
+                bridge = Bridge(asyncio.get_running_loop(), LOOKAHEAD)
+                bridge.owner = owner
+                bridge.first_token_at = first_token_at
+                self._active = bridge
+                running = asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._generate, start, bridge
+                )
+                try:
+                    while (chunk := await bridge.chunks.get()) is not DONE:
                         yield chunk
-                    finish = moved.get("finish_reason", "moved")
-            except (asyncio.CancelledError, GeneratorExit):  # the reader left: stop the model
-                bridge.cancelled.set()
-                raise
-            except Exception:
-                bridge.cancelled.set()
-                finish = "failed"
-                raise
-            finally:
-                await asyncio.shield(_settled(running))  # the thread is done before the next
-                self._active = None
-                self.last = {"finish_reason": finish, "tokens": bridge.produced}
-                self.counts[finish if finish in self.counts else "served"] += 1
+                        bridge.taken()
+                    finish = await running
+                    if finish == "moved":
+                        relay = self._moved_on(bridge, moved)
+                        async with contextlib.aclosing(relay):
+                            async for chunk in relay:
+                                yield chunk
+                        finish = moved.get("finish_reason") or "moved"
+                except (asyncio.CancelledError, GeneratorExit):  # the reader left: stop it
+                    bridge.cancelled.set()
+                    finish = "cancelled"
+                    raise
+                except MeshError as exc:
+                    if finish != "moved" or moved.get("relayed"):
+                        bridge.cancelled.set()
+                        finish = "failed"
+                        raise
+                    log.warning("%s could not take the generation (%s); going on here",
+                                bridge.move_to, exc)  # fmt: skip
+                    start = functools.partial(self.decoder.restore, bridge.state)
+                    first_token_at = bridge.first_token_at
+                    moved.clear()
+                    going_on_here = True
+                    continue
+                except Exception:
+                    bridge.cancelled.set()
+                    finish = "failed"
+                    raise
+                finally:
+                    await asyncio.shield(_settled(running))  # the thread is done first
+                    self._active = None
+                    if not going_on_here:
+                        self.last = {"finish_reason": finish, "tokens": bridge.produced}
+                        self.counts[finish if finish in self.counts else "served"] += 1
+                break
             yield {**_done(finish, bridge, received, admitted), **moved.get("where", {})}
         finally:
             ticket.leave()
@@ -284,19 +338,28 @@ class LLMAgent(Agent):
     async def _moved_on(
         self, bridge: Bridge, moved: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
-        """The rest of a moved generation, from the agent it moved to (its ``resume``):
-        its text chunks as they come; its end noted in ``moved``."""
+        """The rest of a moved generation, from the agent it moved to (its ``resume``,
+        read with this agent's own lookahead): its text chunks as they come, each checked
+        to follow the last; its end noted in ``moved``."""
         target, state = bridge.move_to, bridge.state
         assert target is not None and state is not None
-        chunks = self.node.stream(target, "resume", state, timeout=RESUME_TIMEOUT_S)
+        limit = state["params"]["max_new_tokens"]
+        chunks = self.node.stream(
+            target, "resume", state, timeout=RESUME_TIMEOUT_S, window=LOOKAHEAD
+        )
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
+                tokens = chunk.get("tokens") if isinstance(chunk, dict) else None
+                if type(tokens) is not int or not bridge.produced <= tokens <= limit:
+                    raise MoveFailed(f"{target} sent a chunk that does not follow: {chunk!r:.80}")
+                bridge.produced = tokens
                 if chunk.get("done"):
                     moved["finish_reason"] = chunk.get("finish_reason")
-                    bridge.produced = chunk.get("tokens", bridge.produced)
-                elif "text" in chunk:
-                    bridge.produced = chunk.get("tokens", bridge.produced)
+                elif isinstance(chunk.get("text"), str):
+                    moved["relayed"] = True
                     yield chunk
+                else:
+                    raise MoveFailed(f"{target} sent a chunk without text: {chunk!r:.80}")
         moved["where"] = {"moved_to": target, "moved_at": bridge.moved_at}
 
     def _check_length(self, prompt_tokens: int, max_new: int) -> None:
@@ -323,9 +386,14 @@ class LLMAgent(Agent):
             if bridge.cancelled.is_set():
                 return "cancelled"
             if bridge.move_to is not None:
-                bridge.state = capture(self.decoder, generation)
-                bridge.moved_at = generation.produced
-                return "moved"
+                try:
+                    bridge.state = capture(self.decoder, generation)
+                except Exception:  # this cache cannot move: the generation stays here
+                    log.exception("the generation cannot move to %s", bridge.move_to)
+                    bridge.move_to = None
+                else:
+                    bridge.moved_at = generation.produced
+                    return "moved"
             self.decoder.step(generation)
             bridge.produced = generation.produced
             if bridge.first_token_at is None:
@@ -333,6 +401,7 @@ class LLMAgent(Agent):
             piece = self.decoder.piece(generation)
             if piece and not bridge.cancelled.is_set():
                 bridge.put({"text": piece, "tokens": generation.produced, "t": time.time()})
+        bridge.ended = True  # too late to move: move_to reports it
         return generation.finish
 
 

@@ -31,6 +31,8 @@ class Bridge:
         self.move_to: str | None = None
         self.state: dict[str, Any] | None = None
         self.moved_at = 0  # tokens produced here before the move
+        self.owner = ""  # the generation's caller: the one peer that may move it
+        self.ended = False  # the thread has produced its last token
         self.produced = 0  # tokens the model has produced so far (read by status)
         self.first_token_at: float | None = None
 

@@ -210,23 +210,34 @@ async def test_a_generation_moved_mid_stream_goes_on_token_exactly_from_the_repl
 
 
 @pytest.mark.asyncio
-async def test_a_move_to_an_agent_with_another_model_is_one_typed_error(
-    llm, discovery, home, tmp_path
-):
+async def test_a_move_the_target_refuses_goes_on_where_it_was(llm, discovery, home, tmp_path):
+    """The agent named cannot take the generation (another model: refused before any of
+    the state is used): the generation goes on where it was, and its reader, who asked for
+    the move, sees the same text an unmoved run gives. Nobody else may move it."""
     from agents.tiny import build_random_model
 
     other = build_random_model(tmp_path / "other", layers=3, width=64, heads=2)
     llm("writer")
     llm("stranger", "--model", str(other))  # the last --model wins: another model
-    body = {"prompt": "Your order", "max_new_tokens": 40, "seed": 5}
-    async with Node("caller", discovery=discovery, mesh=home) as node:
+    body = {"prompt": "Your order", "max_new_tokens": 40, "temperature": 0.9, "seed": 5}
+    async with (
+        Node("caller", discovery=discovery, mesh=home) as node,
+        Node("mallory", discovery=discovery, mesh=home) as mallory,
+    ):
+        unmoved = await node.request("writer", "generate", body, timeout=60)
         stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
-
-        async def read_and_move() -> None:
-            async with contextlib.aclosing(stream):
-                async for chunk in stream:
-                    if chunk.get("tokens") == 2:
-                        await node.request("writer", "move", {"to": "stranger"})
-
-        with pytest.raises(BadRequest, match="another model"):  # refused before any use
-            await read_and_move()
+        chunks = []
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) == 3:
+                    with pytest.raises(BadRequest, match="only the caller"):
+                        await mallory.request("writer", "move", {"to": "mallory"})
+                    moving = await node.request("writer", "move", {"to": "stranger"})
+                    assert moving == {"moving": True}
+        status = await node.request("writer", "status")
+    *texts, done = chunks
+    assert "".join(c["text"] for c in texts) == unmoved["text"]
+    assert [c["tokens"] for c in texts] == sorted({c["tokens"] for c in texts})
+    assert done["tokens"] == 40 and "moved_to" not in done
+    assert status["served"] == 2 and status["failed"] == 0

@@ -171,3 +171,11 @@ def test_an_ended_generation_cannot_be_captured(agents):
     run(source, done)
     with pytest.raises(Exception, match="ended"):
         capture(source, done)
+
+
+def test_a_replica_loaded_from_elsewhere_has_the_same_fingerprint(agents, model_dir, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(model_dir, tmp_path / "copy")
+    tokenizer, model, _ = load_causal_lm(copy, "cpu")
+    assert Decoder(model, tokenizer).fingerprint == agents[0].fingerprint
