@@ -179,6 +179,21 @@ def test_peers_shows_the_card_and_run_errors_are_one_line(llm, spawn, discovery,
     assert "unrecognized arguments: --modle" in unknown.popen.stderr.read()
 
 
+async def stream_and_move(node, body, to: str, before=None) -> list:
+    """The writer's streamed generation, read through a window of 2 so that it is held
+    mid-way; after the third chunk its reader asks for it to move to ``to``."""
+    stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
+    chunks = []
+    async with contextlib.aclosing(stream):
+        async for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                if before is not None:
+                    await before()
+                assert await node.request("writer", "move", {"to": to}) == {"moving": True}
+    return chunks
+
+
 @pytest.mark.asyncio
 async def test_a_generation_moved_mid_stream_goes_on_token_exactly_from_the_replica(
     llm, discovery, home
@@ -191,14 +206,7 @@ async def test_a_generation_moved_mid_stream_goes_on_token_exactly_from_the_repl
     body = {"prompt": "Your order", "max_new_tokens": 40, "temperature": 0.9, "seed": 5}
     async with Node("caller", discovery=discovery, mesh=home) as node:
         unmoved = await node.request("replica", "generate", body, timeout=60)
-        stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
-        chunks = []
-        async with contextlib.aclosing(stream):
-            async for chunk in stream:
-                chunks.append(chunk)
-                if len(chunks) == 3:  # the writer is held by the window: it is mid-way
-                    moving = await node.request("writer", "move", {"to": "replica"})
-                    assert moving == {"moving": True}
+        chunks = await stream_and_move(node, body, "replica")
         status = await node.request("replica", "status")
     *texts, done = chunks
     counts = [c["tokens"] for c in texts]
@@ -225,16 +233,12 @@ async def test_a_move_the_target_refuses_goes_on_where_it_was(llm, discovery, ho
         Node("mallory", discovery=discovery, mesh=home) as mallory,
     ):
         unmoved = await node.request("writer", "generate", body, timeout=60)
-        stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
-        chunks = []
-        async with contextlib.aclosing(stream):
-            async for chunk in stream:
-                chunks.append(chunk)
-                if len(chunks) == 3:
-                    with pytest.raises(BadRequest, match="only the caller"):
-                        await mallory.request("writer", "move", {"to": "mallory"})
-                    moving = await node.request("writer", "move", {"to": "stranger"})
-                    assert moving == {"moving": True}
+
+        async def hijack() -> None:
+            with pytest.raises(BadRequest, match="only the caller"):
+                await mallory.request("writer", "move", {"to": "mallory"})
+
+        chunks = await stream_and_move(node, body, "stranger", before=hijack)
         status = await node.request("writer", "status")
     *texts, done = chunks
     assert "".join(c["text"] for c in texts) == unmoved["text"]
