@@ -34,6 +34,7 @@ from .core.errors import (
     PeerLost,
     PeerNotFound,
     ProtocolError,
+    RedirectFailed,
     RemoteError,
     ReplayDetected,
     ReplyTooLarge,
@@ -52,7 +53,7 @@ from .core.session import Session, SessionLimits, SessionTable
 from .core.wire import ErrorCode, Kind
 from .ops.processes import MeshProcess
 from .runtime.discovery import DiscoveryServer
-from .runtime.handlers import CallContext
+from .runtime.handlers import CallContext, Redirect
 from .runtime.keystore import MeshDirectory
 from .runtime.node import Node
 from .runtime.subscription import Subscription, TopicMessage
@@ -104,6 +105,8 @@ __all__ = [
     "PeerLost",
     "PeerNotFound",
     "ProtocolError",
+    "Redirect",
+    "RedirectFailed",
     "RemoteError",
     "ReplyTooLarge",
     "ReplayDetected",

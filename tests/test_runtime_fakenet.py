@@ -21,15 +21,19 @@ from mesh import (
     NoCredit,
     Node,
     PeerLost,
+    Redirect,
+    RedirectFailed,
+    RemoteError,
     ReplyTooLarge,
     SessionTable,
 )
 from mesh.core.errors import HandshakeRejected
 from mesh.core.flow import SendCredit
-from mesh.core.wire import Kind, RejectCode
+from mesh.core.wire import ErrorCode, Kind, RejectCode
 from mesh.runtime.callee import MAX_SESSIONS_PER_PEER
 from mesh.runtime.connection import COLLECT_MAX_BYTES, Connection, ConnectionState
 from mesh.runtime.handlers import Caller, HandlerRunner
+from mesh.runtime.node import MAX_REDIRECTS
 from tests.conftest import certified, handshake
 from tests.fakenet import FakeNetwork, run, settle, wait_until
 
@@ -576,3 +580,129 @@ def test_a_call_cancelled_before_its_handler_starts_gives_its_credit_back(kind, 
         assert ran == [2] and runner.duplicates == 0
 
     run(scenario)
+
+
+# ------------------------------------------------------------------ redirects (protocol.md 8.1)
+
+
+def _counting(start: int, stop: int, then: Redirect | None = None):
+    """A streaming handler: the numbers ``start``..``stop - 1``, then ``then`` if given."""
+
+    async def count(body, ctx):
+        for number in range(start, stop):
+            yield number
+        if then is not None:
+            yield then
+
+    return count
+
+
+def test_a_redirected_stream_goes_on_at_its_target_through_a_relay(fake_mesh):
+    """The reader sees one stream, in order, with nothing repeated, though its second half
+    comes from another node; a relay in between (a router) follows without knowing it, and
+    the node that redirected is off the path: it can leave mid-stream."""
+
+    async def scenario() -> None:
+        user, relay = await fake_mesh.node("user"), await fake_mesh.node("relay")
+        source, target = await fake_mesh.node("source"), await fake_mesh.node("target")
+        continued: list[tuple[str, bool, object]] = []
+
+        async def more(body, ctx):
+            continued.append((ctx.peer, ctx.follows_redirects, body))
+            for number in range(3, 6):
+                yield number
+
+        source.handler("count", _counting(0, 3, Redirect("target", "more", {"from": 3})))
+        target.handler("more", more)
+
+        async def relayed(body):
+            async for chunk in relay.stream("source", "count", timeout=30):
+                yield chunk
+
+        relay.handler("relay", relayed)
+        chunks = user.stream("relay", "relay", timeout=30, window=1)
+        seen = [await anext(chunks) for _ in range(4)]
+        await wait_until(lambda: source._runner._running == {})  # done: the stream is not its
+        await source.close()
+        seen += [chunk async for chunk in chunks]
+        assert seen == [0, 1, 2, 3, 4, 5]
+        assert continued == [("relay", True, {"from": 3})]  # the relay followed, asking again
+        assert target._runner._running == {} and relay._runner._running == {}
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_a_redirect_is_followed_only_by_a_reader_that_asked(fake_mesh):
+    """A plain request never asks, nor a stream read with follow_redirects=False: the
+    handler's redirect is then its own mistake, reported as a handler failure, never an
+    answer that looks complete, and the target is never called."""
+
+    async def scenario() -> None:
+        a, b, c = [await fake_mesh.node(name) for name in "abc"]
+        b.handler("count", _counting(0, 2, Redirect("c", "more")))
+        c.handler("more", _counting(2, 4))
+        for read in (
+            a.request("b", "count", timeout=30),
+            _collect(a.stream("b", "count", timeout=30, follow_redirects=False)),
+        ):
+            with pytest.raises(RemoteError) as raised:
+                await read
+            assert raised.value.code == ErrorCode.HANDLER_FAILED
+            assert raised.value.remote_type == "LocalProtocolError"
+        assert requests_received(c) == 0
+        assert await _collect(a.stream("b", "count", timeout=30)) == [0, 1, 2, 3]
+
+    within_mesh(fake_mesh, scenario)
+
+
+async def _collect(chunks) -> list:
+    return [chunk async for chunk in chunks]
+
+
+def test_a_loop_of_redirects_ends_after_max_redirects(fake_mesh):
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        b.handler("again", _counting(0, 1, Redirect("b", "again")))
+        seen: list[int] = []
+
+        async def read() -> None:
+            async for chunk in a.stream("b", "again", timeout=30):
+                seen.append(chunk)
+
+        with pytest.raises(RedirectFailed, match=f"more than {MAX_REDIRECTS} hops"):
+            await read()
+        assert seen == [0] * (MAX_REDIRECTS + 1)  # every hop's chunks, then the typed error
+        await wait_until(lambda: b._runner._running == {})
+
+    within_mesh(fake_mesh, scenario)
+
+
+@pytest.mark.parametrize(
+    ("meta", "follow", "error"),
+    [
+        ({"redirect": {"peer": 7, "method": ""}}, True, "malformed redirect"),
+        ({"redirect": "c.more"}, True, "malformed redirect"),
+        ({"redirect": {"peer": "c", "method": "more"}}, False, "not followed"),
+    ],
+)
+def test_a_redirect_the_reader_cannot_follow_fails_the_stream(
+    fake_mesh, monkeypatch, meta, follow, error
+):
+    """Another implementation's STREAM_END with a redirect of the wrong shape, or one sent
+    to a reader that did not ask: RedirectFailed, never a stream that looks complete."""
+
+    def broken(item, context, corr):
+        return Message(Kind.STREAM_END, 99, corr, meta=meta)
+
+    monkeypatch.setattr(HandlerRunner, "_redirect", staticmethod(broken))
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        b.handler("count", _counting(0, 2, Redirect("c", "more")))
+        with pytest.raises(RedirectFailed, match=error):
+            await _collect(a.stream("b", "count", timeout=30, follow_redirects=follow))
+        assert a._pool.connections["b"].calls == {}
+        with pytest.raises(RedirectFailed, match=r"plain request|malformed"):
+            await a.request("b", "count", timeout=30)
+
+    within_mesh(fake_mesh, scenario)

@@ -65,6 +65,11 @@ def test_documented_frames_open_with_the_documented_keys(documented):
     burst = open_sealed([documented["coalesced"]["frame0"]], i2r)
     assert burst.messages == [Message(Kind.SEND, 8 + i, name="tick", body=i) for i in range(3)]
     assert (burst.seq, burst.timestamp_ms) == (3, NOW_MS + 6)
+    redirect = open_sealed([documented["redirect"]["frame0"]], r2i)
+    assert redirect.messages == [
+        Message(Kind.STREAM_END, 10, corr_id=1, body={"ticket": "5eed"},
+                meta={"redirect": {"peer": "carol", "method": "resume"}})
+    ]  # fmt: skip
 
 
 def test_documented_aes256gcm_frames_open_with_libsodium_alone(documented):

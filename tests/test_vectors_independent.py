@@ -168,7 +168,7 @@ def row(kind: int, msg_id: int, corr: int = 0, name: str = "", ttl: int = 0, bod
 
 
 BLOB = msgpack.ExtType(1, pack([0, 0]))  # attachment 0, kind 0 (a blob): section 7.7
-REQUEST, REPLY, SEND, EVENT, PUBLISH, TOPIC_PROBE = 1, 2, 4, 25, 30, 33  # section 7.6
+REQUEST, REPLY, SEND, STREAM_END, EVENT, PUBLISH, TOPIC_PROBE = 1, 2, 4, 6, 25, 30, 33  # 7.6
 
 
 def sealed(
@@ -224,6 +224,9 @@ def test_sealed_frames(mesh):
                            meta={"dlv": [0x5EED, 3, 2]})], draw=draws(b"delivery")),
         "coalesced": sealed(bob_id, i2r, 3, NOW + 6, [row(SEND, 8 + i, name="tick", body=i)
                             for i in range(3)], draw=draws(b"coalesced")),
+        "redirect": sealed(alice_id, r2i, 1, NOW + 8, [row(STREAM_END, 10, 1, body={"ticket":
+                           "5eed"}, meta={"redirect": {"peer": "carol", "method": "resume"}})],
+                           draw=draws(b"redirect")),
     }  # fmt: skip
     for vector, computed in frames.items():
         for index, frame in enumerate(computed):

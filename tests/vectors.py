@@ -156,6 +156,22 @@ def compute() -> dict[str, dict[str, bytes]]:
         _random=deterministic_random(b"coalesced"),
     )
     vectors["coalesced"] = {"frame0": bytes(frames[0])}
+    redirect = Message(
+        Kind.STREAM_END,
+        10,
+        corr_id=1,
+        body={"ticket": "5eed"},
+        meta={"redirect": {"peer": "carol", "method": "resume"}},
+    )  # protocol.md 8.1: the stream goes on at carol's resume
+    frames = seal(
+        bob_session.send_id,
+        bob_session._send_key,
+        1,
+        NOW_MS + 8,
+        [redirect],
+        _random=deterministic_random(b"redirect"),
+    )
+    vectors["redirect"] = {"frame0": bytes(frames[0])}
     rejected = Responder.reject_frames(initiator.hello_frames(), Unauthorized("other authority"))
     assert rejected is not None
     vectors["reject"] = {"frame": bytes(rejected[0])}

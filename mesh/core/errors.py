@@ -283,6 +283,12 @@ class ReplyTooLarge(CallError):
         self.limit = limit
 
 
+class RedirectFailed(CallError):
+    """A stream's callee ended it with a redirect (protocol.md 8.1) that cannot be followed:
+    of the wrong shape, sent to a reader that did not ask for redirects (a plain request,
+    a stream read with ``follow_redirects=False``), or one hop past ``MAX_REDIRECTS``."""
+
+
 class NodeClosed(MeshError):
     """The node was closed while the call waited."""
 

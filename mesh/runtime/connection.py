@@ -31,6 +31,7 @@ from ..core.errors import (
     BadRequest,
     FlowControlTimeout,
     HandshakeRejected,
+    InvalidArgument,
     LocalProtocolError,
     MalformedEnvelope,
     MeshError,
@@ -39,6 +40,7 @@ from ..core.errors import (
     Overloaded,
     PeerLost,
     ProtocolError,
+    RedirectFailed,
     RemoteError,
     ReplyTooLarge,
     UnsupportedAttachment,
@@ -57,6 +59,7 @@ from ..core.wire import (
     Suite,
 )
 from ..ops.telemetry import Traffic
+from .handlers import Redirect
 from .stamps import next_msg_id, now_ms
 from .transport import Network, Transport
 
@@ -387,9 +390,32 @@ class Connection:
         if kind == Kind.ERROR:
             self._finish(call, error=remote_error(self.name, call.method, message.body))
         elif kind == Kind.STREAM_END:
-            self._finish(call, result=call.chunks if call.queue is None else _END)
+            if message.meta is not None and "redirect" in message.meta:
+                self._redirected(call, message)
+            else:
+                self._finish(call, result=call.chunks if call.queue is None else _END)
         else:  # REPLY, ENTRIES and the discovery answers
             self._finish(call, result=message.body)
+
+    def _redirected(self, call: Call, message: Message) -> None:
+        """A stream that ends by sending its reader elsewhere: the :class:`Redirect` is the
+        reader's last item (``Node.stream`` follows it); a plain request collecting the
+        stream cannot follow, and fails rather than return part of an answer."""
+        try:
+            redirect = Redirect.from_meta(message.meta, message.body)
+        except InvalidArgument as exc:
+            self._finish(call, error=RedirectFailed(
+                f"{self.name}.{call.method} ended with a malformed redirect: {exc}",
+                peer=self.name, method=call.method,
+            ))  # fmt: skip
+            return
+        if call.queue is None:
+            self._finish(call, error=RedirectFailed(
+                f"{self.name}.{call.method} redirected a plain request (read it with stream())",
+                peer=self.name, method=call.method,
+            ))  # fmt: skip
+            return
+        call.queue.put_nowait((redirect, None))
 
     def _stream_chunk(self, message: Message, call: Call, size: int) -> None:
         if not call.credit.receive(size):

@@ -38,6 +38,7 @@ from ..core.errors import (
     MeshError,
     PeerLost,
     ProtocolError,
+    RedirectFailed,
     ReplyTooLarge,
     RequestTimeout,
     UnsupportedAttachment,
@@ -319,6 +320,11 @@ class _Answer:
             self._finish(message.body)
         elif kind == Kind.ERROR:
             self.fail(remote_error(peer, self.method, message.body))
+        elif kind == Kind.STREAM_END and message.meta is not None and "redirect" in message.meta:
+            self.fail(RedirectFailed(  # a plain request cannot follow: never half an answer
+                f"{peer}.{self.method} redirected a plain request (read it with stream())",
+                peer=peer, method=self.method,
+            ))  # fmt: skip
         elif kind == Kind.STREAM_END:
             self._finish(self._chunks)
         elif self._credit.receive(size):  # a streaming handler answering a plain request

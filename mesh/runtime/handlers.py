@@ -5,7 +5,9 @@ A handler is ``fn(body)`` or ``fn(body, ctx)``:
 * an ``async def`` is awaited on the event loop;
 * a plain ``def`` runs in the default thread pool, so it may block;
 * an ``async def`` with ``yield`` streams its reply: one STREAM message per item, then
-  STREAM_END. Cancelling the caller's stream cancels the generator here (CANCEL).
+  STREAM_END. Cancelling the caller's stream cancels the generator here (CANCEL). Its last
+  item may be a :class:`Redirect` (only where ``ctx.follows_redirects``): the stream then
+  ends by telling the reader where it goes on, and the reader's ``Node.stream`` follows.
 
 Requests are deduplicated by (caller node id, message id): a request retried after a timeout
 runs at most once; its reply is kept for a while and sent again to the retry. Answers go back
@@ -27,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.codec import Message
-from ..core.errors import BadRequest, InvalidArgument, Overloaded
+from ..core.errors import BadRequest, InvalidArgument, LocalProtocolError, Overloaded
 from ..core.flow import SendCredit, Window
 from ..core.session import Session
-from ..core.wire import MAX_PING_ECHO, ErrorCode, Kind
+from ..core.wire import MAX_NAME_LEN, MAX_PING_ECHO, ErrorCode, Kind
 from ..ops.telemetry import Tracing, server_span
 from .stamps import next_msg_id
 
@@ -63,11 +65,51 @@ SameConnection = Callable[[Caller, Caller], bool]
 
 @dataclass(frozen=True)
 class CallContext:
-    """What a handler may want to know about the call it serves."""
+    """What a handler may want to know about the call it serves. ``follows_redirects``:
+    the caller reads this stream with a reader that follows a :class:`Redirect`
+    (protocol.md 8.1); a handler yields one only then."""
 
     peer: str
     method: str
     msg_id: int
+    follows_redirects: bool = False
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """The last item of a streamed reply whose rest comes from elsewhere: the reader calls
+    ``method(body)`` on ``peer`` and reads that stream as the continuation of this one
+    (protocol.md 8.1). A handler that hands its work on (a generation moved to another
+    agent) ends with it, so the reader's stream goes on without this node."""
+
+    peer: str
+    method: str
+    body: Any = None
+
+    def __post_init__(self) -> None:
+        for value, what in ((self.peer, "peer"), (self.method, "method")):
+            if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LEN:
+                raise InvalidArgument(f"a redirect's {what} is 1 to {MAX_NAME_LEN} characters")
+
+    def meta(self) -> dict[str, Any]:
+        """The STREAM_END's ``meta["redirect"]``."""
+        return {"peer": self.peer, "method": self.method}
+
+    @classmethod
+    def from_meta(cls, meta: Any, body: Any) -> Redirect | None:
+        """The redirect a STREAM_END's meta and body carry; None when there is none;
+        InvalidArgument for one of the wrong shape."""
+        value = meta.get("redirect") if isinstance(meta, dict) else None
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InvalidArgument("a redirect is a map {peer, method}")
+        return cls(value.get("peer"), value.get("method"), body)  # type: ignore[arg-type]
+
+
+def follows_redirects(meta: dict[str, Any] | None) -> bool:
+    """Whether a REQUEST's reader follows a redirect: ``meta["follow"]`` is true."""
+    return meta is not None and meta.get("follow") is True
 
 
 @dataclass(frozen=True)
@@ -199,7 +241,9 @@ class HandlerRunner:
             on_done(True)
             self._send(caller, cached[0])
             return
-        context = CallContext(caller.name, message.name, message.msg_id)
+        context = CallContext(
+            caller.name, message.name, message.msg_id, follows_redirects(message.meta)
+        )
         spec = self.handlers.get(message.name)
         # recorded before the task exists: an eager task factory runs its first step (and,
         # for a handler that never waits, all of it) inside create_task
@@ -348,6 +392,8 @@ class HandlerRunner:
                     async for item in items:
                         if not expects_reply:
                             continue
+                        if type(item) is Redirect:
+                            return [self._redirect(item, context, corr)]
                         await stream.wait()  # paused until the reader catches up
                         sent = self._send(
                             caller, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
@@ -367,6 +413,17 @@ class HandlerRunner:
                 )
             ]
         return [Message(Kind.REPLY, next_msg_id(), corr, body=result)]
+
+    @staticmethod
+    def _redirect(item: Redirect, context: CallContext, corr: int) -> Message:
+        """A stream's end that sends its reader on (the generator is closed on return)."""
+        if not context.follows_redirects:  # the handler's own mistake, not the caller's
+            raise LocalProtocolError(
+                f"{context.method} redirected a reader that does not follow redirects"
+            )
+        return Message(Kind.STREAM_END, next_msg_id(), corr, body=item.body, meta={
+            "redirect": item.meta()
+        })  # fmt: skip
 
     @staticmethod
     async def call(spec: HandlerSpec, args: tuple[Any, ...]) -> Any:

@@ -14,6 +14,7 @@ callers as handlers finish and to streams as their readers take chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ from ..core.errors import (
     InvalidArgument,
     NodeClosed,
     PeerLost,
+    RedirectFailed,
     RequestTimeout,
 )
 from ..core.flow import Window
@@ -47,7 +49,7 @@ from .callee import Callee
 from .connection import CONNECT_TIMEOUT_S, Call, Connection, stream_end
 from .delivery import AT_MOST_ONCE, MODES, Deliveries
 from .discovery_client import DEFAULT_DISCOVERY, DiscoveryClient
-from .handlers import Handler
+from .handlers import Handler, Redirect
 from .inbound import Inbound, cancel_and_wait
 from .keystore import MeshDirectory, mesh_directory
 from .outbox import DeliveryStore
@@ -66,6 +68,7 @@ ENV_DISCOVERY = "MESH_DISCOVERY"
 CAPABILITY_ATTEMPTS = 3
 REGISTER_RETRY_S = 0.2
 DEFAULT_STREAM_WINDOW = 64
+MAX_REDIRECTS = 8  # hops a stream follows (protocol.md 8.1): a loop of redirects ends
 HOUSEKEEPING_S = 5.0
 DEFAULT_STREAM_BYTES = 16 * 1024 * 1024
 
@@ -509,29 +512,68 @@ class Node:
         capability: str | None = None,
         timeout: float | None = None,
         window: int = DEFAULT_STREAM_WINDOW,
+        follow_redirects: bool = True,
     ) -> AsyncIterator[Any]:
         """Yield the chunks of a streamed reply. Leaving the loop early cancels the handler
         on the other side. ``timeout`` bounds the wait for each chunk. The handler runs at
         most ``window`` chunks ahead of this reader: credit is granted as chunks are taken
-        here, so a reader that stops reading pauses the generator."""
+        here, so a reader that stops reading pauses the generator.
+
+        A handler that hands its work on ends its stream with a redirect (protocol.md 8.1):
+        the stream then goes on from where it points, as one stream to this reader, up to
+        ``MAX_REDIRECTS`` hops. ``follow_redirects=False`` does not ask for that, and a
+        redirect then fails the stream with RedirectFailed."""
         method = _method(method, capability)
         otel = self._tracing.tracer() if self._tracing is not None else None
         span, meta = stream_span(otel, peer or f"capability:{capability}", method)
+        if follow_redirects:
+            meta = {**(meta or {}), "follow": True}
         try:
-            connection, msg_id, call = await self._start(
-                peer,
-                capability,
-                method,
-                body,
-                timeout=timeout,
-                block=True,
-                window=Window(window, DEFAULT_STREAM_BYTES),
-                meta=meta,
-            )
-        except BaseException:
+            for hop in range(MAX_REDIRECTS + 1):
+                chunks = self._stream_once(peer, capability, method, body, timeout, window, meta)
+                async with contextlib.aclosing(chunks):
+                    async for item in chunks:
+                        if type(item) is not Redirect:
+                            yield item
+                            continue
+                        if not follow_redirects or hop == MAX_REDIRECTS:
+                            raise RedirectFailed(
+                                f"{peer or capability}.{method} redirected to "
+                                f"{item.peer}.{item.method}: "
+                                + ("not followed (follow_redirects=False)" if not
+                                   follow_redirects else f"more than {MAX_REDIRECTS} hops"),
+                                peer=peer, method=method,
+                            )  # fmt: skip
+                        peer, capability, method, body = item.peer, None, item.method, item.body
+                        break
+                    else:
+                        return
+        finally:
             if span is not None:
                 span.end()
-            raise
+
+    async def _stream_once(
+        self,
+        peer: str | None,
+        capability: str | None,
+        method: str,
+        body: Any,
+        timeout: float | None,
+        window: int,
+        meta: dict[str, Any] | None,
+    ) -> AsyncIterator[Any]:
+        """One callee's part of a stream: its chunks, then a :class:`Redirect` if it ends
+        with one."""
+        connection, msg_id, call = await self._start(
+            peer,
+            capability,
+            method,
+            body,
+            timeout=timeout,
+            block=True,
+            window=Window(window, DEFAULT_STREAM_BYTES),
+            meta=meta,
+        )
         assert call.queue is not None
         end = stream_end()
         try:
@@ -551,12 +593,12 @@ class Node:
                     raise item
                 connection.grant_stream(msg_id, call, size)  # taken by the reader: consumed
                 yield item
+                if type(item) is Redirect:
+                    return
         finally:
             self._balancer.release(connection.name)
             if msg_id in connection.calls:
                 connection.cancel_call(msg_id)
-            if span is not None:
-                span.end()
 
     async def _start(
         self,
