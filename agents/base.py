@@ -9,19 +9,27 @@ loads models *before* the node registers, so no request reaches a half-loaded ag
 
 ``mesh run module:Class --name NAME [agent options]`` runs any subclass: options the
 command does not know are parsed by the class's :meth:`Agent.add_options`.
+
+A *drain* (``mesh drain NAME``, or SIGTERM under ``mesh run --drain``) takes an agent out of
+service without dropping work: it leaves the directory (new callers choose others), hands
+what it holds to replicas where it can (:meth:`Agent.hand_over`: an LLM agent moves its
+generations), waits, within a bound, for the rest to finish, then ends the process.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn, Self
 
-from mesh import InvalidArgument, Node
+from mesh import CallContext, InvalidArgument, Node
 
 MAX_DESCRIPTION = 300
+DEFAULT_DRAIN_S = 60.0  # how long a drain waits for work it could not hand over
+OPERATOR = "mesh-cli"  # the identity `mesh` commands use: the one that may drain an agent
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,9 @@ class Agent:
         self.methods = self._collect_methods()
         for spec, function in self.methods:
             self.node.handler(spec.name, function)
+        self.node.handler("drain", self._drain_handler)  # not on the card: operators only
+        self.draining = False
+        self.finished = asyncio.Event()  # set once a drain asked over the mesh is done
 
     def _collect_methods(self) -> list[tuple[MethodSpec, Callable[..., Any]]]:
         found = []
@@ -133,6 +144,38 @@ class Agent:
     async def stop(self) -> None:
         await self.node.close()
         await self.teardown()
+
+    async def drain(self, timeout: float = DEFAULT_DRAIN_S) -> dict[str, Any]:
+        """Take the agent out of service: leave the directory, refuse new work, hand what
+        it holds to replicas (:meth:`hand_over`) and wait up to ``timeout`` seconds for
+        the rest. What happened, as :meth:`hand_over` counts it. Idempotent: a second
+        drain waits as the first."""
+        if not self.draining:
+            self.draining = True
+            self.stop_taking_work()
+            await self.node.withdraw()
+        return await self.hand_over(timeout)
+
+    def stop_taking_work(self) -> None:
+        """The first step of a drain, at once: refuse new work, start handing over what is
+        held (an agent with nothing long-running has nothing to do)."""
+
+    async def hand_over(self, timeout: float) -> dict[str, Any]:
+        """Wait (at most ``timeout``) for the work being handed over, and for what stays
+        here; a summary. An agent holding no long work has nothing to wait for."""
+        return {}
+
+    async def _drain_handler(self, body: Any, ctx: CallContext) -> dict[str, Any]:
+        """``mesh drain``: drain, answer, then end (:attr:`finished`; ``mesh run`` exits)."""
+        if ctx.peer != OPERATOR:
+            raise InvalidArgument(f"only {OPERATOR} (the operator's mesh commands) may drain")
+        timeout = body.get("timeout", DEFAULT_DRAIN_S) if isinstance(body, dict) else None
+        if type(timeout) not in (int, float) or not 0 <= timeout <= 3600:
+            raise InvalidArgument("drain takes {'timeout': seconds from 0 to 3600}")
+        summary = await self.drain(float(timeout))
+        # after this answer is on its way: the handler's return sends it in this same step
+        asyncio.get_running_loop().call_soon(self.finished.set)
+        return summary
 
     async def __aenter__(self) -> Self:
         return await self.start()

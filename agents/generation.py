@@ -24,7 +24,7 @@ MAX_STOP_LEN = 64
 MAX_PROMPT_CHARS = 32_000
 MAX_MESSAGES = 64
 ROLES = ("system", "user", "assistant")
-PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
+PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "seed", "decode_on")
 INCOMPLETE = "\ufffd"  # what a decoder shows for a character whose bytes have not all come
 
 

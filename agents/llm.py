@@ -6,8 +6,7 @@
 Methods: ``generate`` / ``generate_stream`` (a prompt), ``chat`` / ``chat_stream`` (a list of
 messages, through the tokenizer's chat template where it has one), ``converse`` (a
 conversation with another LLM agent through the mesh), ``move`` (hand the running
-generation, at its next token, to a replica of the same model: its ``resume`` continues it
-from the captured state, token-exactly, and the stream is passed on) and ``status``. Parameters are
+generation, at its next token, to a replica of the same model) and ``status``. Parameters are
 checked by :class:`~agents.generation.GenerationParams` (``max_new_tokens``,
 ``temperature``, ``top_p``, ``stop``, ``seed``): a wrong one is a :class:`mesh.BadRequest`.
 
@@ -17,6 +16,16 @@ beyond that a request fails at once with :class:`mesh.Overloaded`. Streamed chun
 ``{"text", "tokens", "t"}`` (``t``: when the model produced it, Unix seconds, so a reader on
 the same clock can measure the mesh's share), then ``{"done": true, ...}`` with the finish
 reason and timings. A reader that stops reading pauses the model; one that leaves stops it.
+
+Moving a generation (``move``, or a drain: :meth:`LLMAgent.hand_over`): at a token boundary
+the worker thread captures its state (:mod:`agents.decoding`); the replica's ``adopt``
+checks it whole and holds it under a ticket bound to the reader; the stream here then ends
+with a :class:`mesh.Redirect` to the replica's ``resume`` with that ticket, which the
+reader's ``Node.stream`` follows: one stream, token-exact, and this agent is free (it can
+exit). A reader that does not follow redirects (a plain request, another implementation)
+gets the rest through this agent instead, which resumes the ticket itself. Only replicas
+whose card shows the same model fingerprint are asked; if none takes it, the generation
+goes on here.
 """
 
 from __future__ import annotations
@@ -26,14 +35,17 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
-from mesh import CallContext, InvalidArgument, MeshError, Overloaded
+from mesh import CallContext, InvalidArgument, MeshError, Overloaded, PeerInfo, Redirect
 
-from .admission import Admission
+from .admission import Admission, Ticket
 from .base import Agent, method
 from .decoding import Decoder, Generation, capture
 from .generation import GenerationParams, check_fields, messages_of, prompt_of
@@ -47,12 +59,15 @@ LOOKAHEAD = 2  # chunks the model may run ahead of what the mesh has sent
 MAX_TURNS = 20
 log = logging.getLogger("agents")
 RESUME_TIMEOUT_S = 60.0  # the most a moved generation's next chunk may take to come
+ADOPT_TIMEOUT_S = 60.0  # the most handing a state to a replica may take (megabytes)
+TICKET_TTL_S = 30.0  # an adopted generation waits this long for its reader, then is dropped
 PARAMS_CARD = {
     "max_new_tokens": "int, 1..limit (default 64)",
     "temperature": "float 0..5, 0 = greedy (default 0)",
     "top_p": "float (0, 1] (default 1)",
     "stop": "string or list of strings that end the text",
     "seed": "int, repeatable sampling",
+    "decode_on": "agent name: the prompt is computed here, the rest decoded there",
 }
 
 
@@ -90,7 +105,13 @@ class LLMAgent(Agent):
         self.decoder: Decoder
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-generate")
         self._active: Bridge | None = None
-        self.counts = {"served": 0, "cancelled": 0, "failed": 0}
+        self._adopted: dict[str, _Adopted] = {}  # handed over here, by ticket: for resume
+        self._drain_started = asyncio.Event()  # the waiting generations move too
+        self._streams_here = 0  # generations being served (or relayed) here
+        self._idle = asyncio.Event()  # none is
+        self._idle.set()
+        self.counts = {"served": 0, "moved": 0, "cancelled": 0, "failed": 0}
+        self._counts_at_drain = dict(self.counts)
         self.last: dict[str, Any] | None = None  # the last generation's end and length
 
     @classmethod
@@ -118,29 +139,37 @@ class LLMAgent(Agent):
         )
 
     async def teardown(self) -> None:
+        for adopted in self._adopted.values():
+            adopted.expiry.cancel()
+        self._adopted.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def card(self) -> dict[str, Any]:
+        """The agent's card, with the model's fingerprint: a generation moves only to an
+        agent whose card shows the same one."""
+        return {**super().card(), "model": {"fingerprint": self.decoder.fingerprint}}
 
     # ------------------------------------------------------------------ methods
 
     @method("Continue a prompt; the whole text at once.", params={"prompt": "str", **PARAMS_CARD})
     async def generate(self, body: Any, ctx: CallContext) -> dict[str, Any]:
-        return await _collect(self.generate_stream(body, ctx))
+        return await _collect(self.generate_stream(body, _collecting(ctx)))
 
     @method("Continue a prompt, streamed.", params={"prompt": "str", **PARAMS_CARD})
     async def generate_stream(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
         fields = check_fields(body, "prompt")
-        async for chunk in self._generation(prompt_of(fields), fields, ctx.peer):
+        async for chunk in self._generation(prompt_of(fields), fields, ctx):
             yield chunk
 
     @method("Answer a chat; the whole reply at once.", params={"messages": "[{role, content}]"})
     async def chat(self, body: Any, ctx: CallContext) -> dict[str, Any]:
-        return await _collect(self.chat_stream(body, ctx))
+        return await _collect(self.chat_stream(body, _collecting(ctx)))
 
     @method("Answer a chat, streamed.", params={"messages": "[{role, content}]", **PARAMS_CARD})
     async def chat_stream(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
         fields = check_fields(body, "messages")
         prompt = self.chat_prompt(messages_of(fields))
-        async for chunk in self._generation(prompt, fields, ctx.peer):
+        async for chunk in self._generation(prompt, fields, ctx):
             yield chunk
 
     @method(
@@ -164,8 +193,8 @@ class LLMAgent(Agent):
                 {"role": "assistant" if who == speaker else "user", "content": text}
                 for who, text in transcript
             ]
-            if speaker == self.name:
-                chunks = self.chat_stream({"messages": view, **params}, ctx)
+            if speaker == self.name:  # read here, not by a reader that follows redirects
+                chunks = self.chat_stream({"messages": view, **params}, _collecting(ctx))
             else:
                 chunks = self.node.stream(partner, "chat_stream", {"messages": view, **params})
             said = []
@@ -184,22 +213,28 @@ class LLMAgent(Agent):
     )
     async def move(self, body: Any, ctx: CallContext) -> dict[str, Any]:
         """Ask the running generation to move (at its next token); whether one was
-        running. The reader's stream is then passed on from ``to``'s ``resume``. Over the
-        mesh only the generation's own caller may move it (anyone else could have it sent
-        to themselves); the agent's own code calls :meth:`move_to`."""
+        running. Over the mesh only the generation's own caller may move it (anyone else
+        could have it sent to themselves), and only to an agent whose card shows this
+        model's fingerprint; the agent's own code calls :meth:`move_to`."""
         if not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]:
             raise InvalidArgument("move needs {'to': the name of an agent with the same model}")
         active = self._active
         if active is not None and active.owner != ctx.peer:
             raise InvalidArgument("only the caller of a generation may move it")
+        if body["to"] not in {info.name for info in await self._replicas()}:
+            raise InvalidArgument(f"{body['to']} is not a live agent serving this same model")
         return {"moving": self.move_to(body["to"])}
 
     def move_to(self, target: str) -> bool:
         """Move the running generation to ``target`` at its next token; False when none is
         running, it has ended, or a move is already under way. If ``target`` cannot take
         it, the generation goes on here."""
-        if target == self.name:
-            raise InvalidArgument("a generation cannot move to the agent it runs on")
+        if not target or target == self.name:
+            raise InvalidArgument("a generation moves to another agent, named")
+        return self._ask_to_move(target)
+
+    def _ask_to_move(self, target: str) -> bool:
+        """``target`` "" means any replica (a drain)."""
         active = self._active
         if active is None or active.ended or active.move_to is not None:
             return False
@@ -207,27 +242,87 @@ class LLMAgent(Agent):
         return True
 
     @method(
-        "Continue a generation moved here from another agent serving the same model "
-        "(its captured state), streamed.",
-        params={"state": "what the moving agent captured"},
+        "Take a generation another agent serving the same model is handing over (its "
+        "captured state), for a reader to resume; a ticket.",
+        params={"state": "what the moving agent captured", "reader": "who will resume it"},
     )
-    async def resume(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
-        if self._active is not None and self._active.move_to is not None:
-            # a generation is moving away from here: taking one in could wait on it forever
-            raise Overloaded("this agent is handing a generation on")
-        params = body.get("params") if isinstance(body, dict) else None
+    async def adopt(self, body: Any, ctx: CallContext) -> dict[str, Any]:
+        """Check a moved generation whole (fingerprint, digest, shapes, limits: StateRefused,
+        a BadRequest to the mover, before any of it is used) and hold it for ``reader``'s
+        ``resume``, at most ``max_queue`` at a time, each for ``TICKET_TTL_S``."""
+        self._check_taking()
+        if not isinstance(body, dict) or not isinstance(body.get("reader"), str):
+            raise InvalidArgument("adopt needs {'state': a captured generation, 'reader': name}")
+        state = body.get("state")
+        params = state.get("params") if isinstance(state, dict) else None
         wanted = params.get("max_new_tokens") if isinstance(params, dict) else None
         if type(wanted) is int and wanted > self.token_limit:  # cheap checks first
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
-        # checked and rebuilt off the loop (a digest over the whole cache); StateRefused,
-        # a BadRequest to the mover, before any of it is used
-        generation = await asyncio.to_thread(self.decoder.restore, body)
+        generation = await asyncio.to_thread(self.decoder.restore, state)  # off the loop
         if generation.params.max_new_tokens > self.token_limit:
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
         self._check_length(generation.prompt_tokens, generation.params.max_new_tokens)
-        async for chunk in self._served(lambda: generation, ctx.peer):
-            if "queued" not in chunk:  # the reader's stream began elsewhere: no queue news
-                yield chunk
+        self._check_taking()  # again: the checks above took a while
+        ticket = secrets.token_hex(16)
+        expiry = asyncio.get_running_loop().call_later(TICKET_TTL_S, self._adopted.pop, ticket)
+        self._adopted[ticket] = _Adopted(generation, body["reader"], ctx.peer, expiry)
+        return {"ticket": ticket}
+
+    def _check_taking(self) -> None:
+        if self.draining:
+            raise Overloaded("this agent is draining")
+        if self._active is not None and self._active.move_to is not None:
+            # a generation is moving away from here: taking one in could wait on it forever
+            raise Overloaded("this agent is handing a generation on")
+        if len(self._adopted) >= max(1, self.admission.max_waiting):
+            raise Overloaded(f"{len(self._adopted)} handed-over generations wait already")
+
+    @method(
+        "Continue a generation handed over here (adopt's ticket), streamed.",
+        params={"ticket": "what adopt answered"},
+    )
+    async def resume(self, body: Any, ctx: CallContext) -> AsyncIterator[Any]:
+        ticket = body.get("ticket") if isinstance(body, dict) else None
+        adopted = self._adopted.get(ticket) if isinstance(ticket, str) else None
+        if adopted is None:
+            raise InvalidArgument("no generation waits here under that ticket (expired?)")
+        if adopted.reader != ctx.peer:
+            raise InvalidArgument("that generation was handed over for another reader")
+        del self._adopted[ticket]
+        adopted.expiry.cancel()
+        log.info("resuming a generation from %s at token %d", adopted.source,
+                 adopted.generation.produced)  # fmt: skip
+        moved_at = adopted.generation.produced
+        chunks = self._served(lambda: adopted.generation, ctx.peer, ctx.follows_redirects)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if type(chunk) is Redirect:
+                    yield chunk
+                elif chunk.get("done"):
+                    yield {**chunk, "moved_from": adopted.source, "moved_at": moved_at}
+                elif "queued" not in chunk:  # the reader's stream began elsewhere
+                    yield chunk
+
+    def stop_taking_work(self) -> None:
+        """A drain: every generation here, running or waiting, moves to a replica at its
+        next token (or before its first); one that none takes goes on here."""
+        self._counts_at_drain = dict(self.counts)
+        self._ask_to_move("")
+        self._drain_started.set()  # the waiting ones leave the queue to move
+
+    async def hand_over(self, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` for the streams here to end (the moves, what went on
+        here, relays to readers that do not follow redirects). Counts of what moved and
+        what finished here since the drain began, and of what is still running."""
+        before = self._counts_at_drain
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        return {
+            "moved": self.counts["moved"] - before["moved"],
+            "finished_here": self.counts["served"] - before["served"],
+            "still_running": self._streams_here,
+        }
 
     @method("What the model is doing: queue, active generation, counts.")
     async def status(self, body: Any = None) -> dict[str, Any]:
@@ -239,6 +334,7 @@ class LLMAgent(Agent):
             "waiting": self.admission.waiting,
             "refused": self.admission.refused,
             "active_tokens": active.produced if active is not None else None,
+            "draining": self.draining,
             "last": self.last,
             **self.counts,
         }
@@ -254,71 +350,96 @@ class LLMAgent(Agent):
         return "\n".join([*lines, "Assistant:"])
 
     async def _generation(
-        self, prompt: str, fields: dict[str, Any], owner: str
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Chunks of one generation: maybe ``queued``, text, then ``done`` with timings."""
+        self, prompt: str, fields: dict[str, Any], ctx: CallContext
+    ) -> AsyncIterator[Any]:
+        """Chunks of one generation: maybe ``queued``, text, then ``done`` with timings (or
+        a Redirect, if it moved and its reader follows redirects)."""
         params = GenerationParams.from_body(fields, limit=self.token_limit)
         encoded = self.tokenizer(prompt, return_tensors="pt")
         self._check_length(encoded["input_ids"].shape[1], params.max_new_tokens)
         prompt_ids = encoded["input_ids"][0].tolist()
         if not prompt_ids:
             raise InvalidArgument("the prompt encodes to no tokens")
-        async for chunk in self._served(lambda: self.decoder.start(prompt_ids, params), owner):
+        if self.draining:
+            raise Overloaded("this agent is draining")
+        decode_on = fields.get("decode_on")
+        if decode_on is not None and decode_on not in {r.name for r in await self._replicas()}:
+            raise InvalidArgument(f"decode_on: {decode_on!r} is not an agent serving this model")
+        start = functools.partial(self.decoder.start, prompt_ids, params)
+        async for chunk in self._served(start, ctx.peer, ctx.follows_redirects, decode_on):
             yield chunk
 
     async def _served(
-        self, start: Callable[[], Generation], owner: str
-    ) -> AsyncIterator[dict[str, Any]]:
+        self,
+        start: Callable[[], Generation],
+        owner: str,
+        follows: bool,
+        decode_on: str | None = None,
+    ) -> AsyncIterator[Any]:
         """Queue, then run the generation ``start`` makes (in the worker thread) to its end:
-        its chunks, then ``done``. Moved to another agent meanwhile (:meth:`move`), the rest
-        of its chunks are that agent's, passed on here: the reader sees one stream. If that
-        agent cannot take it (absent, refusing, busy) before passing on anything, the
-        generation goes on here from the state it was moved with."""
+        its chunks, then ``done``. Moved meanwhile (:meth:`move`, a drain, or ``decode_on``
+        after its first token: the prompt computed here, the rest decoded there), it ends
+        with a Redirect to the replica that took it if its reader ``follows`` redirects,
+        else the replica's chunks are passed on from here; if no replica takes it, it goes
+        on here. A drain moves the waiting ones too, before they ever run here."""
+        loop = asyncio.get_running_loop()
         received = time.perf_counter()
         ticket = self.admission.join()  # Overloaded if the queue is full
+        self._streams_here += 1
+        self._idle.clear()
+        redirect: Redirect | None = None
         try:
             if ticket.position:
                 yield {"queued": ticket.position}
-            await ticket.ready()
+            has_turn = await self._turn(ticket)  # False: a drain began while it waited
             admitted = time.perf_counter()
             first_token_at: float | None = None
-            finish = "cancelled"
+            stays = False  # a move was tried and nobody took it: it runs here
             moved: dict[str, Any] = {}
             while True:
-                finish, going_on_here = "cancelled", False
-                bridge = Bridge(asyncio.get_running_loop(), LOOKAHEAD)
+                finish, going_on_here, handed = "cancelled", False, False
+                if stays and not has_turn:
+                    await ticket.ready()
+                    has_turn, admitted = True, time.perf_counter()
+                bridge = Bridge(loop, LOOKAHEAD)
                 bridge.owner = owner
                 bridge.first_token_at = first_token_at
-                self._active = bridge
-                running = asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._generate, start, bridge
-                )
+                if self.draining and not stays:
+                    bridge.move_to = ""  # to any replica, at its next token (or before its first)
+                elif decode_on is not None and not stays:
+                    bridge.move_to, bridge.move_at = decode_on, 1
+                if has_turn:
+                    self._active = bridge
+                running = loop.run_in_executor(self._executor, self._generate, start, bridge)
                 try:
                     while (chunk := await bridge.chunks.get()) is not DONE:
                         yield chunk
                         bridge.taken()
                     finish = await running
                     if finish == "moved":
-                        relay = self._moved_on(bridge, moved)
-                        async with contextlib.aclosing(relay):
-                            async for chunk in relay:
-                                yield chunk
-                        finish = moved.get("finish_reason") or "moved"
+                        target, handle = await self._hand_over(bridge, owner if follows else "")
+                        handed = True
+                        if follows:
+                            redirect = Redirect(target, "resume", {"ticket": handle})
+                        else:
+                            relay = self._moved_on(target, handle, bridge, moved)
+                            async with contextlib.aclosing(relay):
+                                async for chunk in relay:
+                                    yield chunk
+                            finish = moved.get("finish_reason") or "moved"
                 except (asyncio.CancelledError, GeneratorExit):  # the reader left: stop it
                     bridge.cancelled.set()
                     finish = "cancelled"
                     raise
                 except MeshError as exc:
-                    if finish != "moved" or moved.get("relayed"):
+                    if finish != "moved" or handed:
                         bridge.cancelled.set()
                         finish = "failed"
                         raise
-                    log.warning("%s could not take the generation (%s); going on here",
-                                bridge.move_to, exc)  # fmt: skip
+                    log.warning("no agent took the generation (%s); going on here", exc)
                     start = functools.partial(self.decoder.restore, bridge.state)
                     first_token_at = bridge.first_token_at
-                    moved.clear()
-                    going_on_here = True
+                    going_on_here = stays = True
                     continue
                 except Exception:
                     bridge.cancelled.set()
@@ -326,26 +447,84 @@ class LLMAgent(Agent):
                     raise
                 finally:
                     await asyncio.shield(_settled(running))  # the thread is done first
-                    self._active = None
+                    if self._active is bridge:
+                        self._active = None
                     if not going_on_here:
                         self.last = {"finish_reason": finish, "tokens": bridge.produced}
-                        self.counts[finish if finish in self.counts else "served"] += 1
+                        counted = "moved" if handed else finish
+                        self.counts[counted if counted in self.counts else "served"] += 1
                 break
-            yield {**_done(finish, bridge, received, admitted), **moved.get("where", {})}
+            if redirect is None:
+                yield {**_done(finish, bridge, received, admitted), **moved.get("where", {})}
         finally:
             ticket.leave()
+            self._streams_here -= 1
+            if not self._streams_here:
+                self._idle.set()
+        if redirect is not None:
+            # last, outside the bookkeeping: the handler sends it as the stream's end in
+            # this same step, so a drain waiting for idleness sees it sent
+            yield redirect
+
+    async def _turn(self, ticket: Ticket) -> bool:
+        """Wait for this generation's turn at the model: True when it came; False when a
+        drain began first (the generation then moves without running here)."""
+        if ticket.position == 0:
+            return True
+        turn = asyncio.ensure_future(ticket.ready())
+        drain = asyncio.ensure_future(self._drain_started.wait())
+        try:
+            await asyncio.wait({turn, drain}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            turn.cancel()  # the ticket's own place is shielded: leave() gives it back
+            drain.cancel()
+        return turn.done() and not turn.cancelled()
+
+    async def _replicas(self) -> list[PeerInfo]:
+        """Live agents serving this very model (their card's fingerprint), not this one."""
+        return [
+            info
+            for info in await self.node.peers()
+            if info.name != self.name and _fingerprint_of(info) == self.decoder.fingerprint
+        ]
+
+    async def _hand_over(self, bridge: Bridge, reader: str) -> tuple[str, str]:
+        """Hand the captured state to the agent asked for (or, in a drain, to the first
+        replica that takes it), for ``reader`` ("": this agent, which relays); (the agent,
+        its ticket). The state goes only to agents whose card shows this model: MoveFailed,
+        or the last refusal, when nobody took it."""
+        replicas = [info.name for info in await self._replicas()]
+        if bridge.move_to:
+            replicas = [bridge.move_to] if bridge.move_to in replicas else []
+        if not replicas:
+            raise MoveFailed(f"no live agent serving this model ({bridge.move_to or 'any'})")
+        random.shuffle(replicas)  # a drain's generations spread over the replicas
+        failure: MeshError = MoveFailed("unreachable")
+        body = {"state": bridge.state, "reader": reader or self.name}
+        for name in replicas:
+            try:
+                answer = await self.node.request(name, "adopt", body, timeout=ADOPT_TIMEOUT_S)
+            except MeshError as exc:
+                log.info("%s did not take the generation: %s", name, exc)
+                failure = exc
+                continue
+            handle = answer.get("ticket") if isinstance(answer, dict) else None
+            if isinstance(handle, str):
+                bridge.move_to = name
+                return name, handle
+            failure = MoveFailed(f"{name} answered adopt without a ticket: {answer!r:.80}")
+        raise failure
 
     async def _moved_on(
-        self, bridge: Bridge, moved: dict[str, Any]
+        self, target: str, handle: str, bridge: Bridge, moved: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
-        """The rest of a moved generation, from the agent it moved to (its ``resume``,
-        read with this agent's own lookahead): its text chunks as they come, each checked
-        to follow the last; its end noted in ``moved``."""
-        target, state = bridge.move_to, bridge.state
-        assert target is not None and state is not None
-        limit = state["params"]["max_new_tokens"]
+        """The rest of a moved generation for a reader that does not follow redirects:
+        ``target``'s ``resume`` read here with this agent's own lookahead, each text chunk
+        checked to follow the last and passed on; its end noted in ``moved``."""
+        assert bridge.state is not None
+        limit = bridge.state["params"]["max_new_tokens"]
         chunks = self.node.stream(
-            target, "resume", state, timeout=RESUME_TIMEOUT_S, window=LOOKAHEAD
+            target, "resume", {"ticket": handle}, timeout=RESUME_TIMEOUT_S, window=LOOKAHEAD
         )
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
@@ -356,7 +535,6 @@ class LLMAgent(Agent):
                 if chunk.get("done"):
                     moved["finish_reason"] = chunk.get("finish_reason")
                 elif isinstance(chunk.get("text"), str):
-                    moved["relayed"] = True
                     yield chunk
                 else:
                     raise MoveFailed(f"{target} sent a chunk without text: {chunk!r:.80}")
@@ -385,7 +563,7 @@ class LLMAgent(Agent):
         while generation.finish is None:
             if bridge.cancelled.is_set():
                 return "cancelled"
-            if bridge.move_to is not None:
+            if bridge.move_to is not None and generation.produced >= bridge.move_at:
                 try:
                     bridge.state = capture(self.decoder, generation)
                 except Exception:  # this cache cannot move: the generation stays here
@@ -403,6 +581,27 @@ class LLMAgent(Agent):
                 bridge.put({"text": piece, "tokens": generation.produced, "t": time.time()})
         bridge.ended = True  # too late to move: move_to reports it
         return generation.finish
+
+
+@dataclass
+class _Adopted:
+    """A generation handed over here, waiting for its reader's ``resume``."""
+
+    generation: Generation
+    reader: str  # the one peer that may resume it
+    source: str  # the agent that handed it over
+    expiry: asyncio.TimerHandle
+
+
+def _collecting(ctx: CallContext) -> CallContext:
+    """``ctx`` for a stream read by this agent's own code, which follows no redirect."""
+    return replace(ctx, follows_redirects=False)
+
+
+def _fingerprint_of(info: PeerInfo) -> str | None:
+    card = info.meta.get("card")
+    model = card.get("model") if isinstance(card, dict) else None
+    return model.get("fingerprint") if isinstance(model, dict) else None
 
 
 async def _settled(future: asyncio.Future[Any]) -> None:

@@ -28,7 +28,8 @@ class Bridge:
         self._room = threading.Semaphore(lookahead)
         self.cancelled = threading.Event()
         # a move asked for (the agent to go to), and what the thread captured for it
-        self.move_to: str | None = None
+        self.move_to: str | None = None  # "": any replica (a drain)
+        self.move_at = 0  # ... once this many tokens are produced (a prefill/decode split: 1)
         self.state: dict[str, Any] | None = None
         self.moved_at = 0  # tokens produced here before the move
         self.owner = ""  # the generation's caller: the one peer that may move it

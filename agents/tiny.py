@@ -40,12 +40,17 @@ def build_tiny_model(directory: str | Path) -> Path:
     return build_random_model(directory, layers=2, width=64, heads=2)
 
 
-def build_random_model(directory: str | Path, *, layers: int, width: int, heads: int) -> Path:
+def build_random_model(
+    directory: str | Path, *, layers: int, width: int, heads: int, positions: int = 1024
+) -> Path:
     """A random-weights GPT-2 of the given size with the tiny tokenizer (the tiny model is
-    the smallest; 12 layers, 768 wide, 12 heads is GPT-2 small's shape), built or reused."""
+    the smallest; 12 layers, 768 wide, 12 heads is GPT-2 small's shape), built or reused.
+    ``positions``: the longest context (prompt and generated tokens) it takes."""
     path = Path(directory)
     marker = path / MARKER
     shape = {"layers": layers, "width": width, "heads": heads}
+    if positions != 1024:  # the shape of models built before this option stays the same
+        shape["positions"] = positions
     if marker.exists():
         built = json.loads(marker.read_text())
         if built.get("version") == VERSION and built.get("shape", shape) == shape:
@@ -60,7 +65,7 @@ def build_random_model(directory: str | Path, *, layers: int, width: int, heads:
     torch.manual_seed(SEED)
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        n_positions=1024,
+        n_positions=positions,
         n_embd=width,
         n_layer=layers,
         n_head=heads,

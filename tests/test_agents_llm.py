@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 
 import pytest
 
 from agents.tiny import build_tiny_model
-from mesh import BadRequest, Overloaded
+from mesh import BadRequest, MeshError, Overloaded, PeerLost
 from mesh.runtime.node import Node
 from tests.conftest import eventually, spent_stream_credit
 
@@ -179,10 +180,12 @@ def test_peers_shows_the_card_and_run_errors_are_one_line(llm, spawn, discovery,
     assert "unrecognized arguments: --modle" in unknown.popen.stderr.read()
 
 
-async def stream_and_move(node, body, to: str, before=None) -> list:
+async def stream_and_move(node, body, to: str, before=None, *, follow=True) -> list:
     """The writer's streamed generation, read through a window of 2 so that it is held
     mid-way; after the third chunk its reader asks for it to move to ``to``."""
-    stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
+    stream = node.stream(
+        "writer", "generate_stream", body, timeout=60, window=2, follow_redirects=follow
+    )
     chunks = []
     async with contextlib.aclosing(stream):
         async for chunk in stream:
@@ -194,34 +197,51 @@ async def stream_and_move(node, body, to: str, before=None) -> list:
     return chunks
 
 
+def assert_one_stream(chunks: list, unmoved: dict) -> dict:
+    """Every chunk once, in order, joined to the text of the unmoved run; the end."""
+    *texts, done = chunks
+    counts = [c["tokens"] for c in texts]
+    assert counts == sorted(set(counts))  # no repeat, no reordering, across the move
+    assert "".join(c["text"] for c in texts) == unmoved["text"]
+    assert done["done"] and done["tokens"] == unmoved["tokens"]
+    assert done["finish_reason"] == unmoved["finish_reason"]
+    return done
+
+
 @pytest.mark.asyncio
+@pytest.mark.parametrize("follow", [True, False], ids=["redirected", "relayed"])
 async def test_a_generation_moved_mid_stream_goes_on_token_exactly_from_the_replica(
-    llm, discovery, home
+    llm, discovery, home, follow
 ):
     """An API call moves a running generation to a replica of the same model: the reader's
     stream goes on without a gap, a repeat or a reordering, and the text is the one the
-    generation would have had unmoved (seeded sampling: its generator moved too)."""
+    generation would have had unmoved (seeded sampling: its generator moved too). A reader
+    that follows redirects then reads the replica directly; one that does not gets the
+    rest through the writer."""
     llm("writer")
     llm("replica")
     body = {"prompt": "Your order", "max_new_tokens": 40, "temperature": 0.9, "seed": 5}
     async with Node("caller", discovery=discovery, mesh=home) as node:
         unmoved = await node.request("replica", "generate", body, timeout=60)
-        chunks = await stream_and_move(node, body, "replica")
-        status = await node.request("replica", "status")
-    *texts, done = chunks
-    counts = [c["tokens"] for c in texts]
-    assert counts == sorted(set(counts))  # every chunk once, in order, across the move
-    assert "".join(c["text"] for c in texts) == unmoved["text"]
-    assert done["moved_to"] == "replica" and 3 <= done["moved_at"] < 40
-    assert done["tokens"] == unmoved["tokens"] == 40 and done["finish_reason"] == "length"
-    assert status["served"] == 2  # the unmoved run, and the moved one's rest
+        chunks = await stream_and_move(node, body, "replica", follow=follow)
+        writer = await node.request("writer", "status")
+        replica = await node.request("replica", "status")
+    done = assert_one_stream(chunks, unmoved)
+    if follow:
+        assert done["moved_from"] == "writer" and 3 <= done["moved_at"] < 40
+    else:
+        assert done["moved_to"] == "replica" and 3 <= done["moved_at"] < 40
+    assert writer["moved"] == 1 and writer["served"] == 0
+    assert replica["served"] == 2  # the unmoved run, and the moved one's rest
 
 
 @pytest.mark.asyncio
-async def test_a_move_the_target_refuses_goes_on_where_it_was(llm, discovery, home, tmp_path):
-    """The agent named cannot take the generation (another model: refused before any of
-    the state is used): the generation goes on where it was, and its reader, who asked for
-    the move, sees the same text an unmoved run gives. Nobody else may move it."""
+async def test_a_move_to_another_model_is_refused_before_any_state_is_sent(
+    llm, discovery, home, tmp_path
+):
+    """The agent named serves another model (its card's fingerprint differs): the move is
+    one BadRequest, no state leaves, and the generation goes on where it was; its reader
+    sees the text an unmoved run gives. Nobody but the reader may move it."""
     from agents.tiny import build_random_model
 
     other = build_random_model(tmp_path / "other", layers=3, width=64, heads=2)
@@ -233,15 +253,138 @@ async def test_a_move_the_target_refuses_goes_on_where_it_was(llm, discovery, ho
         Node("mallory", discovery=discovery, mesh=home) as mallory,
     ):
         unmoved = await node.request("writer", "generate", body, timeout=60)
-
-        async def hijack() -> None:
+        stream = node.stream("writer", "generate_stream", body, timeout=60, window=2)
+        async with contextlib.aclosing(stream):
+            chunks = [await anext(stream)]
             with pytest.raises(BadRequest, match="only the caller"):
                 await mallory.request("writer", "move", {"to": "mallory"})
+            with pytest.raises(BadRequest, match="not a live agent serving this same model"):
+                await node.request("writer", "move", {"to": "stranger"})
+            chunks += [chunk async for chunk in stream]
+        writer = await node.request("writer", "status")
+        stranger = await node.request("stranger", "status")
+    assert "moved_to" not in assert_one_stream(chunks, unmoved)
+    assert writer["served"] == 2 and writer["moved"] == 0
+    assert stranger["served"] == 0 and stranger["failed"] == 0  # it never saw a state
 
-        chunks = await stream_and_move(node, body, "stranger", before=hijack)
-        status = await node.request("writer", "status")
-    *texts, done = chunks
-    assert "".join(c["text"] for c in texts) == unmoved["text"]
-    assert [c["tokens"] for c in texts] == sorted({c["tokens"] for c in texts})
-    assert done["tokens"] == 40 and "moved_to" not in done
-    assert status["served"] == 2 and status["failed"] == 0
+
+@pytest.mark.asyncio
+async def test_mesh_drain_moves_two_generations_to_the_replica_and_ends_the_agent(
+    llm, spawn, discovery, home
+):
+    """`mesh drain` on an agent with one generation running and one waiting: both finish
+    on the replica, each reader saw every token once (the text of an unmoved run), and the
+    drained process leaves the directory and exits 0."""
+    writer = llm("writer", "--max-queue", "2")
+    llm("replica")
+    bodies = [
+        {"prompt": "Your order", "max_new_tokens": 60, "temperature": 0.9, "seed": 5},
+        {"prompt": "The invoice", "max_new_tokens": 60, "seed": 11},  # greedy
+    ]
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        unmoved = [await node.request("replica", "generate", b, timeout=60) for b in bodies]
+        streams = [node.stream("writer", "generate_stream", b, timeout=60, window=1)
+                   for b in bodies]  # fmt: skip
+        first = [await anext(streams[0]), await anext(streams[1])]
+        assert "text" in first[0] and first[1] == {"queued": 1}  # one runs, one waits
+        drained = spawn("drain", "writer", "--discovery", discovery, "--timeout", "60")
+        await eventually(lambda: _draining(node, "writer"), timeout=60)  # held till then
+        rest = await asyncio.gather(*(_read_all(stream) for stream in streams))
+        answer = json.loads(drained.wait_line('"drained"', timeout=90))
+        assert drained.popen.wait(30) == 0 and writer.popen.wait(60) == 0
+        names = {info.name for info in await node.peers()}
+        replica = await node.request("replica", "status")
+    assert answer == {"drained": "writer", "moved": 2, "finished_here": 0, "still_running": 0}
+    assert "writer" not in names
+    assert assert_one_stream([first[0], *rest[0]], unmoved[0])["moved_from"] == "writer"
+    done = assert_one_stream(rest[1], unmoved[1])
+    assert done["moved_from"] == "writer" and done["moved_at"] == 0  # moved before it ran
+    assert replica["served"] == 4
+
+
+async def _draining(node, name: str) -> bool:
+    return (await node.request(name, "status", timeout=10))["draining"]
+
+
+async def _read_all(stream) -> list:
+    async with contextlib.aclosing(stream):
+        return [chunk async for chunk in stream]
+
+
+@pytest.mark.asyncio
+async def test_sigterm_under_run_drain_hands_the_generation_over_then_exits_0(llm, discovery, home):
+    writer = llm("writer", "--drain", "60")
+    llm("replica")
+    body = {"prompt": "Your order", "max_new_tokens": 60, "temperature": 0.9, "seed": 5}
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        unmoved = await node.request("replica", "generate", body, timeout=60)
+        stream = node.stream("writer", "generate_stream", body, timeout=60, window=1)
+        first = await anext(stream)
+        writer.popen.send_signal(signal.SIGTERM)
+        await eventually(lambda: _draining(node, "writer"), timeout=60)  # held till then
+        rest = await _read_all(stream)
+        assert writer.popen.wait(60) == 0
+    assert assert_one_stream([first, *rest], unmoved)["moved_from"] == "writer"
+    assert writer.wait_line('draining: {"moved": 1', timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_a_drain_with_no_replica_lets_the_generation_finish_here(llm, discovery, home):
+    """Nobody can take it: the drain waits for the generation (within its bound) instead
+    of dropping it, and the reader gets all of it from the agent it began on."""
+    writer = llm("writer", "--drain", "60")
+    body = {"prompt": "Your order", "max_new_tokens": 60, "seed": 5}
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        unmoved = await node.request("writer", "generate", body, timeout=60)
+        stream = node.stream("writer", "generate_stream", body, timeout=60, window=1)
+        first = await anext(stream)
+        writer.popen.send_signal(signal.SIGTERM)
+        await eventually(lambda: _draining(node, "writer"), timeout=60)  # held till then
+        rest = await _read_all(stream)
+        assert writer.popen.wait(60) == 0
+    assert "moved_from" not in assert_one_stream([first, *rest], unmoved)
+    assert writer.wait_line('"finished_here": 1', timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_a_mover_killed_before_its_handover_gives_its_reader_one_typed_error(
+    llm, discovery, home
+):
+    """The writer is killed (SIGKILL) once asked to move, before it could hand the
+    generation over (its reader has not made room for the next token): the replica holds
+    nothing (a message arrives whole or not at all; a damaged state is refused whole:
+    tests/test_decoding.py), and the reader gets one typed error within the heartbeat
+    bound, after the text that came: no hang, no garbage."""
+    writer = llm("writer")
+    llm("replica")
+    body = {"prompt": "Your order", "max_new_tokens": 400, "seed": 5}
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=0.5) as node:
+        stream = node.stream("writer", "generate_stream", body, timeout=60, window=1)
+        chunks = [await anext(stream)]
+        assert await node.request("writer", "move", {"to": "replica"}) == {"moving": True}
+        writer.popen.kill()
+        with pytest.raises(MeshError) as failed:
+            chunks += await _read_all(stream)
+        replica = await node.request("replica", "status")
+    assert isinstance(failed.value, PeerLost), failed.value
+    assert all("text" in chunk for chunk in chunks)  # whatever came was the generation's
+    assert replica["served"] == 0 and replica["active_tokens"] is None
+
+
+@pytest.mark.asyncio
+async def test_decode_on_splits_prefill_and_decoding_between_two_agents(llm, discovery, home):
+    """``decode_on``: one agent computes the prompt (and the first token), the named one
+    decodes the rest from the shipped cache; the reader sees the text of one agent's run.
+    An agent that does not serve the same model is refused up front."""
+    llm("prefill")
+    llm("decoder")
+    body = {"prompt": "Your order", "max_new_tokens": 30, "temperature": 0.9, "seed": 7}
+    async with Node("caller", discovery=discovery, mesh=home) as node:
+        alone = await node.request("decoder", "generate", body, timeout=60)
+        split = {**body, "decode_on": "decoder"}
+        chunks = await _read_all(node.stream("prefill", "generate_stream", split, timeout=60))
+        with pytest.raises(BadRequest, match="not an agent serving this model"):
+            await node.request("prefill", "generate", {**body, "decode_on": "nobody"})
+    done = assert_one_stream(chunks, alone)
+    assert done["moved_from"] == "prefill"
+    assert done["moved_at"] == 1

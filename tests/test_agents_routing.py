@@ -3,6 +3,7 @@ events: agents in this process, talking over real sockets on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import numpy as np
@@ -104,3 +105,43 @@ async def test_the_router_picks_the_speciality_and_follows_joins_and_leaves(mesh
     answer = await client.request("router", "route", {"text": "Where is my parcel?"}, timeout=60)
     assert answer["route"] == "returns"
     assert router.routes.keys() == {"billing", "tech", "returns"}
+
+
+@pytest.mark.asyncio
+async def test_a_specialist_drained_mid_answer_goes_on_from_a_replica_through_the_router(
+    mesh, tmp_path
+):
+    """The router passes a specialist's stream on; the specialist is drained mid-answer
+    and hands the generation to another agent serving the same model. The router's own
+    stream read follows the redirect, so the user's stream through the router goes on
+    token-exactly (seeded sampling), nothing missing or repeated."""
+    client, add = mesh
+    model = build_tiny_model(tmp_path / "tiny")
+    await add(EmbeddingAgent, "embedder")
+    await add(RouterAgent, "router")
+    billing = await add(LLMAgent, "billing", model=str(model), description=SPECIALITIES["billing"])
+    await add(LLMAgent, "tech", model=str(model), description=SPECIALITIES["tech"])
+    await eventually(lambda: _table_is(client, {"billing", "tech"}), timeout=30)
+    body = {"text": "I was charged twice, can I get a refund?", "max_new_tokens": 300,
+            "temperature": 0.9, "seed": 3}  # fmt: skip
+    unmoved = [chunk async for chunk in client.stream("router", "route_stream", body, timeout=60)]
+    stream = client.stream("router", "route_stream", body, timeout=60, window=1)
+    async with contextlib.aclosing(stream):
+        head = [await anext(stream), await anext(stream)]  # the route, the first text
+        draining = asyncio.create_task(billing.drain(60))  # moves it at its next token
+        chunks = head + [chunk async for chunk in stream]
+        drained = await draining
+    assert drained == {"moved": 1, "finished_here": 0, "still_running": 0}
+    assert chunks[0]["route"] == unmoved[0]["route"] == "billing"
+    texts = [c["text"] for c in chunks if "text" in c]
+    assert "".join(texts) == "".join(c["text"] for c in unmoved if "text" in c)
+    tokens = [c["tokens"] for c in chunks if "text" in c]
+    assert tokens == sorted(set(tokens))
+    done = chunks[-1]
+    assert done["tokens"] == unmoved[-1]["tokens"] and done["moved_from"] == "billing"
+    assert 1 <= done["moved_at"] < done["tokens"]
+
+
+async def _table_is(client, names):
+    table = await client.request("router", "table", timeout=30)
+    return table if set(table) == names else None

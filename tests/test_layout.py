@@ -65,6 +65,8 @@ PUBLIC = [
     "PeerLost",
     "PeerNotFound",
     "ProtocolError",
+    "Redirect",
+    "RedirectFailed",
     "RemoteError",
     "ReplayDetected",
     "ReplyTooLarge",

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
         ("flow-bench", "500", ["on (window 1024)", "off (window 10000", "on / off:"]),
         ("token-overhead", "--tokens 20 --runs 1", ["mesh delivery per token", "mesh share"]),
         ("delivery-bench", "200 20", ["at_most_once", "at_least_once", "durable"]),
-        ("migration-cost", "--contexts 16 --runs 1", ["move to next token ms", "recompute"]),
         (
             "soak",
             "--seconds 8 --agents 3 --restart-every 2 --settle 30",
@@ -72,7 +71,7 @@ def test_soak_books_balance(tmp_path):
 
 README_SCRIPTS = [
     "rtt", "flow-bench", "delivery-bench", "token-overhead", "bench-docs", "soak",
-    "gen-vectors", "fuzz-envelope", "migration-cost",
+    "gen-vectors", "fuzz-envelope",
 ]  # fmt: skip
 
 

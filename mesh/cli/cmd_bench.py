@@ -56,6 +56,17 @@ def add_commands(commands: Any) -> None:
         help="instead of the scenarios: where a round trip's time goes (each cipher's "
         "seal and open; CPU per round trip by process and thread, mesh and raw pyzmq)",
     )
+    bench.add_argument(
+        "--migration",
+        action="store_true",
+        help="instead of the scenarios: what moving a generation between two LLM agents "
+        "costs (state bytes, move vs recomputing the context vs raw pyzmq for the same "
+        "bytes, a prefill/decode split) at --contexts tokens (needs the llm extra)",
+    )
+    bench.add_argument(
+        "--contexts", default="64,512,1024", help="with --migration: context lengths in tokens"
+    )
+    bench.add_argument("--runs", type=int, default=5, help="with --migration: runs of each")
     bench.set_defaults(run=_bench)
 
 
@@ -64,6 +75,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.costs:
         return _costs(args)
+    if args.migration:
+        return _migration(args)
 
     if args.rate is not None and args.rate <= 0:
         raise InvalidArgument("--rate must be a positive number of requests per second")
@@ -91,6 +104,29 @@ def _server_host(args: argparse.Namespace) -> Host | None:
         known = ", ".join(sorted(cluster.hosts))
         raise InvalidArgument(f"no host {args.server_host!r} in {args.cluster} (it has {known})")
     return cluster.hosts[args.server_host]
+
+
+def _migration(args: argparse.Namespace) -> int:
+    try:
+        contexts = tuple(int(c) for c in args.contexts.split(","))
+    except ValueError:
+        raise InvalidArgument("--contexts takes token counts such as 64,512,1024") from None
+    if not all(0 < c <= 1024 for c in contexts) or args.runs < 1:
+        raise InvalidArgument("--contexts are 1 to 1024 tokens, and --runs at least 1")
+    if args.costs or args.server_host or args.plot or args.rate or args.nats or args.rabbitmq:
+        raise InvalidArgument("--migration runs alone, here: leave out the other options")
+    try:
+        from agents import move_cost
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"mesh bench --migration needs the llm extra ({exc.name} is missing): "
+            "scripts/setup llm, or pip install -e '.[llm]'"
+        ) from None
+    measured = move_cost.measure(contexts, 2 if args.quick else args.runs)
+    print(move_cost.table(measured))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"migration": measured}, indent=2) + "\n")
+    return 0
 
 
 def _costs(args: argparse.Namespace) -> int:

@@ -36,6 +36,8 @@ from .run_targets import close_agent, load_target
 from .table import printable
 
 CLI_IDENTITY = "mesh-cli"
+DEFAULT_DRAIN_S = 60.0  # agents.base.DEFAULT_DRAIN_S: the core does not import agents
+DRAIN_ANSWER_S = 30.0  # what a drain's answer may take beyond its own timeout
 ENV_METRICS_PORT = "MESH_METRICS_PORT"
 
 
@@ -74,8 +76,33 @@ def add_commands(commands: Any) -> None:
         default=1024,
         help="messages a caller may have unconsumed here (flow control)",
     )
+    run.add_argument(
+        "--drain",
+        type=seconds_or_zero,
+        nargs="?",
+        const=DEFAULT_DRAIN_S,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM, drain before exiting (an agent class: hand its work to replicas, "
+        f"wait at most SECONDS, default {DEFAULT_DRAIN_S:g}, for the rest)",
+    )
     _metrics_option(run)
     run.set_defaults(run=lambda args: asyncio.run(_agent(args)), agent_options=[])
+
+    drain = commands.add_parser(
+        "drain",
+        help="take an agent out of service without dropping its work, then end it",
+        description="The agent leaves the directory, hands its in-flight work to replicas "
+        "(an LLM agent moves its generations), waits at most --timeout for what stays, "
+        "prints what happened and exits 0. Example: mesh drain billing",
+    )
+    drain.add_argument("name", help="the agent's name")
+    discovery_option(drain)
+    drain.add_argument(
+        "--timeout", type=seconds_or_zero, default=DEFAULT_DRAIN_S,
+        help=f"seconds to wait for work no replica took (default {DEFAULT_DRAIN_S:g})",
+    )  # fmt: skip
+    drain.set_defaults(run=lambda args: asyncio.run(_drain(args)))
 
     call = commands.add_parser(
         "call",
@@ -269,7 +296,7 @@ async def _agent(args: argparse.Namespace) -> int:
         "metrics_port": _metrics_port(args),
     }
     if hasattr(factory, "from_command_line"):  # an agents.Agent class: it owns its node
-        return await _agent_class(factory, args.agent_options, node_options)
+        return await _agent_class(factory, args.agent_options, node_options, args.drain)
     if args.agent_options:
         raise InvalidArgument(f"unrecognized arguments: {' '.join(args.agent_options)}")
     node = Node(**node_options)
@@ -286,7 +313,9 @@ async def _agent(args: argparse.Namespace) -> int:
         await node.close()
 
 
-async def _agent_class(factory: Any, argv: list[str], node_options: dict[str, Any]) -> int:
+async def _agent_class(
+    factory: Any, argv: list[str], node_options: dict[str, Any], drain_s: float | None
+) -> int:
     agent = factory.from_command_line(argv, node_options)
     signals = StopSignals()
     starting = asyncio.create_task(agent.start(), name="agent-start")
@@ -303,9 +332,28 @@ async def _agent_class(factory: Any, argv: list[str], node_options: dict[str, An
     starting.result()  # its error, if starting failed
     try:
         print(serving_line(agent.name, agent.node.endpoint), flush=True)
-        return await signals.wait()
+        stopped = asyncio.create_task(signals.wait(), name="agent-signals")
+        drained = asyncio.create_task(agent.finished.wait(), name="agent-drained")
+        try:
+            await asyncio.wait({stopped, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            drained.cancel()
+        if signals.stopped and signals.code == 0 and drain_s is not None:  # SIGTERM
+            print(f"draining: {json.dumps(await agent.drain(drain_s))}", flush=True)
+        return signals.code
     finally:
         await agent.stop()
+
+
+async def _drain(args: argparse.Namespace) -> int:
+    async with Node(
+        CLI_IDENTITY, discovery=args.discovery, mesh=existing_mesh(args), register=False
+    ) as node:
+        body = {"timeout": args.timeout}
+        answer = await node.request(args.name, "drain", body, timeout=args.timeout + DRAIN_ANSWER_S)
+        print(_json({"drained": args.name, **(answer if isinstance(answer, dict) else {})}))
+    return 0
 
 
 async def _call(args: argparse.Namespace) -> int:

@@ -234,6 +234,7 @@ class Node:
         self.started_ms = 0
         self._closed = False
         self._registered = False  # unregister only what this node registered
+        self._renewing: asyncio.Task[None] | None = None
         self._deliveries = Deliveries(
             outbox,
             self._resolve,
@@ -299,9 +300,10 @@ class Node:
         if self._discovery is not None and self._register:
             await self._first_registration()
             self._registered = True
-            self._tasks.append(
-                asyncio.create_task(self._discovery.renew_forever(), name=f"{self.name} renew")
+            self._renewing = asyncio.create_task(
+                self._discovery.renew_forever(), name=f"{self.name} renew"
             )
+            self._tasks.append(self._renewing)
         self._topic_handlers.start(self.subscribe)
         self._deliveries.resume()
         port, address = self._metrics_at
@@ -360,6 +362,17 @@ class Node:
         await cancel_and_wait(self._tasks)
         if self._inbound is not None:
             self._inbound.close()
+
+    async def withdraw(self) -> None:
+        """Leave the directory but go on serving: peers that know this node (its callers,
+        their redirects) still reach it, while new callers, by name or capability, choose
+        others. The first step of a drain; ``close`` follows when the work is done."""
+        if self._discovery is None or not self._registered or self._closed:
+            return
+        self._registered, self._register = False, False  # and nothing registers it again
+        if self._renewing is not None:
+            self._renewing.cancel()  # ended (and awaited) with the other tasks on close
+        await self._discovery.unregister()
 
     async def __aenter__(self) -> Node:
         return await self.start()
