@@ -6,8 +6,11 @@ Starts, each as its own process: a discovery node, an embedding agent (MiniLM), 
 answering LLM agents with different specialities (billing, technical support, shipping), the
 router, the intake agent and a logger that writes every consultation to a JSONL file. Then,
 from this process, it asks a handful of customer questions through intake, prints each answer
-as it streams in with the route the router chose, has two LLM agents converse, and ends with
-a per-hop latency table and the messaging overhead per streamed token.
+as it streams in with the route the router chose, and has two LLM agents converse. Last,
+billing is drained (``mesh drain billing``) in the middle of an answer: the generation moves
+to another agent serving the same model and the answer goes on from there. It ends with a
+per-hop latency table (its "max gap" column is the longest pause the customer saw between
+two chunks: the drained answer's is the move) and the messaging overhead per streamed token.
 
 Without ``--model`` it builds a tiny random-weights model locally (no download), so the
 answers are gibberish and the output says so; the routing is real (MiniLM embeddings).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh import MeshDirectory, MeshError, MeshProcess, Node
+from mesh.ops.processes import read_line
 
 from .tiny import build_tiny_model, is_tiny_model
 
@@ -41,6 +46,12 @@ QUESTIONS = [
     ("Which payment methods do you accept?", "billing"),
     ("The Wi-Fi keeps dropping every few minutes.", "tech"),
 ]
+DRAINED = ("My invoice shows a charge I do not recognise, what is it?", "billing")
+# long enough to be mid-answer when the drain comes: the hops in between buffer up to a
+# window each (the router's read of billing, intake's read of the router)
+DRAIN_TOKENS = 200
+HELD_AFTER = 3  # text chunks the customer reads before billing is drained
+DRAIN_SEED = 1  # with it the tiny model answers all DRAIN_TOKENS (others may end sooner)
 START_TIMEOUT_S = 120.0  # model loading on a busy 2-core machine
 ANSWER_TIMEOUT_S = 120.0
 PROGRESS_EVERY_S = 10.0  # a line while agents are still loading
@@ -67,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=24, help="max new tokens per answer")
     parser.add_argument("--converse", type=int, default=4, help="conversation turns (0: none)")
     parser.add_argument("--log", default=None, help="consultations JSONL (default: in MESH_HOME)")
+    parser.add_argument(
+        "--drain", action=argparse.BooleanOptionalAction, default=True,
+        help="drain billing mid-answer at the end (default: yes)",
+    )  # fmt: skip
     return parser
 
 
@@ -175,17 +190,34 @@ class Demo:
                 await self.ask(node, index, question, expected)
             if self.args.converse:
                 await self.converse(node)
-            await self.check_log(node)
+            asked = min(self.args.questions, len(QUESTIONS))
+            if self.args.drain:
+                await self.drain_mid_answer(node, url, asked + 1)
+            await self.check_log(node, asked + bool(self.args.drain))
 
-    async def ask(self, node: Node, index: int, question: str, expected: str) -> None:
+    async def ask(
+        self,
+        node: Node,
+        index: int,
+        question: str,
+        expected: str,
+        tokens: int | None = None,
+        pause: Any = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Ask through intake and print the answer as it streams; ``pause`` (a coroutine
+        function) runs after ``HELD_AFTER`` text chunks, the stream held meanwhile (its
+        chunks then say nothing of the mesh's delay per token, and are not counted)."""
         self.say(f"\nQ{index}: {question}")
         sent = time.perf_counter()
-        row: dict[str, Any] = {"q": f"Q{index}"}
+        row: dict[str, Any] = {"q": f"Q{index}", "gap": 0.0}
         last_t: float | None = None
-        body = {"question": question, "max_new_tokens": self.args.tokens, "temperature": 0.8}
-        async for chunk in node.stream(
-            "intake", "ask", {**body, "seed": index}, timeout=ANSWER_TIMEOUT_S
-        ):
+        last_seen: float | None = None
+        texts = 0
+        body = {"question": question, "max_new_tokens": tokens or self.args.tokens,
+                "temperature": 0.8, "seed": index if seed is None else seed}  # fmt: skip
+        done: dict[str, Any] = {}
+        async for chunk in node.stream("intake", "ask", body, timeout=ANSWER_TIMEOUT_S, window=2):
             now = time.time()
             if "route" in chunk and not chunk.get("done"):
                 mark = "as expected" if chunk["route"] == expected else f"expected {expected}"
@@ -195,20 +227,79 @@ class Demo:
                 )
                 row.update(embed=chunk["route_ms"], hop2=chunk["answer_first_chunk_ms"])
             elif "text" in chunk:
+                seen = time.perf_counter()
                 if "ttft" not in row:
-                    row["ttft"] = (time.perf_counter() - sent) * 1000
-                    first_at = time.perf_counter()
+                    row["ttft"] = (seen - sent) * 1000
+                    first_at = seen
+                if last_seen is not None:
+                    row["gap"] = max(row["gap"], (seen - last_seen) * 1000)
+                last_seen = seen
                 self.say(one_line(chunk["text"]), end="")
-                self.token_delays.append(now - chunk["t"])
-                if last_t is not None:
+                texts += 1
+                if texts == HELD_AFTER and pause is not None:
+                    await pause()
+                    last_seen = time.perf_counter()  # the customer's own pause is not the mesh's
+                if pause is None:
+                    self.token_delays.append(now - chunk["t"])
+                if last_t is not None and pause is None:
                     self.token_gaps.append(chunk["t"] - last_t)
                 last_t = chunk["t"]
             elif chunk.get("done"):
                 span = max(time.perf_counter() - first_at, 1e-9) if "ttft" in row else 0.0
                 row.update(tokens=chunk["tokens"], model_tps=chunk["tokens_per_s"])
                 row["client_tps"] = (chunk["tokens"] - 1) / span if span else 0.0
+                done = chunk
         self.say()
         self.rows.append(row)
+        return done
+
+    async def drain_mid_answer(self, node: Node, url: str, index: int) -> None:
+        """``mesh drain billing`` while billing is in the middle of an answer (held there:
+        the customer reads no further until billing says it is draining). The generation
+        moves, cache and sampler, to another agent serving the same model, and the answer
+        goes on; billing's process exits 0."""
+        log = self.mesh.path / "logs" / "drain.log"
+        drain: MeshProcess | None = None
+
+        async def drain_billing() -> None:
+            nonlocal drain
+            self.say(" [mesh drain billing] ", end="")
+            drain = MeshProcess(self.mesh, "drain", "billing", "--discovery", url,
+                                name="drain", log=log)  # fmt: skip
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                try:
+                    if (await node.request("billing", "status", timeout=30))["draining"]:
+                        return
+                except MeshError:  # drained already, and gone
+                    return
+                await asyncio.sleep(0.05)
+            raise RuntimeError("billing did not begin to drain")
+
+        question, expected = DRAINED
+        done = await self.ask(
+            node, index, question, expected, DRAIN_TOKENS, drain_billing, DRAIN_SEED
+        )
+        if drain is None:  # a real model may end its answer first: nothing to show then
+            self.say("(the answer ended before billing could be drained)")
+            return
+        said = await asyncio.to_thread(read_line, drain.process.stdout, ANSWER_TIMEOUT_S)
+        drained = json.loads(said) if said.startswith("{") else {}
+        status = await asyncio.to_thread(drain.process.wait, ANSWER_TIMEOUT_S)
+        if status != 0 or not drained:
+            raise RuntimeError(f"mesh drain billing failed ({status}): {log.read_text()[-300:]}")
+        billing = next(child for child in self.children if child.name == "billing")
+        exited = await asyncio.to_thread(billing.process.wait, ANSWER_TIMEOUT_S)
+        gone = f"its process left the mesh, exit status {exited}"
+        if "moved_to" not in done:  # it ended (an end token) before the move could come
+            self.say(f"billing drained after the answer had ended: nothing to move ({gone})")
+            return
+        self.say(
+            f"billing drained ({drained.get('moved', 0)} generation moved; {gone}): the "
+            f"answer went on from token {done['moved_at']} on {done['moved_to']}, which "
+            f"serves the same model ({done.get('tokens')} tokens in all; the customer's "
+            "pause is its max gap below)"
+        )
 
     async def converse(self, node: Node) -> None:
         self.say(f"\nbilling and tech converse for {self.args.converse} turns, through the mesh:")
@@ -229,8 +320,7 @@ class Demo:
                 self.say(one_line(chunk["text"]), end="")
         self.say()
 
-    async def check_log(self, node: Node) -> None:
-        want = min(self.args.questions, len(QUESTIONS))
+    async def check_log(self, node: Node, want: int) -> None:
         for _ in range(50):  # the last consultation may still be on its way: 5 s at most
             count = await node.request("logger", "count", timeout=10)
             if count["written"] >= want:
@@ -245,12 +335,13 @@ class Demo:
         self.say("embeds the question and ranks); router->answer = router's request until the")
         self.say("answering agent's first chunk; TTFT = this process until the first token")
         header = f"{'':<4}{'route':<10}{'score':>6}{'intake->route':>15}{'embed+rank':>12}"
-        header += f"{'router->answer':>16}{'TTFT':>8}{'tokens':>8}{'tok/s':>8}"
+        header += f"{'router->answer':>16}{'TTFT':>8}{'max gap':>9}{'tokens':>8}{'tok/s':>8}"
         self.say(header)
         for r in self.rows:
             line = f"{r['q']:<4}{r.get('route', '?'):<10}{r.get('score', 0):>6.2f}"
             line += f"{r.get('hop1', 0):>15.1f}{r.get('embed', 0):>12.1f}{r.get('hop2', 0):>16.1f}"
-            line += f"{r.get('ttft', 0):>8.1f}{r.get('tokens', 0):>8}{r.get('client_tps', 0):>8.0f}"
+            line += f"{r.get('ttft', 0):>8.1f}{r.get('gap', 0):>9.1f}{r.get('tokens', 0):>8}"
+            line += f"{r.get('client_tps', 0):>8.0f}"
             self.say(line)
         if self.token_delays:
             delays = sorted(d * 1000 for d in self.token_delays)

@@ -299,7 +299,8 @@ class LLMAgent(Agent):
                 if type(chunk) is Redirect:
                     yield chunk
                 elif chunk.get("done"):
-                    yield {**chunk, "moved_from": adopted.source, "moved_at": moved_at}
+                    yield {**chunk, "moved_from": adopted.source, "moved_at": moved_at,
+                           "moved_to": self.name}  # fmt: skip
                 elif "queued" not in chunk:  # the reader's stream began elsewhere
                     yield chunk
 
