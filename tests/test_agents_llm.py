@@ -386,3 +386,35 @@ async def test_decode_on_splits_prefill_and_decoding_between_two_agents(llm, dis
     done = assert_one_stream(chunks, alone)
     assert done["moved_from"] == "prefill"
     assert done["moved_at"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_reader_that_asked_for_a_restart_gets_the_whole_answer_when_its_agent_dies(
+    llm, discovery, home
+):
+    """The writer is killed mid-answer. A reader using agents.recovery (the caller asked
+    for a restart) gets the same generation from the replica, from the prompt, and only
+    what it had not read: the text of an uninterrupted run. A generation that is not
+    reproducible (sampled, no seed) is not restarted: one typed error."""
+    from agents.recovery import stream_generation
+
+    writer = llm("writer")
+    llm("replica")
+    body = {"prompt": "Your order", "max_new_tokens": 200, "temperature": 0.9, "seed": 5}
+    async with Node("caller", discovery=discovery, mesh=home, heartbeat=0.5) as node:
+        unmoved = await node.request("replica", "generate", body, timeout=60)
+        agents = ["writer", "replica"]
+        stream = stream_generation(node, agents, "generate_stream", body, window=1)
+        chunks = [await anext(stream), await anext(stream)]
+        writer.popen.kill()
+        chunks += await _read_all(stream)
+        second = llm("writer-2")
+        unseeded = {"prompt": "Your order", "max_new_tokens": 200, "temperature": 0.9}
+        stream = stream_generation(node, ["writer-2", "replica"], "generate_stream", unseeded,
+                                   window=1)  # fmt: skip
+        await anext(stream)
+        second.popen.kill()
+        with pytest.raises(PeerLost):
+            await _read_all(stream)
+    done = assert_one_stream(chunks, unmoved)
+    assert done["restarted_on"] == "replica"
