@@ -51,15 +51,17 @@ class Admission:
     def waiting(self) -> int:
         return sum(1 for turn in self._queue if not turn.done())
 
-    def join(self) -> Ticket:
-        """A ticket now, or Overloaded if the queue is full."""
+    def join(self, *, beyond_limit: bool = False) -> Ticket:
+        """A ticket now, or Overloaded if the queue is full (unless ``beyond_limit``: the
+        caller bounds such tickets itself, as an LLM agent does the generations handed to
+        it, which it has promised to run)."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._free > 0 and not self.waiting:
             self._free -= 1
             turn.set_result(None)
             return Ticket(self, 0, turn)
         waiting = self.waiting
-        if waiting >= self.max_waiting:
+        if waiting >= self.max_waiting and not beyond_limit:
             self.refused += 1
             raise Overloaded(f"busy: {waiting} requests already waiting (limit {self.max_waiting})")
         self._queue.append(turn)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from mesh import CallContext, InvalidArgument, Node
 MAX_DESCRIPTION = 300
 DEFAULT_DRAIN_S = 60.0  # how long a drain waits for work it could not hand over
 OPERATOR = "mesh-cli"  # the identity `mesh` commands use: the one that may drain an agent
+DRAIN_POLL_S = 0.05  # how often a drain looks whether the work it waits for has ended
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class Agent:
         self.node.handler("drain", self._drain_handler)  # not on the card: operators only
         self.draining = False
         self.finished = asyncio.Event()  # set once a drain asked over the mesh is done
+        self._drain: asyncio.Task[dict[str, Any]] | None = None
+        self._drain_requests = 0  # `mesh drain` requests waiting on it
 
     def _collect_methods(self) -> list[tuple[MethodSpec, Callable[..., Any]]]:
         found = []
@@ -142,28 +146,53 @@ class Agent:
         return self
 
     async def stop(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()  # stopping now: the drain's wait is over
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
         await self.node.close()
         await self.teardown()
 
     async def drain(self, timeout: float = DEFAULT_DRAIN_S) -> dict[str, Any]:
-        """Take the agent out of service: leave the directory, refuse new work, hand what
-        it holds to replicas (:meth:`hand_over`) and wait up to ``timeout`` seconds for
-        the rest. What happened, as :meth:`hand_over` counts it. Idempotent: a second
-        drain waits as the first."""
-        if not self.draining:
-            self.draining = True
-            self.stop_taking_work()
-            await self.node.withdraw()
-        return await self.hand_over(timeout)
+        """Take the agent out of service: refuse new work and start handing over what it
+        holds (:meth:`stop_taking_work`), leave the directory, then wait up to ``timeout``
+        seconds for every request it is still serving to end. What happened
+        (:meth:`summary`). One drain runs in its own task: a second call, or a caller
+        that gives up (``mesh drain`` interrupted), neither starts another nor stops it."""
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drained(timeout))
+        return await asyncio.shield(self._drain)
+
+    async def _drained(self, timeout: float) -> dict[str, Any]:
+        self.draining = True
+        self.stop_taking_work()
+        await self.node.withdraw()
+        deadline = asyncio.get_running_loop().time() + timeout
+        # what was in flight ends on its own (or moves): its requests' ends are all there is
+        # to wait on, so look every DRAIN_POLL_S until then or the deadline
+        while self._serving_work() or self.holding():
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        return self.summary()
+
+    def _serving_work(self) -> int:
+        """Requests being served but the drain requests themselves (they wait on it)."""
+        return self.node.serving - self._drain_requests
 
     def stop_taking_work(self) -> None:
-        """The first step of a drain, at once: refuse new work, start handing over what is
-        held (an agent with nothing long-running has nothing to do)."""
+        """The first step of a drain, at once: start handing over what is held (an agent
+        with nothing long-running has nothing to do here; new work is refused where the
+        agent checks :attr:`draining`)."""
 
-    async def hand_over(self, timeout: float) -> dict[str, Any]:
-        """Wait (at most ``timeout``) for the work being handed over, and for what stays
-        here; a summary. An agent holding no long work has nothing to wait for."""
-        return {}
+    def holding(self) -> bool:
+        """Whether the agent holds work that no running request stands for (an LLM agent:
+        a generation handed to it, waiting for its reader); a drain waits for it too."""
+        return False
+
+    def summary(self) -> dict[str, Any]:
+        """What a drain reports once it is over: ``still_running``, what it cut off."""
+        return {"still_running": self._serving_work()}
 
     async def _drain_handler(self, body: Any, ctx: CallContext) -> dict[str, Any]:
         """``mesh drain``: drain, answer, then end (:attr:`finished`; ``mesh run`` exits)."""
@@ -172,10 +201,17 @@ class Agent:
         timeout = body.get("timeout", DEFAULT_DRAIN_S) if isinstance(body, dict) else None
         if type(timeout) not in (int, float) or not 0 <= timeout <= 3600:
             raise InvalidArgument("drain takes {'timeout': seconds from 0 to 3600}")
-        summary = await self.drain(float(timeout))
-        # after this answer is on its way: the handler's return sends it in this same step
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drained(float(timeout)))
+        self._drain_requests += 1
+        try:
+            return await asyncio.shield(self._drain)
+        finally:  # the end, once the drain is over and this answer (if any) is on its way
+            self._drain_requests -= 1
+            self._drain.add_done_callback(self._finish_soon)
+
+    def _finish_soon(self, _: object) -> None:
         asyncio.get_running_loop().call_soon(self.finished.set)
-        return summary
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from mesh import MeshDirectory, MeshError, MeshProcess, Node
-from mesh.ops.processes import read_line
 
 from .tiny import build_tiny_model, is_tiny_model
 
@@ -283,7 +282,7 @@ class Demo:
         if drain is None:  # a real model may end its answer first: nothing to show then
             self.say("(the answer ended before billing could be drained)")
             return
-        said = await asyncio.to_thread(read_line, drain.process.stdout, ANSWER_TIMEOUT_S)
+        said = await asyncio.to_thread(drain.next_line, ANSWER_TIMEOUT_S)
         drained = json.loads(said) if said.startswith("{") else {}
         status = await asyncio.to_thread(drain.process.wait, ANSWER_TIMEOUT_S)
         if status != 0 or not drained:

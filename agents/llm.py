@@ -24,8 +24,8 @@ with a :class:`mesh.Redirect` to the replica's ``resume`` with that ticket, whic
 reader's ``Node.stream`` follows: one stream, token-exact, and this agent is free (it can
 exit). A reader that does not follow redirects (a plain request, another implementation)
 gets the rest through this agent instead, which resumes the ticket itself. Only replicas
-whose card shows the same model fingerprint are asked; if none takes it, the generation
-goes on here.
+whose card shows the same model fingerprint and runtime (device type, CPU threads, torch)
+are asked; if none takes it, the generation goes on here.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
+
+import torch
 
 from mesh import CallContext, InvalidArgument, MeshError, Overloaded, PeerInfo, Redirect
 
@@ -60,6 +62,7 @@ MAX_TURNS = 20
 log = logging.getLogger("agents")
 RESUME_TIMEOUT_S = 60.0  # the most a moved generation's next chunk may take to come
 ADOPT_TIMEOUT_S = 60.0  # the most handing a state to a replica may take (megabytes)
+MAX_NAME = 256  # characters in a node's name (protocol.md 13)
 TICKET_TTL_S = 30.0  # an adopted generation waits this long for its reader, then is dropped
 PARAMS_CARD = {
     "max_new_tokens": "int, 1..limit (default 64)",
@@ -107,9 +110,6 @@ class LLMAgent(Agent):
         self._active: Bridge | None = None
         self._adopted: dict[str, _Adopted] = {}  # handed over here, by ticket: for resume
         self._drain_started = asyncio.Event()  # the waiting generations move too
-        self._streams_here = 0  # generations being served (or relayed) here
-        self._idle = asyncio.Event()  # none is
-        self._idle.set()
         self.counts = {"served": 0, "moved": 0, "cancelled": 0, "failed": 0}
         self._counts_at_drain = dict(self.counts)
         self.last: dict[str, Any] | None = None  # the last generation's end and length
@@ -145,9 +145,15 @@ class LLMAgent(Agent):
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def card(self) -> dict[str, Any]:
-        """The agent's card, with the model's fingerprint: a generation moves only to an
-        agent whose card shows the same one."""
-        return {**super().card(), "model": {"fingerprint": self.decoder.fingerprint}}
+        """The agent's card, with the model's fingerprint and what its arithmetic runs on: a
+        generation moves only to an agent whose card shows the same of both (the same
+        weights on other kernels, or on another number of CPU threads, can pick another
+        token)."""
+        return {**super().card(), "model": self._model_card()}
+
+    def _model_card(self) -> dict[str, str]:
+        where = f"{self.model.device.type}, {torch.get_num_threads()} threads, {torch.__version__}"
+        return {"fingerprint": self.decoder.fingerprint, "runtime": where}
 
     # ------------------------------------------------------------------ methods
 
@@ -167,9 +173,15 @@ class LLMAgent(Agent):
 
     @method("Answer a chat, streamed.", params={"messages": "[{role, content}]", **PARAMS_CARD})
     async def chat_stream(self, body: Any, ctx: CallContext) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in self._chat(body, ctx):
+            yield chunk
+
+    async def _chat(
+        self, body: Any, ctx: CallContext, *, new: bool = True
+    ) -> AsyncIterator[dict[str, Any]]:
         fields = check_fields(body, "messages")
         prompt = self.chat_prompt(messages_of(fields))
-        async for chunk in self._generation(prompt, fields, ctx):
+        async for chunk in self._generation(prompt, fields, ctx, new=new):
             yield chunk
 
     @method(
@@ -194,7 +206,7 @@ class LLMAgent(Agent):
                 for who, text in transcript
             ]
             if speaker == self.name:  # read here, not by a reader that follows redirects
-                chunks = self.chat_stream({"messages": view, **params}, _collecting(ctx))
+                chunks = self._chat({"messages": view, **params}, _collecting(ctx), new=False)
             else:
                 chunks = self.node.stream(partner, "chat_stream", {"messages": view, **params})
             said = []
@@ -223,7 +235,9 @@ class LLMAgent(Agent):
             raise InvalidArgument("only the caller of a generation may move it")
         if body["to"] not in {info.name for info in await self._replicas()}:
             raise InvalidArgument(f"{body['to']} is not a live agent serving this same model")
-        return {"moving": self.move_to(body["to"])}
+        if active is None or self._active is not active:  # it ended during the lookup
+            return {"moving": False}
+        return {"moving": self._ask_to_move(body["to"], active)}
 
     def move_to(self, target: str) -> bool:
         """Move the running generation to ``target`` at its next token; False when none is
@@ -231,11 +245,11 @@ class LLMAgent(Agent):
         it, the generation goes on here."""
         if not target or target == self.name:
             raise InvalidArgument("a generation moves to another agent, named")
-        return self._ask_to_move(target)
+        return self._ask_to_move(target, self._active)
 
-    def _ask_to_move(self, target: str) -> bool:
-        """``target`` "" means any replica (a drain)."""
-        active = self._active
+    @staticmethod
+    def _ask_to_move(target: str, active: Bridge | None) -> bool:
+        """Move ``active`` to ``target`` ("": any replica, a drain) at its next token."""
         if active is None or active.ended or active.move_to is not None:
             return False
         active.move_to = target
@@ -251,7 +265,8 @@ class LLMAgent(Agent):
         a BadRequest to the mover, before any of it is used) and hold it for ``reader``'s
         ``resume``, at most ``max_queue`` at a time, each for ``TICKET_TTL_S``."""
         self._check_taking()
-        if not isinstance(body, dict) or not isinstance(body.get("reader"), str):
+        reader = body.get("reader") if isinstance(body, dict) else None
+        if not isinstance(reader, str) or not 0 < len(reader) <= MAX_NAME:
             raise InvalidArgument("adopt needs {'state': a captured generation, 'reader': name}")
         state = body.get("state")
         params = state.get("params") if isinstance(state, dict) else None
@@ -264,9 +279,14 @@ class LLMAgent(Agent):
         self._check_length(generation.prompt_tokens, generation.params.max_new_tokens)
         self._check_taking()  # again: the checks above took a while
         ticket = secrets.token_hex(16)
-        expiry = asyncio.get_running_loop().call_later(TICKET_TTL_S, self._adopted.pop, ticket)
-        self._adopted[ticket] = _Adopted(generation, body["reader"], ctx.peer, expiry)
+        expiry = asyncio.get_running_loop().call_later(TICKET_TTL_S, self._expire, ticket)
+        self._adopted[ticket] = _Adopted(generation, reader, ctx.peer, expiry)
         return {"ticket": ticket}
+
+    def _expire(self, ticket: str) -> None:
+        """Its reader never came: the generation (its cache) is dropped."""
+        if self._adopted.pop(ticket, None) is not None:
+            log.warning("a handed-over generation waited for its reader in vain; dropped")
 
     def _check_taking(self) -> None:
         if self.draining:
@@ -293,14 +313,19 @@ class LLMAgent(Agent):
         log.info("resuming a generation from %s at token %d", adopted.source,
                  adopted.generation.produced)  # fmt: skip
         moved_at = adopted.generation.produced
-        chunks = self._served(lambda: adopted.generation, ctx.peer, ctx.follows_redirects)
+        # adopt bounded how many wait here: the queue's own bound does not refuse it now
+        chunks = self._served(
+            lambda: adopted.generation, ctx.peer, ctx.follows_redirects, adopted=True
+        )
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 if type(chunk) is Redirect:
                     yield chunk
                 elif chunk.get("done"):
-                    yield {**chunk, "moved_from": adopted.source, "moved_at": moved_at,
-                           "moved_to": self.name}  # fmt: skip
+                    here = chunk["tokens"] - moved_at  # what this agent produced of it
+                    rate = round(here / max(chunk["generate_ms"], 1e-6) * 1000, 1)
+                    yield {**chunk, "tokens_per_s": rate, "moved_from": adopted.source,
+                           "moved_at": moved_at, "moved_to": self.name}  # fmt: skip
                 elif "queued" not in chunk:  # the reader's stream began elsewhere
                     yield chunk
 
@@ -308,21 +333,21 @@ class LLMAgent(Agent):
         """A drain: every generation here, running or waiting, moves to a replica at its
         next token (or before its first); one that none takes goes on here."""
         self._counts_at_drain = dict(self.counts)
-        self._ask_to_move("")
+        self._ask_to_move("", self._active)
         self._drain_started.set()  # the waiting ones leave the queue to move
 
-    async def hand_over(self, timeout: float) -> dict[str, Any]:
-        """Wait up to ``timeout`` for the streams here to end (the moves, what went on
-        here, relays to readers that do not follow redirects). Counts of what moved and
-        what finished here since the drain began, and of what is still running."""
+    def holding(self) -> bool:
+        """Generations handed over here whose readers have not come yet: a drain waits
+        for them (they come, and are moved on, or expire)."""
+        return bool(self._adopted)
+
+    def summary(self) -> dict[str, Any]:
+        """What moved and what finished here since the drain began; what still runs."""
         before = self._counts_at_drain
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
         return {
             "moved": self.counts["moved"] - before["moved"],
             "finished_here": self.counts["served"] - before["served"],
-            "still_running": self._streams_here,
+            **super().summary(),
         }
 
     @method("What the model is doing: queue, active generation, counts.")
@@ -335,6 +360,8 @@ class LLMAgent(Agent):
             "waiting": self.admission.waiting,
             "refused": self.admission.refused,
             "active_tokens": active.produced if active is not None else None,
+            "handing_over": active is not None and active.state is not None,
+            "adopted": len(self._adopted),  # handed over here, their readers not yet come
             "draining": self.draining,
             "last": self.last,
             **self.counts,
@@ -351,20 +378,24 @@ class LLMAgent(Agent):
         return "\n".join([*lines, "Assistant:"])
 
     async def _generation(
-        self, prompt: str, fields: dict[str, Any], ctx: CallContext
+        self, prompt: str, fields: dict[str, Any], ctx: CallContext, *, new: bool = True
     ) -> AsyncIterator[Any]:
         """Chunks of one generation: maybe ``queued``, text, then ``done`` with timings (or
-        a Redirect, if it moved and its reader follows redirects)."""
+        a Redirect, if it moved and its reader follows redirects). A ``new`` one (a request
+        rather than a turn of a conversation under way) is refused while draining."""
         params = GenerationParams.from_body(fields, limit=self.token_limit)
         encoded = self.tokenizer(prompt, return_tensors="pt")
         self._check_length(encoded["input_ids"].shape[1], params.max_new_tokens)
         prompt_ids = encoded["input_ids"][0].tolist()
         if not prompt_ids:
             raise InvalidArgument("the prompt encodes to no tokens")
-        if self.draining:
+        if self.draining and new:
             raise Overloaded("this agent is draining")
         decode_on = fields.get("decode_on")
-        if decode_on is not None and decode_on not in {r.name for r in await self._replicas()}:
+        if decode_on is not None and (
+            not isinstance(decode_on, str)
+            or decode_on not in {info.name for info in await self._replicas()}
+        ):
             raise InvalidArgument(f"decode_on: {decode_on!r} is not an agent serving this model")
         start = functools.partial(self.decoder.start, prompt_ids, params)
         async for chunk in self._served(start, ctx.peer, ctx.follows_redirects, decode_on):
@@ -376,18 +407,20 @@ class LLMAgent(Agent):
         owner: str,
         follows: bool,
         decode_on: str | None = None,
+        *,
+        adopted: bool = False,
     ) -> AsyncIterator[Any]:
         """Queue, then run the generation ``start`` makes (in the worker thread) to its end:
         its chunks, then ``done``. Moved meanwhile (:meth:`move`, a drain, or ``decode_on``
         after its first token: the prompt computed here, the rest decoded there), it ends
         with a Redirect to the replica that took it if its reader ``follows`` redirects,
         else the replica's chunks are passed on from here; if no replica takes it, it goes
-        on here. A drain moves the waiting ones too, before they ever run here."""
+        on here. A drain moves the waiting ones too, before they ever run here; if one it
+        asked for could not move (or a named move it met failed), it tries any replica
+        once."""
         loop = asyncio.get_running_loop()
         received = time.perf_counter()
-        ticket = self.admission.join()  # Overloaded if the queue is full
-        self._streams_here += 1
-        self._idle.clear()
+        ticket = self.admission.join(beyond_limit=adopted)  # Overloaded if the queue is full
         redirect: Redirect | None = None
         try:
             if ticket.position:
@@ -420,6 +453,9 @@ class LLMAgent(Agent):
                     if finish == "moved":
                         target, handle = await self._hand_over(bridge, owner if follows else "")
                         handed = True
+                        if self._active is bridge:
+                            self._active = None
+                        ticket.leave()  # nothing more is computed here: the model is free
                         if follows:
                             redirect = Redirect(target, "resume", {"ticket": handle})
                         else:
@@ -435,12 +471,18 @@ class LLMAgent(Agent):
                 except MeshError as exc:
                     if finish != "moved" or handed:
                         bridge.cancelled.set()
-                        finish = "failed"
+                        went_on, finish, handed = handed, "failed", False
+                        if went_on:  # the replica's (or the relay's) failure: not the caller's
+                            raise MoveFailed(
+                                f"the generation failed on {bridge.move_to}: {exc}"
+                            ) from exc
                         raise
                     log.warning("no agent took the generation (%s); going on here", exc)
                     start = functools.partial(self.decoder.restore, bridge.state)
                     first_token_at = bridge.first_token_at
-                    going_on_here = stays = True
+                    going_on_here = True
+                    # a drain tries any replica once, after a named move (or decode_on) failed
+                    stays = not (self.draining and bridge.move_to != "")
                     continue
                 except Exception:
                     bridge.cancelled.set()
@@ -459,12 +501,8 @@ class LLMAgent(Agent):
                 yield {**_done(finish, bridge, received, admitted), **moved.get("where", {})}
         finally:
             ticket.leave()
-            self._streams_here -= 1
-            if not self._streams_here:
-                self._idle.set()
         if redirect is not None:
-            # last, outside the bookkeeping: the handler sends it as the stream's end in
-            # this same step, so a drain waiting for idleness sees it sent
+            # last: the handler sends it as the stream's end, and its request ends with it
             yield redirect
 
     async def _turn(self, ticket: Ticket) -> bool:
@@ -476,17 +514,21 @@ class LLMAgent(Agent):
         drain = asyncio.ensure_future(self._drain_started.wait())
         try:
             await asyncio.wait({turn, drain}, return_when=asyncio.FIRST_COMPLETED)
+            came = turn.done() and not turn.cancelled()
         finally:
             turn.cancel()  # the ticket's own place is shielded: leave() gives it back
             drain.cancel()
-        return turn.done() and not turn.cancelled()
+            await asyncio.gather(turn, drain, return_exceptions=True)
+        return came
 
     async def _replicas(self) -> list[PeerInfo]:
-        """Live agents serving this very model (their card's fingerprint), not this one."""
+        """Live agents serving this very model on the same arithmetic (their card's
+        fingerprint and runtime), not this one."""
+        ours = self._model_card()
         return [
             info
             for info in await self.node.peers()
-            if info.name != self.name and _fingerprint_of(info) == self.decoder.fingerprint
+            if info.name != self.name and _model_of(info) == ours
         ]
 
     async def _hand_over(self, bridge: Bridge, reader: str) -> tuple[str, str]:
@@ -599,10 +641,9 @@ def _collecting(ctx: CallContext) -> CallContext:
     return replace(ctx, follows_redirects=False)
 
 
-def _fingerprint_of(info: PeerInfo) -> str | None:
+def _model_of(info: PeerInfo) -> Any:
     card = info.meta.get("card")
-    model = card.get("model") if isinstance(card, dict) else None
-    return model.get("fingerprint") if isinstance(model, dict) else None
+    return card.get("model") if isinstance(card, dict) else None
 
 
 async def _settled(future: asyncio.Future[Any]) -> None:

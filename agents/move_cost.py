@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
+import select
 import statistics
 import subprocess
 import sys
@@ -99,8 +100,13 @@ async def _measure(
     decoder = Decoder(lm, tokenizer)
     sink = subprocess.Popen([sys.executable, "-c", RAW_SINK], stdout=subprocess.PIPE, text=True)
     assert sink.stdout is not None
+    ready, _, _ = select.select([sink.stdout], [], [], START_S)
+    port = sink.stdout.readline().strip() if ready else ""
+    if not port.isdigit():
+        sink.kill()
+        raise RuntimeError("the raw pyzmq sink did not start")
     raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-    raw.connect(f"tcp://127.0.0.1:{sink.stdout.readline().strip()}")
+    raw.connect(f"tcp://127.0.0.1:{port}")
     rows = []
     try:
         async with Node("bench", discovery=url, mesh=mesh) as node:

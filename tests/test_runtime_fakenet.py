@@ -682,6 +682,7 @@ def test_a_loop_of_redirects_ends_after_max_redirects(fake_mesh):
     [
         ({"redirect": {"peer": 7, "method": ""}}, True, "malformed redirect"),
         ({"redirect": "c.more"}, True, "malformed redirect"),
+        ({"redirect": None}, True, "malformed redirect"),
         ({"redirect": {"peer": "c", "method": "more"}}, False, "not followed"),
     ],
 )
@@ -699,8 +700,15 @@ def test_a_redirect_the_reader_cannot_follow_fails_the_stream(
     async def scenario() -> None:
         a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
         b.handler("count", _counting(0, 2, Redirect("c", "more")))
+        seen: list[int] = []
+
+        async def read() -> None:
+            async for chunk in a.stream("b", "count", timeout=30, follow_redirects=follow):
+                seen.append(chunk)
+
         with pytest.raises(RedirectFailed, match=error):
-            await _collect(a.stream("b", "count", timeout=30, follow_redirects=follow))
+            await read()
+        assert seen == [0, 1]  # the chunks before, and nothing made up after
         assert a._pool.connections["b"].calls == {}
         with pytest.raises(RedirectFailed, match=r"plain request|malformed"):
             await a.request("b", "count", timeout=30)

@@ -339,6 +339,7 @@ async def _agent_class(
         finally:
             stopped.cancel()
             drained.cancel()
+            await asyncio.gather(stopped, drained, return_exceptions=True)
         if signals.stopped and signals.code == 0 and drain_s is not None:  # SIGTERM
             print(f"draining: {json.dumps(await agent.drain(drain_s))}", flush=True)
         return signals.code

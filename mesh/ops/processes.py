@@ -114,6 +114,11 @@ class MeshProcess:
         last = err.strip().splitlines()[-1] if err.strip() else line
         raise RuntimeError(f"{self.name} did not start: {last}")
 
+    def next_line(self, timeout: float) -> str:
+        """The child's next line on stdout (a command's answer), or "" if none comes within
+        ``timeout`` seconds."""
+        return read_line(self.process.stdout, timeout)
+
     def stop(self) -> int:
         """SIGTERM, and the exit status; SIGKILL if it has not exited within 10 s."""
         return MeshProcess.stop_all([self])[0]

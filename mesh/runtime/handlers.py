@@ -99,10 +99,10 @@ class Redirect:
     def from_meta(cls, meta: Any, body: Any) -> Redirect | None:
         """The redirect a STREAM_END's meta and body carry; None when there is none;
         InvalidArgument for one of the wrong shape."""
-        value = meta.get("redirect") if isinstance(meta, dict) else None
-        if value is None:
+        if not isinstance(meta, dict) or "redirect" not in meta:
             return None
-        if not isinstance(value, dict):
+        value = meta["redirect"]
+        if not isinstance(value, dict):  # nil included: a redirect key says there is one
             raise InvalidArgument("a redirect is a map {peer, method}")
         return cls(value.get("peer"), value.get("method"), body)  # type: ignore[arg-type]
 
@@ -279,6 +279,11 @@ class HandlerRunner:
             self._streams.pop(key, None)
             self._one_way.discard(key)
             task.get_loop().call_soon(on_done, False)
+
+    @property
+    def running(self) -> int:
+        """Requests, streams and one-way messages being handled now."""
+        return len(self._running)
 
     def _running_for(self, caller: Caller, msg_id: int) -> tuple[bytes, int] | None:
         key = (caller.node_id, msg_id)

@@ -363,6 +363,12 @@ class Node:
         if self._inbound is not None:
             self._inbound.close()
 
+    @property
+    def serving(self) -> int:
+        """Requests, streams and one-way messages this node's handlers are working on now
+        (what a drain waits for)."""
+        return self._runner.running
+
     async def withdraw(self) -> None:
         """Leave the directory but go on serving: peers that know this node (its callers,
         their redirects) still reach it, while new callers, by name or capability, choose
