@@ -453,3 +453,22 @@ async def test_a_reader_that_asked_for_a_restart_gets_the_whole_answer_when_its_
             await _read_all(stream)
     done = assert_one_stream(chunks, unmoved)
     assert done["restarted_on"] == "replica"
+
+
+def test_mesh_bench_migration_prints_and_writes_the_cost_table(spawn, tmp_path):
+    """`mesh bench --migration`: the state's bytes, the move beside recomputing and beside
+    raw pyzmq, and the prefill/decode split, for each context asked."""
+    out = tmp_path / "migration.json"
+    bench = spawn("bench", "--migration", "--contexts", "16,64", "--runs", "1", "--json",
+                  str(out))  # fmt: skip
+    assert bench.popen.wait(START_S + 200) == 0, bench.popen.stderr.read()[-2000:]
+    printed = "\n".join(bench.lines(10_000, timeout=10))
+    assert "move to next token ms" in printed and "raw pyzmq, same bytes ms" in printed
+    assert "prefill/decode split, 16 tokens" in printed
+    rows = json.loads(out.read_text())["migration"]["rows"]
+    assert all(row["context"] <= limit for row, limit in zip(rows, (16, 64), strict=True))
+    assert rows[0]["bytes"] < rows[1]["bytes"]  # a longer context, a larger cache
+    for row in rows:
+        assert all(len(row[key]) == 1 and row[key][0] > 0 for key in (
+            "capture_ms", "move_ms", "recompute_ms", "raw_ms", "split_ttft_ms",
+            "split_total_ms", "alone_ttft_ms", "alone_total_ms"))  # fmt: skip
