@@ -20,6 +20,7 @@ from ..core.identity import Certificate, Identity
 from ..ops.logs import configure as configure_logs
 from ..runtime.keystore import default_mesh_dir, mesh_directory
 from ..runtime.node import DEFAULT_DISCOVERY, ENV_DISCOVERY
+from ..runtime.sockets import close_shared_context
 from . import cmd_bench, cmd_deadletters, cmd_gateway, cmd_launch, cmd_live, cmd_status
 from .completion import script as completion_script
 from .options import existing_mesh, json_option
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:  # the process ends here: what its sockets still hold goes out first
+        close_shared_context()
 
 
 def _default_discovery_hint(args: argparse.Namespace, exc: MeshError) -> str:

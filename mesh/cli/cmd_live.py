@@ -38,6 +38,7 @@ from .table import printable
 CLI_IDENTITY = "mesh-cli"
 DEFAULT_DRAIN_S = 60.0  # agents.base.DEFAULT_DRAIN_S: the core does not import agents
 DRAIN_ANSWER_S = 30.0  # what a drain's answer may take beyond its own timeout
+FINISH_GRACE_S = 0.5  # a drained agent keeps reading this long after its last answer
 ENV_METRICS_PORT = "MESH_METRICS_PORT"
 
 
@@ -332,8 +333,11 @@ async def _agent_class(
     starting.result()  # its error, if starting failed
     try:
         print(serving_line(agent.name, agent.node.endpoint), flush=True)
+        # an agents.Agent can be drained (`mesh drain`, SIGTERM under --drain); other
+        # classes that own their node (mesh run a2a) just stop
+        finished = getattr(agent, "finished", None) or asyncio.Event()
         stopped = asyncio.create_task(signals.wait(), name="agent-signals")
-        drained = asyncio.create_task(agent.finished.wait(), name="agent-drained")
+        drained = asyncio.create_task(finished.wait(), name="agent-drained")
         try:
             await asyncio.wait({stopped, drained}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -341,7 +345,12 @@ async def _agent_class(
             drained.cancel()
             await asyncio.gather(stopped, drained, return_exceptions=True)
         if signals.stopped and signals.code == 0 and drain_s is not None:  # SIGTERM
-            print(f"draining: {json.dumps(await agent.drain(drain_s))}", flush=True)
+            if hasattr(agent, "drain"):
+                print(f"draining: {json.dumps(await agent.drain(drain_s))}", flush=True)
+        elif finished.is_set():
+            # drained by `mesh drain`: its answer is on the wire; closing the sockets at
+            # once could reset the connection under it (the operator would never read it)
+            await signals.wait(FINISH_GRACE_S)
         return signals.code
     finally:
         await agent.stop()

@@ -155,6 +155,7 @@ class Connection:
         self._loop_time = asyncio.get_running_loop().time
         self._tasks: list[asyncio.Task] = []
         self.frames_sent = self.messages_sent = 0
+        self._receiving = False  # in _receive: a failed send then reads nothing more
         self._rows: list[bytes] = []  # one-way messages waiting to be coalesced
         self._row_bytes = 0
         self._flush_due = False
@@ -325,6 +326,13 @@ class Connection:
     # ------------------------------------------------------------------ reading
 
     def _receive(self, frames: list[bytes]) -> None:
+        self._receiving = True  # a send that fails in here must not read more in the middle
+        try:
+            self._received(frames)
+        finally:
+            self._receiving = False
+
+    def _received(self, frames: list[bytes]) -> None:
         if self.state is ConnectionState.CLOSED:
             return
         self.last_heard = self._loop_time()
@@ -475,8 +483,7 @@ class Connection:
     def _write(self, frames: list, messages: list[Message]) -> int:
         """Hand the sealed frames to the transport; their size in bytes."""
         if self._transport is None or not self._transport.send(frames):
-            self.lose(f"{self.name} is unreachable")
-            raise PeerLost(f"{self.name} is unreachable", peer=self.name)
+            raise self._unreachable()
         size = sum(len(frame) for frame in frames)
         self.frames_sent += 1
         self.messages_sent += len(messages)
@@ -516,8 +523,7 @@ class Connection:
             session = self._require_sendable()
             frames = session.seal_payload(payload_of_rows(rows), now_ms())
             if self._transport is None or not self._transport.send(frames):
-                self.lose(f"{self.name} is unreachable")
-                raise PeerLost(f"{self.name} is unreachable", peer=self.name)
+                raise self._unreachable()
         except MeshError:
             self._drops["unsent"] += len(rows)
             return
@@ -633,6 +639,15 @@ class Connection:
                     self.send([Message(Kind.PING, next_msg_id())])
                 except MeshError:  # the peer is gone, or our own socket was closed
                     return
+
+    def _unreachable(self) -> PeerLost:
+        """A send found the peer gone. What it sent before it went is taken first (a peer
+        that answers and then exits, as a drained agent does, has answered), then every
+        call still waiting fails; the PeerLost to raise."""
+        if self._transport is not None and not self._receiving:
+            self._transport.read_now()
+        self.lose(f"{self.name} is unreachable")
+        return PeerLost(f"{self.name} is unreachable", peer=self.name)
 
     def lose(self, reason: str) -> None:
         """The peer is gone: fail every call in flight with PeerLost and close."""

@@ -55,6 +55,17 @@ def shared_context() -> zmq.Context:
     return _shared
 
 
+def close_shared_context() -> None:
+    """At the end of a process: close what is left and flush what its sockets still hold
+    (each for up to its ``LINGER``). Without it, pyzmq drops at interpreter exit what its
+    I/O thread has not written yet: a drained agent's last reply, sent just before it
+    exits, could be lost."""
+    global _shared
+    if _shared is not None and not _shared.closed:
+        _shared.destroy(linger=LINGER_MS)
+    _shared = None
+
+
 SCHEMES = ("tcp", "ipc", "inproc")
 
 
