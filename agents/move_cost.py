@@ -63,10 +63,14 @@ while True:
 
 
 def measure(
-    contexts: tuple[int, ...] = CONTEXTS, runs: int = 5, model: str | None = None
+    contexts: tuple[int, ...] = CONTEXTS,
+    runs: int = 5,
+    model: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Start the agents, measure every context ``runs`` times (after one warm-up), stop
-    them; the figures as a JSON-able dict (:func:`table` renders it)."""
+    them; the figures as a JSON-able dict (:func:`table` renders it). ``device``: where
+    the agents and this process keep the model and the cache (``cuda`` on a GPU)."""
     described = model or "GPT-2 small's shape, random weights"
     with tempfile.TemporaryDirectory() as home:
         mesh = MeshDirectory(Path(home))
@@ -81,22 +85,29 @@ def measure(
             for name in ("agent", "prefill"):
                 children.append(MeshProcess(
                     mesh, "run", "--discovery", url, "agents.llm:LLMAgent", "--name", name,
-                    "--model", model, "--token-limit", str(POSITIONS), name=name,
+                    "--model", model, "--token-limit", str(POSITIONS), "--device", device,
+                    name=name,
                     log=Path(home) / f"{name}.log",
                 ))  # fmt: skip
             for child in children[1:]:
                 child.endpoint(START_S)
-            rows = asyncio.run(_measure(url, mesh, model, contexts, runs))
+            rows = asyncio.run(_measure(url, mesh, model, contexts, runs, device))
         finally:
             for child in reversed(children):
                 child.stop()
-    return {"model": described, "machine": _machine(), "runs": runs, "rows": rows}
+    machine = f"{_machine()}; the cache on {device}"
+    return {"model": described, "machine": machine, "runs": runs, "rows": rows}
 
 
 async def _measure(
-    url: str, mesh: MeshDirectory, model: str, contexts: tuple[int, ...], runs: int
+    url: str,
+    mesh: MeshDirectory,
+    model: str,
+    contexts: tuple[int, ...],
+    runs: int,
+    device: str,
 ) -> list[dict[str, Any]]:
-    tokenizer, lm, _ = load_causal_lm(model, "cpu")
+    tokenizer, lm, _ = load_causal_lm(model, device)
     decoder = Decoder(lm, tokenizer)
     sink = subprocess.Popen([sys.executable, "-c", RAW_SINK], stdout=subprocess.PIPE, text=True)
     assert sink.stdout is not None

@@ -67,6 +67,9 @@ def add_commands(commands: Any) -> None:
         "--contexts", default="64,512,1024", help="with --migration: context lengths in tokens"
     )
     bench.add_argument("--runs", type=int, default=5, help="with --migration: runs of each")
+    bench.add_argument(
+        "--device", default="cpu", help="with --migration: cpu or cuda[:N] (the cache's place)"
+    )
     bench.set_defaults(run=_bench)
 
 
@@ -122,7 +125,7 @@ def _migration(args: argparse.Namespace) -> int:
             f"mesh bench --migration needs the llm extra ({exc.name} is missing): "
             "scripts/setup llm, or pip install -e '.[llm]'"
         ) from None
-    measured = move_cost.measure(contexts, 2 if args.quick else args.runs)
+    measured = move_cost.measure(contexts, 2 if args.quick else args.runs, device=args.device)
     print(move_cost.table(measured))
     if args.json:
         Path(args.json).write_text(json.dumps({"migration": measured}, indent=2) + "\n")
