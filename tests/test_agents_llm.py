@@ -310,28 +310,17 @@ async def _read_all(stream) -> list:
 
 
 @pytest.mark.asyncio
-async def test_sigterm_under_run_drain_hands_the_generation_over_then_exits_0(llm, discovery, home):
+@pytest.mark.parametrize("replica", [True, False], ids=["to-a-replica", "no-replica"])
+async def test_sigterm_under_run_drain_hands_the_generation_over_then_exits_0(
+    llm, discovery, home, replica
+):
+    """SIGTERM under --drain: the generation moves to the replica; with none, the drain
+    waits for it (within its bound) instead of dropping it, and the reader gets all of it
+    from the agent it began on. Either way the reader sees one whole stream, and exit 0."""
     writer = llm("writer", "--drain", "60")
-    llm("replica")
+    if replica:
+        llm("replica")
     body = {"prompt": "Your order", "max_new_tokens": 60, "temperature": 0.9, "seed": 5}
-    async with Node("caller", discovery=discovery, mesh=home) as node:
-        unmoved = await node.request("replica", "generate", body, timeout=60)
-        stream = node.stream("writer", "generate_stream", body, timeout=60, window=1)
-        first = await anext(stream)
-        writer.popen.send_signal(signal.SIGTERM)
-        await eventually(lambda: _draining(node, "writer"), timeout=60)  # held till then
-        rest = await _read_all(stream)
-        assert writer.popen.wait(60) == 0
-    assert assert_one_stream([first, *rest], unmoved)["moved_from"] == "writer"
-    assert writer.wait_line('draining: {"moved": 1', timeout=10)
-
-
-@pytest.mark.asyncio
-async def test_a_drain_with_no_replica_lets_the_generation_finish_here(llm, discovery, home):
-    """Nobody can take it: the drain waits for the generation (within its bound) instead
-    of dropping it, and the reader gets all of it from the agent it began on."""
-    writer = llm("writer", "--drain", "60")
-    body = {"prompt": "Your order", "max_new_tokens": 60, "seed": 5}
     async with Node("caller", discovery=discovery, mesh=home) as node:
         unmoved = await node.request("writer", "generate", body, timeout=60)
         stream = node.stream("writer", "generate_stream", body, timeout=60, window=1)
@@ -340,8 +329,10 @@ async def test_a_drain_with_no_replica_lets_the_generation_finish_here(llm, disc
         await eventually(lambda: _draining(node, "writer"), timeout=60)  # held till then
         rest = await _read_all(stream)
         assert writer.popen.wait(60) == 0
-    assert "moved_from" not in assert_one_stream([first, *rest], unmoved)
-    assert writer.wait_line('"finished_here": 1', timeout=10)
+    done = assert_one_stream([first, *rest], unmoved)
+    assert done.get("moved_from") == ("writer" if replica else None)
+    summary = '{"moved": 1, "finished_here": 0' if replica else '"finished_here": 1'
+    assert writer.wait_line(summary, timeout=10)
 
 
 @pytest.mark.asyncio
