@@ -12,8 +12,8 @@ command does not know are parsed by the class's :meth:`Agent.add_options`.
 
 A *drain* (``mesh drain NAME``, or SIGTERM under ``mesh run --drain``) takes an agent out of
 service without dropping work: it leaves the directory (new callers choose others), hands
-what it holds to replicas where it can (:meth:`Agent.hand_over`: an LLM agent moves its
-generations), waits, within a bound, for the rest to finish, then ends the process.
+what it holds to replicas where it can (:meth:`Agent.stop_taking_work`: an LLM agent moves
+its generations), waits, within a bound, for the rest to finish, then ends the process.
 """
 
 from __future__ import annotations

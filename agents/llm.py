@@ -17,15 +17,15 @@ beyond that a request fails at once with :class:`mesh.Overloaded`. Streamed chun
 the same clock can measure the mesh's share), then ``{"done": true, ...}`` with the finish
 reason and timings. A reader that stops reading pauses the model; one that leaves stops it.
 
-Moving a generation (``move``, or a drain: :meth:`LLMAgent.hand_over`): at a token boundary
-the worker thread captures its state (:mod:`agents.decoding`); the replica's ``adopt``
-checks it whole and holds it under a ticket bound to the reader; the stream here then ends
-with a :class:`mesh.Redirect` to the replica's ``resume`` with that ticket, which the
-reader's ``Node.stream`` follows: one stream, token-exact, and this agent is free (it can
-exit). A reader that does not follow redirects (a plain request, another implementation)
-gets the rest through this agent instead, which resumes the ticket itself. Only replicas
-whose card shows the same model fingerprint and runtime (device type, CPU threads, torch)
-are asked; if none takes it, the generation goes on here.
+Moving a generation (``move``, a drain: :meth:`LLMAgent.stop_taking_work`, ``decode_on``):
+at a token boundary the worker thread captures its state (:mod:`agents.decoding`); the
+replica's ``adopt`` checks it whole and holds it under a ticket bound to the reader; the
+stream here then ends with a :class:`mesh.Redirect` to the replica's ``resume`` with that
+ticket, which the reader's ``Node.stream`` follows: one stream, token-exact, and this agent
+is free (it can exit). A reader that does not follow redirects (a plain request, another
+implementation) gets the rest through this agent instead, which resumes the ticket itself.
+Only replicas whose card shows the same model fingerprint and runtime (device type, CPU
+threads, torch) are asked; if none takes it, the generation goes on here.
 """
 
 from __future__ import annotations
