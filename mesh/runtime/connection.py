@@ -155,7 +155,6 @@ class Connection:
         self._loop_time = asyncio.get_running_loop().time
         self._tasks: list[asyncio.Task] = []
         self.frames_sent = self.messages_sent = 0
-        self._receiving = False  # in _receive: a failed send then reads nothing more
         self._rows: list[bytes] = []  # one-way messages waiting to be coalesced
         self._row_bytes = 0
         self._flush_due = False
@@ -326,13 +325,6 @@ class Connection:
     # ------------------------------------------------------------------ reading
 
     def _receive(self, frames: list[bytes]) -> None:
-        self._receiving = True  # a send that fails in here must not read more in the middle
-        try:
-            self._received(frames)
-        finally:
-            self._receiving = False
-
-    def _received(self, frames: list[bytes]) -> None:
         if self.state is ConnectionState.CLOSED:
             return
         self.last_heard = self._loop_time()
@@ -644,7 +636,7 @@ class Connection:
         """A send found the peer gone. What it sent before it went is taken first (a peer
         that answers and then exits, as a drained agent does, has answered), then every
         call still waiting fails; the PeerLost to raise."""
-        if self._transport is not None and not self._receiving:
+        if self._transport is not None:
             self._transport.read_now()
         self.lose(f"{self.name} is unreachable")
         return PeerLost(f"{self.name} is unreachable", peer=self.name)

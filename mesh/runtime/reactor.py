@@ -42,6 +42,7 @@ class Reactor:
         self._loop = asyncio.get_running_loop()
         self._fd = socket.getsockopt(zmq.FD)
         self._scheduled = False
+        self._reading = False  # inside _drain: a send failing there must not read more
         self.closed = False
         self._loop.add_reader(self._fd, self._drain)
         self._schedule()  # messages may have arrived before the reader was added
@@ -53,6 +54,13 @@ class Reactor:
 
     def _drain(self) -> None:
         self._scheduled = False
+        self._reading = True
+        try:
+            self._read_batch()
+        finally:
+            self._reading = False
+
+    def _read_batch(self) -> None:
         socket = self.socket
         handle = self._on_frames
         for _ in range(MAX_READ_BATCH):
@@ -72,8 +80,10 @@ class Reactor:
         self._schedule()  # more are waiting: continue after other callbacks had a turn
 
     def read_now(self) -> None:
-        """Handle whatever has already arrived (a busy loop may not have called us yet)."""
-        if not self.closed:
+        """Handle whatever has already arrived (a busy loop may not have called us yet);
+        nothing when called from inside a read (a send that failed while handling a
+        frame): the read under way takes the rest, in order."""
+        if not self.closed and not self._reading:
             self._drain()
 
     def send(self, frames: list) -> bool:
