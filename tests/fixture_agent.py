@@ -6,6 +6,8 @@ import asyncio
 import os
 from typing import Any
 
+from agents import Agent, method
+from mesh import CallContext
 from mesh.runtime.node import Node
 
 
@@ -153,3 +155,21 @@ class Recorder:
 
     async def fail(self, body: Any) -> None:
         raise RuntimeError(f"cannot take {body}")
+
+
+class Holder(Agent):
+    """An ``agents.Agent`` whose ``hold`` never ends by itself: a drain waits for it (the
+    tests of what cuts a drain short)."""
+
+    description = "Holds every request it gets until it is stopped."
+
+    holding_now = 0
+
+    @method("Wait until the agent stops.")
+    async def hold(self, body: Any, ctx: CallContext) -> None:
+        self.holding_now += 1
+        await asyncio.Event().wait()
+
+    @method("How many requests hold now.")
+    async def held(self, body: Any, ctx: CallContext) -> int:
+        return self.holding_now

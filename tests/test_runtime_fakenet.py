@@ -416,6 +416,40 @@ def test_a_silent_peer_is_lost_after_missed_heartbeats(fake_mesh):
     within_mesh(fake_mesh, scenario)
 
 
+def test_a_callee_that_closes_mid_call_is_a_lost_peer_not_a_cancel(fake_mesh):
+    """A node that closes stops its handlers and answers them CANCELLED (protocol.md 8.1):
+    the caller, which cancelled nothing, gets PeerLost at once (a request and a stream
+    alike), never an error that reads as its own doing, and not only at the heartbeat."""
+
+    async def scenario() -> None:
+        a = await fake_mesh.node("a", heartbeat=3600.0)  # no heartbeat decides it here
+        b = await fake_mesh.node("b")
+        never = asyncio.Event()
+
+        @b.handler("hang")
+        async def hang(body):
+            await never.wait()
+
+        @b.handler("hang_stream")
+        async def hang_stream(body):
+            yield "first"
+            await never.wait()
+
+        call = asyncio.create_task(a.request("b", "hang", timeout=3600))
+        stream = a.stream("b", "hang_stream", timeout=3600)
+        assert await anext(stream) == "first"
+        reading = asyncio.create_task(anext(stream))
+        await wait_until(lambda: len(b._runner._running) == 2)
+        await b.close()
+        for pending in (call, reading):
+            with pytest.raises(PeerLost, match="b stopped before it answered") as raised:
+                await pending
+            assert raised.value.peer == "b"
+        await stream.aclose()
+
+    within_mesh(fake_mesh, scenario)
+
+
 def test_failed_handlers_leave_no_credit_held(fake_mesh):
     """The callee's invariant: once every call is answered, it holds nothing of the caller."""
 

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from ..core.codec import Blob
-from ..core.errors import InvalidArgument, KeyFileError, MeshError
+from ..core.errors import InvalidArgument, KeyFileError, MeshError, NoSuchMethod
 from ..core.flow import Window
 from ..ops.processes import serving_line
 from ..runtime.discovery import DiscoveryServer
@@ -296,6 +296,11 @@ async def _agent(args: argparse.Namespace) -> int:
         "window": Window(args.window),
         "metrics_port": _metrics_port(args),
     }
+    if args.drain is not None and not hasattr(factory, "drain"):
+        raise InvalidArgument(
+            f"--drain: {args.target} cannot drain (an agents.Agent class can: it hands its "
+            "work to replicas); without --drain, SIGTERM stops it at once"
+        )
     if hasattr(factory, "from_command_line"):  # an agents.Agent class: it owns its node
         return await _agent_class(factory, args.agent_options, node_options, args.drain)
     if args.agent_options:
@@ -345,9 +350,8 @@ async def _agent_class(
             drained.cancel()
             await asyncio.gather(stopped, drained, return_exceptions=True)
         if signals.stopped and signals.code == 0 and drain_s is not None:  # SIGTERM
-            if hasattr(agent, "drain"):
-                print(f"draining: {json.dumps(await agent.drain(drain_s))}", flush=True)
-        elif finished.is_set():
+            return await _drained_on_signal(agent, drain_s)
+        if finished.is_set():
             # drained by `mesh drain`: its answer is on the wire; closing the sockets at
             # once could reset the connection under it (the operator would never read it)
             await signals.wait(FINISH_GRACE_S)
@@ -356,12 +360,43 @@ async def _agent_class(
         await agent.stop()
 
 
+async def _drained_on_signal(agent: Any, drain_s: float) -> int:
+    """SIGTERM under --drain: drain, print what happened; 0. A second signal (an operator
+    who will not wait) cuts the drain short: what was still running is dropped, and the
+    exit status is that signal's."""
+    signals = StopSignals()  # a new watch: the first signal has been taken
+    draining = asyncio.create_task(agent.drain(drain_s), name="agent-drain")
+    stopped = asyncio.create_task(signals.wait(), name="agent-signals")
+    try:
+        await asyncio.wait({draining, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopped
+    if not draining.done():  # Agent.stop ends the drain itself
+        draining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await draining
+        print("mesh: drain cut short by a second signal", file=sys.stderr, flush=True)
+        return signals.code or 143  # 128 + SIGTERM
+    print(f"draining: {json.dumps(draining.result())}", flush=True)
+    return 0
+
+
 async def _drain(args: argparse.Namespace) -> int:
     async with Node(
         CLI_IDENTITY, discovery=args.discovery, mesh=existing_mesh(args), register=False
     ) as node:
         body = {"timeout": args.timeout}
-        answer = await node.request(args.name, "drain", body, timeout=args.timeout + DRAIN_ANSWER_S)
+        try:
+            answer = await node.request(
+                args.name, "drain", body, timeout=args.timeout + DRAIN_ANSWER_S
+            )
+        except NoSuchMethod:
+            raise InvalidArgument(
+                f"{args.name} cannot be drained: it is not an agents.Agent (stop it with "
+                "SIGTERM; its callers' requests in flight fail)"
+            ) from None
         print(_json({"drained": args.name, **(answer if isinstance(answer, dict) else {})}))
     return 0
 

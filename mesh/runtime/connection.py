@@ -699,6 +699,10 @@ def remote_error(peer: str, method: str, body: Any) -> MeshError:
     remote_type = details.get("type") if isinstance(details, dict) else None
     if code == ErrorCode.UNKNOWN_METHOD:
         return NoSuchMethod(str(text), peer=peer, method=method)
+    if code == ErrorCode.CANCELLED:
+        # a caller that cancelled ignores the answer (protocol.md 8.1): one that reads it
+        # did not cancel, so the callee stopped the handler itself, closing. The peer left.
+        return PeerLost(f"{peer} stopped before it answered: {text}", peer=peer, method=method)
     error = _REMOTE_ERRORS.get(code, RemoteError) if isinstance(code, int) else RemoteError
     return error(
         str(text),

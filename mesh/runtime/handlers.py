@@ -343,7 +343,9 @@ class HandlerRunner:
                 with server_span(otel, message, context.peer):
                     reply = await self._run(key, caller, message, context, expects_reply)
         except asyncio.CancelledError:
-            reply = [error_message(corr, ErrorCode.CANCELLED, "cancelled")] if expects_reply else []
+            # read only by a caller that did not cancel: this node is closing (protocol.md 8.1)
+            stopped = error_message(corr, ErrorCode.CANCELLED, "the handler was stopped")
+            reply = [stopped] if expects_reply else []
         finally:
             self._running.pop(key, None)
             self._streams.pop(key, None)
