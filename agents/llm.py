@@ -109,6 +109,7 @@ class LLMAgent(Agent):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-generate")
         self._active: Bridge | None = None
         self._adopted: dict[str, _Adopted] = {}  # handed over here, by ticket: for resume
+        self._restoring = 0  # adopts restoring a state now (each will hold a cache)
         self._drain_started = asyncio.Event()  # the waiting generations move too
         self.counts = {"served": 0, "moved": 0, "cancelled": 0, "failed": 0}
         self._counts_at_drain = dict(self.counts)
@@ -273,11 +274,15 @@ class LLMAgent(Agent):
         wanted = params.get("max_new_tokens") if isinstance(params, dict) else None
         if type(wanted) is int and wanted > self.token_limit:  # cheap checks first
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
-        generation = await asyncio.to_thread(self.decoder.restore, state)  # off the loop
+        self._restoring += 1  # its place is kept meanwhile: concurrent adopts count it
+        try:
+            generation = await asyncio.to_thread(self.decoder.restore, state)  # off the loop
+        finally:
+            self._restoring -= 1
         if generation.params.max_new_tokens > self.token_limit:
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
         self._check_length(generation.prompt_tokens, generation.params.max_new_tokens)
-        self._check_taking()  # again: the checks above took a while
+        self._check_taking()  # again: a drain may have begun meanwhile
         ticket = secrets.token_hex(16)
         expiry = asyncio.get_running_loop().call_later(TICKET_TTL_S, self._expire, ticket)
         self._adopted[ticket] = _Adopted(generation, reader, ctx.peer, expiry)
@@ -294,8 +299,9 @@ class LLMAgent(Agent):
         if self._active is not None and self._active.move_to is not None:
             # a generation is moving away from here: taking one in could wait on it forever
             raise Overloaded("this agent is handing a generation on")
-        if len(self._adopted) >= max(1, self.admission.max_waiting):
-            raise Overloaded(f"{len(self._adopted)} handed-over generations wait already")
+        held = len(self._adopted) + self._restoring  # a restored cache each: the bound
+        if held >= max(1, self.admission.max_waiting):
+            raise Overloaded(f"{held} handed-over generations are held or restored already")
 
     @method(
         "Continue a generation handed over here (adopt's ticket), streamed.",

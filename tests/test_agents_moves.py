@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 
 import pytest
 import pytest_asyncio
@@ -15,7 +16,7 @@ from agents.decoding import capture
 from agents.generation import GenerationParams
 from agents.llm import LLMAgent
 from agents.tiny import build_tiny_model
-from mesh import BadRequest, DiscoveryServer, MeshDirectory, Node
+from mesh import BadRequest, DiscoveryServer, MeshDirectory, Node, Overloaded
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
@@ -195,3 +196,33 @@ async def test_a_decode_on_that_is_not_a_name_is_the_callers_bad_request(mesh):
     for value in (["a"], {"a": 1}, 7):
         with pytest.raises(BadRequest, match="decode_on"):
             await client.request("writer", "generate", {**BODY, "decode_on": value}, timeout=60)
+
+
+@pytest.mark.asyncio
+async def test_adopts_under_way_count_against_the_bound_before_they_restore(mesh, monkeypatch):
+    """The replica holds at most max_queue handed-over generations, each a cache in memory:
+    an adopt still restoring its state keeps its place, so a second one, concurrent, is
+    refused before it restores anything (not after both caches are in memory)."""
+    client, add = mesh
+    replica = await add("replica", max_queue=1)
+    state = handed_over_state(replica, 3)
+    restoring, gate = [], threading.Event()
+    restore = replica.decoder.restore
+
+    def slow_restore(state):
+        restoring.append(state)
+        gate.wait(60)
+        return restore(state)
+
+    monkeypatch.setattr(replica.decoder, "restore", slow_restore)
+    body = {"state": state, "reader": "client"}
+    first = asyncio.create_task(client.request("replica", "adopt", body, timeout=60))
+    try:
+        await eventually(lambda: restoring, timeout=30)
+        with pytest.raises(Overloaded, match="held or restored already"):
+            await client.request("replica", "adopt", body, timeout=60)
+    finally:
+        gate.set()
+    assert "ticket" in await first
+    assert len(restoring) == 1  # the refused one never restored
+    assert (await client.request("replica", "status", timeout=10))["adopted"] == 1
