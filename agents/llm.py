@@ -533,7 +533,7 @@ class LLMAgent(Agent):
         ours = self._model_card()
         return [
             info
-            for info in await self.node.peers()
+            for info in await self.node.peers("adopt")  # only agents that can take one
             if info.name != self.name and _model_of(info) == ours
         ]
 
