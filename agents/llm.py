@@ -274,11 +274,12 @@ class LLMAgent(Agent):
         wanted = params.get("max_new_tokens") if isinstance(params, dict) else None
         if type(wanted) is int and wanted > self.token_limit:  # cheap checks first
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
-        self._restoring += 1  # its place is kept meanwhile: concurrent adopts count it
-        try:
-            generation = await asyncio.to_thread(self.decoder.restore, state)  # off the loop
-        finally:
-            self._restoring -= 1
+        # off the loop; its place is kept until the thread is done (a mover that gives up
+        # does not stop the restore), so concurrent adopts count it
+        self._restoring += 1
+        restoring = asyncio.get_running_loop().run_in_executor(None, self.decoder.restore, state)
+        restoring.add_done_callback(self._restored)
+        generation = await asyncio.shield(restoring)
         if generation.params.max_new_tokens > self.token_limit:
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
         self._check_length(generation.prompt_tokens, generation.params.max_new_tokens)
@@ -287,6 +288,11 @@ class LLMAgent(Agent):
         expiry = asyncio.get_running_loop().call_later(TICKET_TTL_S, self._expire, ticket)
         self._adopted[ticket] = _Adopted(generation, reader, ctx.peer, expiry)
         return {"ticket": ticket}
+
+    def _restored(self, restoring: asyncio.Future[Generation]) -> None:
+        self._restoring -= 1
+        if not restoring.cancelled():
+            restoring.exception()  # seen here if its adopt has gone: no warning at exit
 
     def _expire(self, ticket: str) -> None:
         """Its reader never came: the generation (its cache) is dropped."""

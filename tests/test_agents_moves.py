@@ -199,10 +199,14 @@ async def test_a_decode_on_that_is_not_a_name_is_the_callers_bad_request(mesh):
 
 
 @pytest.mark.asyncio
-async def test_adopts_under_way_count_against_the_bound_before_they_restore(mesh, monkeypatch):
+@pytest.mark.parametrize("mover", ["waits", "gives-up"])
+async def test_adopts_under_way_count_against_the_bound_before_they_restore(
+    mesh, monkeypatch, mover
+):
     """The replica holds at most max_queue handed-over generations, each a cache in memory:
     an adopt still restoring its state keeps its place, so a second one, concurrent, is
-    refused before it restores anything (not after both caches are in memory)."""
+    refused before it restores anything (not after both caches are in memory); and it
+    keeps it until its restore has ended, even when its mover gave up on it (cancelled)."""
     client, add = mesh
     replica = await add("replica", max_queue=1)
     state = handed_over_state(replica, 3)
@@ -219,10 +223,19 @@ async def test_adopts_under_way_count_against_the_bound_before_they_restore(mesh
     first = asyncio.create_task(client.request("replica", "adopt", body, timeout=60))
     try:
         await eventually(lambda: restoring, timeout=30)
+        if mover == "gives-up":
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            await eventually(lambda: not replica.node.serving, timeout=30)  # adopt stopped
         with pytest.raises(Overloaded, match="held or restored already"):
             await client.request("replica", "adopt", body, timeout=60)
     finally:
         gate.set()
-    assert "ticket" in await first
     assert len(restoring) == 1  # the refused one never restored
-    assert (await client.request("replica", "status", timeout=10))["adopted"] == 1
+    if mover == "waits":
+        assert "ticket" in await first
+        assert (await client.request("replica", "status", timeout=10))["adopted"] == 1
+    else:  # its place comes back once the restore it left behind has ended
+        await eventually(lambda: replica._restoring == 0, timeout=30)
+        assert "ticket" in await client.request("replica", "adopt", body, timeout=60)

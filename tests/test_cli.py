@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
+
+from mesh.cli.cmd_live import StopSignals
 
 pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
 
@@ -101,3 +105,16 @@ def test_demo_runs_a_live_local_mesh(tmp_path):
     topics = "agents.echo-1.status, agents.echo-2.status, agents.echo-3.status"
     assert f"topic    agents.> <- {topics}" in out
     assert out.count("exit status 0") == 4
+
+
+@pytest.mark.asyncio
+async def test_two_stop_signals_at_once_are_both_seen_and_a_third_is_not_caught():
+    """`mesh run --drain`: the first SIGTERM drains, a second cuts it short. Both arrive
+    before the loop runs again here, and both count; after the second, the handlers are
+    gone, so a third (not sent here) would end the process however busy it is."""
+    signals = StopSignals()
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(signals.wait_again(), 30) == 128 + signal.SIGTERM
+    assert signals.stopped and signals.code == 0
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -32,7 +32,7 @@ from mesh.core.flow import SendCredit
 from mesh.core.wire import ErrorCode, Kind, RejectCode
 from mesh.runtime.callee import MAX_SESSIONS_PER_PEER
 from mesh.runtime.connection import COLLECT_MAX_BYTES, Connection, ConnectionState
-from mesh.runtime.handlers import Caller, HandlerRunner
+from mesh.runtime.handlers import STREAM_STALL_S, Caller, HandlerRunner
 from mesh.runtime.node import MAX_REDIRECTS
 from tests.conftest import certified, handshake
 from tests.fakenet import FakeNetwork, run, settle, wait_until
@@ -446,6 +446,42 @@ def test_a_callee_that_closes_mid_call_is_a_lost_peer_not_a_cancel(fake_mesh):
                 await pending
             assert raised.value.peer == "b"
         await stream.aclose()
+
+    within_mesh(fake_mesh, scenario)
+
+
+def test_a_cancel_the_callee_did_not_make_on_closing_is_not_a_lost_peer(fake_mesh):
+    """Only a closing callee answers CANCELLED. A handler whose own code raises
+    CancelledError has failed (HANDLER_FAILED), and a stream whose reader granted nothing
+    for STREAM_STALL_S has expired (DEADLINE_EXCEEDED): in both the callee is still there,
+    so neither may read as PeerLost (a caller would give up on it, or restart elsewhere)."""
+
+    async def scenario() -> None:
+        a, b = await fake_mesh.node("a"), await fake_mesh.node("b")
+        b.handler("echo", _echo)
+
+        @b.handler("self_cancelling")
+        async def self_cancelling(body):
+            other = asyncio.create_task(asyncio.Event().wait())
+            other.cancel()
+            await other  # its CancelledError is this handler's own failure
+
+        @b.handler("chunks")
+        async def chunks(body):
+            for index in range(100):
+                yield index
+
+        with pytest.raises(RemoteError) as raised:
+            await a.request("b", "self_cancelling", timeout=30)
+        assert raised.value.code == ErrorCode.HANDLER_FAILED
+        assert not isinstance(raised.value, PeerLost)
+        stream = a.stream("b", "chunks", timeout=3600, window=1)
+        assert await anext(stream) == 0
+        await asyncio.sleep(STREAM_STALL_S * 2)  # virtual time: the reader reads nothing
+        with pytest.raises(RemoteError) as raised:
+            [chunk async for chunk in stream]  # what was sent before, then its end
+        assert raised.value.code == ErrorCode.DEADLINE_EXCEEDED
+        assert await a.request("b", "echo", "still here", timeout=30) == "still here"
 
     within_mesh(fake_mesh, scenario)
 

@@ -232,23 +232,37 @@ def _identity_for(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     return {"name": name, "identity": identity, "trust": directory.trust()}
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopSignals:
-    """SIGINT (exit status 130) and SIGTERM (0) request a clean stop.
+    """SIGINT (exit status 130) and SIGTERM (0) request a clean stop; a second signal
+    (:meth:`wait_again`) cuts short what the first began (a drain), and after it the
+    handlers are gone: a third signal ends the process by its default action.
 
     Installed before the command announces itself, so a signal sent as soon as the
     "serving on" line appears is never met by the default handler (which would kill the
-    process without unregistering)."""
+    process without unregistering). One object counts both signals, so two that arrive
+    together are both seen."""
 
     def __init__(self) -> None:
         self._stopped = asyncio.Event()
+        self._again = asyncio.Event()
         self.code = 0
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._stop, 130)
-        loop.add_signal_handler(signal.SIGTERM, self._stop, 0)
+        self.again_code = 0  # 128 + the second signal's number
+        self._loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            self._loop.add_signal_handler(signum, self._stop, signum)
 
-    def _stop(self, code: int) -> None:
-        self.code = code
-        self._stopped.set()
+    def _stop(self, signum: int) -> None:
+        if not self._stopped.is_set():
+            self.code = 130 if signum == signal.SIGINT else 0
+            self._stopped.set()
+            return
+        self.again_code = 128 + signum
+        self._again.set()
+        for each in STOP_SIGNALS:  # the next one is not asked twice
+            self._loop.remove_signal_handler(each)
 
     @property
     def stopped(self) -> bool:
@@ -260,6 +274,11 @@ class StopSignals:
             async with asyncio.timeout(seconds):
                 await self._stopped.wait()
         return self.code
+
+    async def wait_again(self) -> int:
+        """Until a second signal came; its exit status (143 for SIGTERM, 130 for SIGINT)."""
+        await self._again.wait()
+        return self.again_code
 
 
 async def _discovery(args: argparse.Namespace) -> int:
@@ -296,7 +315,9 @@ async def _agent(args: argparse.Namespace) -> int:
         "window": Window(args.window),
         "metrics_port": _metrics_port(args),
     }
-    if args.drain is not None and not hasattr(factory, "drain"):
+    if args.drain is not None and not (
+        hasattr(factory, "from_command_line") and hasattr(factory, "drain")
+    ):
         raise InvalidArgument(
             f"--drain: {args.target} cannot drain (an agents.Agent class can: it hands its "
             "work to replicas); without --drain, SIGTERM stops it at once"
@@ -350,7 +371,7 @@ async def _agent_class(
             drained.cancel()
             await asyncio.gather(stopped, drained, return_exceptions=True)
         if signals.stopped and signals.code == 0 and drain_s is not None:  # SIGTERM
-            return await _drained_on_signal(agent, drain_s)
+            return await _drained_on_signal(agent, drain_s, signals)
         if finished.is_set():
             # drained by `mesh drain`: its answer is on the wire; closing the sockets at
             # once could reset the connection under it (the operator would never read it)
@@ -360,25 +381,24 @@ async def _agent_class(
         await agent.stop()
 
 
-async def _drained_on_signal(agent: Any, drain_s: float) -> int:
+async def _drained_on_signal(agent: Any, drain_s: float, signals: StopSignals) -> int:
     """SIGTERM under --drain: drain, print what happened; 0. A second signal (an operator
     who will not wait) cuts the drain short: what was still running is dropped, and the
     exit status is that signal's."""
-    signals = StopSignals()  # a new watch: the first signal has been taken
     draining = asyncio.create_task(agent.drain(drain_s), name="agent-drain")
-    stopped = asyncio.create_task(signals.wait(), name="agent-signals")
+    again = asyncio.create_task(signals.wait_again(), name="agent-signals")
     try:
-        await asyncio.wait({draining, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopped.cancel()
+        again.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await stopped
+            await again
     if not draining.done():  # Agent.stop ends the drain itself
         draining.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await draining
         print("mesh: drain cut short by a second signal", file=sys.stderr, flush=True)
-        return signals.code or 143  # 128 + SIGTERM
+        return signals.again_code
     print(f"draining: {json.dumps(draining.result())}", flush=True)
     return 0
 

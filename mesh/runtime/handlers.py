@@ -139,6 +139,10 @@ class HandlerSpec:
         )
 
 
+class ReaderStalled(Exception):
+    """A stream's reader granted nothing for STREAM_STALL_S: the stream is abandoned."""
+
+
 class StreamCredit:
     """A streaming handler's credit: the window its reader announced, and a waiter."""
 
@@ -161,7 +165,7 @@ class StreamCredit:
                 async with asyncio.timeout(STREAM_STALL_S):
                     await self._waiter
             except TimeoutError:
-                raise asyncio.CancelledError from None
+                raise ReaderStalled from None
             finally:
                 self._waiter = None
 
@@ -343,9 +347,7 @@ class HandlerRunner:
                 with server_span(otel, message, context.peer):
                     reply = await self._run(key, caller, message, context, expects_reply)
         except asyncio.CancelledError:
-            # read only by a caller that did not cancel: this node is closing (protocol.md 8.1)
-            stopped = error_message(corr, ErrorCode.CANCELLED, "the handler was stopped")
-            reply = [stopped] if expects_reply else []
+            reply = [self._stopped(corr)] if expects_reply else []
         finally:
             self._running.pop(key, None)
             self._streams.pop(key, None)
@@ -353,6 +355,17 @@ class HandlerRunner:
         on_done(bool(expects_reply and reply))
         if expects_reply and reply:
             self._remember(key, reply, self._send(caller, reply))
+
+    def _stopped(self, corr: int) -> Message:
+        """The answer of a handler that ended in CancelledError. Stopped here: by its
+        caller (CANCEL, BYE: nobody reads it) or by this node closing, when the caller,
+        which cancelled nothing, learns the callee left (CANCELLED, protocol.md 8.1). Not
+        stopped here, the handler's own code raised it: its failure, not a departure."""
+        task = asyncio.current_task()
+        if self._closed or (task is not None and task.cancelling()):
+            return error_message(corr, ErrorCode.CANCELLED, "the handler was stopped")
+        self.failures += 1
+        return error_message(corr, ErrorCode.HANDLER_FAILED, "CancelledError", "CancelledError")
 
     async def _serve_one_way(
         self,
@@ -406,12 +419,15 @@ class HandlerRunner:
                             caller, [Message(Kind.STREAM, next_msg_id(), corr, body=item)]
                         )
                         if not sent:
-                            raise asyncio.CancelledError  # the caller is gone: stop generating
+                            return []  # the caller is gone: stop generating, answer nobody
                         stream.credit.charge(sent)
                 return [Message(Kind.STREAM_END, next_msg_id(), corr)]
             result = await self.call(spec, args)
         except asyncio.CancelledError:
             raise
+        except ReaderStalled:  # the reader's doing, and it may still be there to read it
+            text = f"the stream's reader took nothing for {STREAM_STALL_S:g} s"
+            return [error_message(corr, ErrorCode.DEADLINE_EXCEEDED, text)]
         except Exception as exc:  # the handler's failure becomes the caller's RemoteError
             self.failures += 1
             return [

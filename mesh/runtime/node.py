@@ -375,10 +375,11 @@ class Node:
         others. The first step of a drain; ``close`` follows when the work is done."""
         if self._discovery is None or not self._registered or self._closed:
             return
-        self._registered, self._register = False, False  # and nothing registers it again
+        self._register = False  # nothing registers it again
         if self._renewing is not None:
             self._renewing.cancel()  # ended (and awaited) with the other tasks on close
         await self._discovery.unregister()
+        self._registered = False  # only now: cut short, close unregisters it instead
 
     async def __aenter__(self) -> Node:
         return await self.start()
