@@ -278,8 +278,15 @@ class LLMAgent(Agent):
         # does not stop the restore), so concurrent adopts count it
         self._restoring += 1
         restoring = asyncio.get_running_loop().run_in_executor(None, self.decoder.restore, state)
-        restoring.add_done_callback(self._restored)
-        generation = await asyncio.shield(restoring)
+        try:
+            generation = await asyncio.shield(restoring)
+        except asyncio.CancelledError:
+            restoring.add_done_callback(self._restored)  # the thread still runs
+            raise
+        except BaseException:
+            self._restoring -= 1
+            raise
+        self._restoring -= 1  # here, not in a callback: no loop pass without its place
         if generation.params.max_new_tokens > self.token_limit:
             raise InvalidArgument(f"max_new_tokens is above this agent's {self.token_limit}")
         self._check_length(generation.prompt_tokens, generation.params.max_new_tokens)
@@ -290,6 +297,7 @@ class LLMAgent(Agent):
         return {"ticket": ticket}
 
     def _restored(self, restoring: asyncio.Future[Generation]) -> None:
+        """The restore of an adopt that was given up has ended: its place is free."""
         self._restoring -= 1
         if not restoring.cancelled():
             restoring.exception()  # seen here if its adopt has gone: no warning at exit

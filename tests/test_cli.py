@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mesh.cli.cmd_live import StopSignals
+from mesh.gateway.http import Exposure, HttpServer
 
 pytestmark = pytest.mark.slow  # processes, sockets or models: not in --fast
 
@@ -112,9 +113,45 @@ async def test_two_stop_signals_at_once_are_both_seen_and_a_third_is_not_caught(
     """`mesh run --drain`: the first SIGTERM drains, a second cuts it short. Both arrive
     before the loop runs again here, and both count; after the second, the handlers are
     gone, so a third (not sent here) would end the process however busy it is."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     signals = StopSignals()
-    os.kill(os.getpid(), signal.SIGTERM)
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert await asyncio.wait_for(signals.wait_again(), 30) == 128 + signal.SIGTERM
-    assert signals.stopped and signals.code == 0
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(signals.wait_again(), 30) == 128 + signal.SIGTERM
+        assert signals.stopped and signals.code == 0
+        # SIGINT too: not a KeyboardInterrupt that waits for busy threads
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    finally:  # this is pytest's own process
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+async def _lifespan_only(scope, receive, send):
+    """An ASGI app with nothing to serve: what uvicorn needs to start and stop."""
+    while scope["type"] == "lifespan":
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+@pytest.mark.asyncio
+async def test_the_http_gateway_leaves_the_signals_to_the_command():
+    """uvicorn, serving a gateway, takes no signal for itself: the command's StopSignals
+    sees a SIGINT once. (uvicorn would take them while it serves, then raise each again at
+    its exit, which reads as a second signal and disarms the handlers.)"""
+    signals = StopSignals()
+    server = HttpServer(Exposure("127.0.0.1", 0, None, False))
+    server.bind()
+    await server.serve(_lifespan_only)
+    try:
+        handler = signal.getsignal(signal.SIGINT)
+        assert getattr(handler, "__self__", None) is not server._server  # not uvicorn's
+        os.kill(os.getpid(), signal.SIGINT)
+        assert await asyncio.wait_for(signals.wait(), 30) == 130
+    finally:
+        await server.close()
+    assert signal.getsignal(signal.SIGINT) is handler  # as the command left it

@@ -131,3 +131,29 @@ async def test_a_reliable_body_msgpack_cannot_carry_is_refused_by_send(mesh):
         await tx.send("rx", "x", {"tags": [1, 2]}, delivery="at_least_once")
         await tx.delivered(timeout=30)
         assert tx.stats()["delivery"]["peers"]["rx (at_least_once)"]["acked"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_handler_that_raises_cancelled_error_is_a_failure_not_a_stuck_lane(mesh):
+    """A reliable message whose handler's own code raises CancelledError (a task it awaited
+    was cancelled) has failed, and is retried like any failure: the lane goes on, in order,
+    and the receiver neither stops nor spins."""
+    async with Node("rx", discovery=[], mesh=mesh) as rx, Node("tx", discovery=[], mesh=mesh) as tx:
+        ran: list[int] = []
+        cancels = [2]
+
+        async def cancelling(body):
+            if cancels[0]:
+                cancels[0] -= 1
+                other = asyncio.create_task(asyncio.Event().wait())
+                other.cancel()
+                await other  # its CancelledError is this handler's own
+            ran.append(body)
+
+        rx.handler("cancelling", cancelling)
+        tx.add_peer(rx.identity.require_certificate(), rx.endpoint)
+        for i in range(5):
+            await tx.send("rx", "cancelling", i, delivery="at_least_once")
+        await tx.delivered(timeout=60)
+        assert ran == list(range(5)) and tx.dead_letters.dead_letters() == []
+        assert rx.stats()["delivery"]["received"]["failed"] == 2

@@ -261,8 +261,9 @@ class StopSignals:
             return
         self.again_code = 128 + signum
         self._again.set()
-        for each in STOP_SIGNALS:  # the next one is not asked twice
+        for each in STOP_SIGNALS:  # the next one is not asked twice: it kills
             self._loop.remove_signal_handler(each)
+            signal.signal(each, signal.SIG_DFL)  # SIGINT too, not a KeyboardInterrupt
 
     @property
     def stopped(self) -> bool:

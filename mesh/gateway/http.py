@@ -275,7 +275,9 @@ class HttpServer:
                 timeout_graceful_shutdown=2,
             )
         )
-        self._server.install_signal_handlers = lambda: None  # the command owns the signals
+        # the command owns the signals (StopSignals): uvicorn would take them for the
+        # serve's length, then raise again at exit those it caught
+        self._server.capture_signals = contextlib.nullcontext
         self._task = asyncio.create_task(self._server.serve([self._sock]), name="gateway-http")
         async with asyncio.timeout(START_TIMEOUT_S):  # uvicorn says so only by a flag
             while not self._server.started:

@@ -416,7 +416,12 @@ class Deliveries:
         try:
             await self._runner.call(spec, self._runner.arguments(spec, message, peer_name))
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this node is closing: the worker ends
+            self._runner.failures += 1  # the handler's own, like any failure of its
+            return False, error_message(corr, ErrorCode.HANDLER_FAILED, "CancelledError",
+                                        "CancelledError")  # fmt: skip
         except Exception as exc:  # the sender counts attempts; the text goes back
             self._runner.failures += 1
             code = error_code(exc)
