@@ -85,7 +85,8 @@ def add_commands(commands: Any) -> None:
         default=None,
         metavar="SECONDS",
         help="on SIGTERM, drain before exiting (an agent class: hand its work to replicas, "
-        f"wait at most SECONDS, default {DEFAULT_DRAIN_S:g}, for the rest)",
+        f"wait at most SECONDS, default {DEFAULT_DRAIN_S:g}, for the rest; a second signal "
+        "cuts the wait short)",
     )
     _metrics_option(run)
     run.set_defaults(run=lambda args: asyncio.run(_agent(args)), agent_options=[])
