@@ -122,7 +122,7 @@ async def test_a_second_signal_cuts_a_drain_short(spawn, discovery, home):
     holder.endpoint()
     async with Node("caller", discovery=discovery, mesh=home, heartbeat=0.5) as node:
         held = asyncio.create_task(node.request("holder", "hold", None, timeout=600))
-        await eventually(lambda: _serving(node), timeout=30)
+        await eventually(lambda: _holding(node), timeout=30)
         holder.kill(signal.SIGTERM)
         await eventually(lambda: _gone_from_directory(node), timeout=30)  # it is draining
         assert not held.done()  # the drain waits for it
@@ -133,7 +133,7 @@ async def test_a_second_signal_cuts_a_drain_short(spawn, discovery, home):
     assert holder.popen.stderr.read().strip() == "mesh: drain cut short by a second signal"
 
 
-async def _serving(node: Node) -> bool:
+async def _holding(node: Node) -> bool:
     return await node.request("holder", "held", timeout=10) == 1
 
 

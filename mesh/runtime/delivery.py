@@ -39,7 +39,14 @@ from ..core.errors import (
 from ..core.sequencer import DEFAULT_HOLD_S, KEPT, Arrival, Sequencer
 from ..core.wire import ErrorCode, Kind
 from .connection import Connection
-from .handlers import Caller, HandlerRunner, error_code, error_message
+from .handlers import (
+    Caller,
+    HandlerRunner,
+    being_cancelled,
+    error_code,
+    error_message,
+    own_cancellation,
+)
 from .letter import Letter
 from .outbox import DeliveryStore, pack_body
 from .stamps import next_msg_id, now_ms
@@ -416,12 +423,10 @@ class Deliveries:
         try:
             await self._runner.call(spec, self._runner.arguments(spec, message, peer_name))
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if being_cancelled():
                 raise  # this node is closing: the worker ends
             self._runner.failures += 1  # the handler's own, like any failure of its
-            return False, error_message(corr, ErrorCode.HANDLER_FAILED, "CancelledError",
-                                        "CancelledError")  # fmt: skip
+            return False, own_cancellation(corr)
         except Exception as exc:  # the sender counts attempts; the text goes back
             self._runner.failures += 1
             code = error_code(exc)

@@ -174,6 +174,18 @@ class StreamCredit:
             self._waiter.set_result(None)
 
 
+def being_cancelled() -> bool:
+    """Whether the running task was asked to stop (a CancelledError it meets is that), not
+    only handed one by a task its handler awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def own_cancellation(corr: int) -> Message:
+    """The answer of a handler whose own code raised CancelledError: its failure."""
+    return error_message(corr, ErrorCode.HANDLER_FAILED, "CancelledError", "CancelledError")
+
+
 def error_code(exc: Exception) -> ErrorCode:
     """What a handler's exception tells the caller: its own mistake (BAD_REQUEST), a full
     queue (OVERLOADED), or a failure of the handler (HANDLER_FAILED)."""
@@ -361,11 +373,10 @@ class HandlerRunner:
         caller (CANCEL, BYE: nobody reads it) or by this node closing, when the caller,
         which cancelled nothing, learns the callee left (CANCELLED, protocol.md 8.1). Not
         stopped here, the handler's own code raised it: its failure, not a departure."""
-        task = asyncio.current_task()
-        if self._closed or (task is not None and task.cancelling()):
+        if self._closed or being_cancelled():
             return error_message(corr, ErrorCode.CANCELLED, "the handler was stopped")
         self.failures += 1
-        return error_message(corr, ErrorCode.HANDLER_FAILED, "CancelledError", "CancelledError")
+        return own_cancellation(corr)
 
     async def _serve_one_way(
         self,
